@@ -1,0 +1,66 @@
+"""oprunner: declared operations run exactly once per idempotency key, every outcome audited.
+
+The public API is re-exported here; the modules behind it are implementation.
+"""
+
+from .auth import Actor, JwtAuthenticator, mint_token
+from .context import OperationContext, PolicyContext
+from .envelope import CommandEnvelope, command, parse_command
+from .errors import (
+    AuthError,
+    EnvelopeError,
+    OperationError,
+    RegistryError,
+    RetryableError,
+    StoreUnavailable,
+    UnknownOperation,
+)
+from .executor import Executor, Outcome
+from .model import Model
+from .registry import OperationRegistry, Resource, install_op
+from .spec import (
+    IO,
+    Meta,
+    OperationSpec,
+    Policy,
+    Retry,
+    Rule,
+    define_command,
+    define_event,
+    define_query,
+)
+from .store import Store
+
+__all__ = [
+    "IO",
+    "Actor",
+    "AuthError",
+    "CommandEnvelope",
+    "EnvelopeError",
+    "Executor",
+    "JwtAuthenticator",
+    "Meta",
+    "Model",
+    "OperationContext",
+    "OperationError",
+    "OperationRegistry",
+    "OperationSpec",
+    "Outcome",
+    "Policy",
+    "PolicyContext",
+    "RegistryError",
+    "Resource",
+    "Retry",
+    "RetryableError",
+    "Rule",
+    "Store",
+    "StoreUnavailable",
+    "UnknownOperation",
+    "command",
+    "define_command",
+    "define_event",
+    "define_query",
+    "install_op",
+    "mint_token",
+    "parse_command",
+]

@@ -1,0 +1,52 @@
+"""What a handler sees: ``ctx.db`` (its transaction), the actor, the keys, a logger, clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth import Actor
+    from .spec import OperationSpec
+
+
+@dataclass(slots=True)
+class OperationContext:
+    """Handed to every handler call.
+
+    ``db`` is the open transaction the outcome will be committed in, so a handler's writes and
+    the recorded result commit (or roll back) together. Clients the app configured (``stripe``)
+    are reachable as attributes: ``ctx.stripe``.
+    """
+
+    db: Any
+    actor: Actor | None
+    idempotency_key: str
+    spec: OperationSpec
+    command_id: str
+    correlation_id: str
+    attempt: int
+    logger: logging.LoggerAdapter[logging.Logger]
+    clients: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.clients[name]
+        except KeyError:
+            raise AttributeError(f"no client {name!r} configured for this app") from None
+
+    def external_key(self, purpose: str) -> str:
+        """An idempotency key for an outside API, derived from the command's (stable on retry)."""
+        return f"oprunner:{self.spec.key}:{purpose}:{self.idempotency_key}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """What a resource resolver or a callable rule gets: the actor, the input, a database handle."""
+
+    actor: Actor | None
+    spec: OperationSpec
+    input: Any
+    db: Any

@@ -1,0 +1,485 @@
+"""The executor: steps 2-7 of DESIGN.md for one parsed command.
+
+find spec -> validate -> authenticate and authorize -> claim the idempotency key -> run the
+handler in a transaction -> record the outcome and its outbox rows in that transaction.
+Every path ends in an ``Outcome`` whose result and audit events are in the outbox; the only
+exceptions that escape are ``StoreUnavailable`` (nothing could be recorded: do not ack the
+message) and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from . import _json
+from .auth import Actor, Authenticator
+from .context import OperationContext, PolicyContext
+from .envelope import AUDIT_TYPE, CONTENT_TYPE, CommandEnvelope, build_event
+from .errors import (
+    AuthError,
+    LeaseLost,
+    OperationError,
+    RetryableError,
+    StoreUnavailable,
+    UnknownOperation,
+)
+from .model import Model, redact
+from .policy import Decision, authorize
+from .registry import Installed, OperationRegistry
+from .spec import OperationSpec, Retry
+from .store import ClaimRequest, ClaimStatus, OutcomeRecord, Publication, Store
+
+Status = Literal["succeeded", "failed", "rejected", "denied"]
+AuditDecision = Literal["allow", "deny", "reject"]
+
+LEASE_MARGIN = 30.0
+"""Seconds a claim outlives the handler's timeout before another worker may take it over."""
+
+STORE_RETRY = Retry(max_attempts=5, initial_backoff=0.1, max_backoff=2.0)
+"""How long to keep trying a store that does not answer before giving the command back."""
+
+_log = logging.getLogger("oprunner.executor")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one command. ``result`` and ``audit`` are the events in the outbox."""
+
+    status: Status
+    result: dict[str, Any]
+    audit: dict[str, Any]
+    publications: tuple[Publication, ...]
+    outbox_ids: tuple[int, ...]
+    replayed: bool = False
+
+    @property
+    def error_code(self) -> str | None:
+        error = self.result["data"].get("error")
+        return error["code"] if error else None
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        out: dict[str, Any] | None = self.result["data"].get("output")
+        return out
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"code": code, "message": message, **extra}
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as ``{field, message, type}`` with wire names (``invoiceId``)."""
+    return [
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "data",
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def fingerprint(op: str, actor: Actor | None, value: Model) -> str:
+    """What must match for a repeated idempotency key to be a replay rather than a conflict."""
+    who = None if actor is None else [actor.kind, actor.user_id, actor.tenant_id]
+    body = _json.dumps({"op": op, "actor": who, "input": value.to_wire()})
+    return hashlib.sha256(body).hexdigest()
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class _OutputInvalid(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Call:
+    """One command on its way through: what the audit event needs, gathered as steps pass."""
+
+    command: CommandEnvelope
+    started: float
+    spec: OperationSpec | None = None
+    actor: Actor | None = None
+    input: Any = None
+    partition: str | None = None
+
+
+class Executor:
+    """Runs commands against a registry and a store. Safe to share between tasks."""
+
+    def __init__(
+        self,
+        registry: OperationRegistry,
+        store: Store,
+        authenticator: Authenticator | None,
+        *,
+        results_topic: str = "ops.results",
+        audit_topic: str = "ops.audit",
+        source: str = "oprunner",
+        clients: Mapping[str, Any] | None = None,
+        transient_errors: tuple[type[BaseException], ...] = (),
+        worker_id: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.authenticator = authenticator
+        self.results_topic = results_topic
+        self.audit_topic = audit_topic
+        self.source = source
+        self.clients = dict(clients or {})
+        self.worker_id = worker_id or default_worker_id()
+        self._transient: tuple[type[BaseException], ...] = (
+            ConnectionError,
+            TimeoutError,
+            RetryableError,
+            *store.transient_errors,
+            *transient_errors,
+        )
+        self._sleep = sleep
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    async def execute(self, command: CommandEnvelope, *, token: str | None = None) -> Outcome:
+        """Take one command to an outcome recorded in the store (steps 2-7)."""
+        call = _Call(command=command, started=time.monotonic())
+        actor, auth_failure = self._authenticate(token)
+        call.actor = actor
+        try:
+            installed = self.registry.get(command.type, command.opversion)
+        except UnknownOperation as exc:
+            return await self._settle(
+                call, "rejected", "reject", _error("UNKNOWN_OPERATION", str(exc))
+            )
+        spec = call.spec = installed.spec
+        call.input = redact(spec.io.input, command.data)
+        if not isinstance(command.data, dict):
+            message = f"data must be a JSON object, got {type(command.data).__name__}"
+            return await self._settle(
+                call, "rejected", "reject", _error("INVALID_INPUT", message, fields=[])
+            )
+        try:
+            value = spec.io.input.model_validate(command.data)
+        except ValidationError as exc:
+            fields = field_errors(exc)
+            message = "invalid input: " + ", ".join(sorted({f["field"] for f in fields}))
+            return await self._settle(
+                call, "rejected", "reject", _error("INVALID_INPUT", message, fields=fields)
+            )
+        call.partition = spec.partition_value(value)
+        call.input = redact(spec.io.input, value.to_wire())
+        if auth_failure is not None:
+            return await self._settle(
+                call, "denied", "deny", _error("UNAUTHENTICATED", auth_failure)
+            )
+        decision = await self._authorize(spec, actor, value)
+        if not decision.allowed:
+            return await self._settle(call, "denied", "deny", _error("FORBIDDEN", decision.reason))
+        if spec.kind == "query":
+            return await self._run_query(installed, call, value)
+        return await self._run_once(installed, call, value)
+
+    def _authenticate(self, token: str | None) -> tuple[Actor | None, str | None]:
+        if token is None:
+            return None, None
+        if self.authenticator is None:
+            return None, "no token verification is configured"
+        try:
+            return self.authenticator.authenticate(token), None
+        except AuthError as exc:
+            return None, exc.reason
+
+    async def _authorize(self, spec: OperationSpec, actor: Actor | None, value: Model) -> Decision:
+        async def check() -> Decision:
+            if not any(rule.needs_resource() for rule in spec.policy.rules):
+                return await authorize(
+                    spec, actor, self.registry, PolicyContext(actor, spec, value, None)
+                )
+            async with self.store.reader() as db:
+                return await authorize(
+                    spec, actor, self.registry, PolicyContext(actor, spec, value, db)
+                )
+
+        try:
+            decision: Decision = await self._with_store_retries(check)
+            return decision
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a resolver bug must not let anyone in: fail closed
+            _log.exception("policy check of %s failed", spec.key)
+            return Decision(False, f"policy check failed ({type(exc).__name__})")
+
+    async def _run_once(self, installed: Installed, call: _Call, value: Model) -> Outcome:
+        spec, command = installed.spec, call.command
+        request = ClaimRequest(
+            key=command.idempotency_key,
+            op=spec.key,
+            version=spec.version,
+            input_hash=fingerprint(spec.key, call.actor, value),
+            command_id=command.id,
+            # One execution owns the lease, not the process: two deliveries of one key in
+            # the same process (a rebalance, HTTP and Kafka at once) must not both hold it.
+            owner=f"{self.worker_id}/{uuid.uuid4().hex[:12]}",
+            lease_seconds=spec.timeout + LEASE_MARGIN,
+        )
+        failures = 0
+        while True:
+            claim = await self._with_store_retries(lambda: self.store.claim(request))
+            if claim.status is ClaimStatus.COMPLETED:
+                assert claim.result is not None
+                return await self._settle(
+                    call, claim.result["status"], "allow", replay=claim.result
+                )
+            if claim.status is ClaimStatus.CONFLICT:
+                message = "this idempotency key was used with a different input"
+                return await self._settle(
+                    call, "rejected", "reject", _error("IDEMPOTENCY_CONFLICT", message)
+                )
+            if claim.status is ClaimStatus.BUSY:
+                await self.store.wait(request.key, max(claim.retry_after, 0.01))
+                continue
+            try:
+                return await self._attempt(installed, call, value, request.owner, claim.attempts)
+            except LeaseLost:
+                continue  # someone else finished or holds it now: claim again to find out
+            except Exception as exc:
+                if not self._is_transient(exc, spec):
+                    raise
+                failures += 1
+                if failures >= spec.retry.max_attempts:
+                    return await self._give_up(call, request, claim.attempts, exc)
+                _log.warning("%s attempt %d failed transiently: %r", spec.key, claim.attempts, exc)
+                await self._sleep(backoff(failures, spec.retry))
+
+    async def _attempt(
+        self, installed: Installed, call: _Call, value: Model, owner: str, attempt: int
+    ) -> Outcome:
+        command = call.command
+        async with self.store.transaction() as tx:
+            data = await self._invoke(installed, call, value, tx.db, attempt, tx.savepoint)
+            record = self._record(call, data["status"], "allow", data, attempt)
+            ids = await tx.complete(command.idempotency_key, owner, record)
+        return self._outcome(record, ids)
+
+    async def _invoke(
+        self,
+        installed: Installed,
+        call: _Call,
+        value: Model,
+        db: Any,
+        attempt: int,
+        savepoint: Callable[[], Any],
+    ) -> dict[str, Any]:
+        """Run the handler in a savepoint; return the result data. Transient errors propagate."""
+        spec, command = installed.spec, call.command
+        ctx = OperationContext(
+            db=db,
+            actor=call.actor,
+            idempotency_key=command.idempotency_key,
+            spec=spec,
+            command_id=command.id,
+            correlation_id=command.correlation_id,
+            attempt=attempt,
+            logger=logging.LoggerAdapter(
+                logging.getLogger(f"oprunner.op.{spec.key}"),
+                {
+                    "command_id": command.id,
+                    "correlation_id": command.correlation_id,
+                    "op": spec.key,
+                },
+            ),
+            clients=self.clients,
+        )
+        try:
+            async with savepoint():
+                async with asyncio.timeout(spec.timeout):
+                    raw = await installed.handler(value, ctx)
+                output = _validate_output(spec.io.output, raw)
+        except OperationError as exc:
+            if exc.retryable:
+                raise RetryableError(exc.code) from exc
+            return {"status": "failed", "error": _error(exc.code, exc.message, **_details(exc))}
+        except _OutputInvalid as exc:
+            return {"status": "failed", "error": _error("OUTPUT_INVALID", str(exc))}
+        except Exception as exc:
+            if self._is_transient(exc, spec):
+                raise
+            ctx.logger.exception("handler of %s raised", spec.key)
+            return {"status": "failed", "error": _error("HANDLER_ERROR", type(exc).__name__)}
+        return {"status": "succeeded", "output": output}
+
+    async def _run_query(self, installed: Installed, call: _Call, value: Model) -> Outcome:
+        failures = 0
+        while True:
+            try:
+                async with self.store.transaction() as tx:
+                    data = await self._invoke(
+                        installed, call, value, tx.db, failures + 1, tx.savepoint
+                    )
+                    record = self._record(call, data["status"], "allow", data, failures + 1)
+                    ids = await tx.record(record)
+                return self._outcome(record, ids)
+            except Exception as exc:
+                if not self._is_transient(exc, installed.spec):
+                    raise
+                failures += 1
+                if failures >= installed.spec.retry.max_attempts:
+                    error = _error(
+                        "RETRIES_EXHAUSTED",
+                        f"gave up after {failures} attempts: {type(exc).__name__}",
+                    )
+                    return await self._settle(call, "failed", "allow", error)
+                await self._sleep(backoff(failures, installed.spec.retry))
+
+    async def _give_up(
+        self, call: _Call, request: ClaimRequest, attempt: int, exc: BaseException
+    ) -> Outcome:
+        cause = exc.__cause__ if isinstance(exc, RetryableError) else None
+        code = cause.code if isinstance(cause, OperationError) else "RETRIES_EXHAUSTED"
+        message = f"gave up after {attempt} attempts: {type(cause or exc).__name__}"
+        data = {"status": "failed", "error": _error(code, message)}
+        record = self._record(call, "failed", "allow", data, attempt)
+
+        async def complete() -> tuple[int, ...]:
+            async with self.store.transaction() as tx:
+                return tuple(await tx.complete(request.key, request.owner, record))
+
+        return self._outcome(record, await self._with_store_retries(complete))
+
+    # -- recording ------------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        call: _Call,
+        status: Status,
+        decision: AuditDecision,
+        error: dict[str, Any] | None = None,
+        *,
+        replay: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """Record an outcome that owns no run: a rejection, a denial or a replay."""
+        data = replay if replay is not None else {"status": status, "error": error}
+        record = self._record(call, status, decision, data, 0, replayed=replay is not None)
+        ids = await self._with_store_retries(lambda: self.store.record(record))
+        return self._outcome(record, ids, replayed=replay is not None)
+
+    def _record(
+        self,
+        call: _Call,
+        status: Status,
+        decision: AuditDecision,
+        data: dict[str, Any],
+        attempt: int,
+        *,
+        replayed: bool = False,
+    ) -> OutcomeRecord:
+        command, spec = call.command, call.spec
+        version = spec.version if spec else command.opversion
+        op = spec.key if spec else command.type
+        result = build_event(
+            type=f"{op}.result", source=self.source, data=data, command=command, opversion=version
+        )
+        error = data.get("error")
+        audit_data: dict[str, Any] = {
+            "op": op,
+            "version": version,
+            "actor": call.actor.audit() if call.actor else None,
+            "decision": decision,
+            "status": status,
+            "attempt": attempt,
+            "duration_ms": round((time.monotonic() - call.started) * 1000, 3),
+            "input": call.input,
+            "deprecated": bool(spec and spec.deprecated),
+            "replayed": replayed,
+            "error": error["code"] if error else None,
+            "reason": error["message"] if error and status in ("denied", "rejected") else None,
+        }
+        audit = build_event(
+            type=AUDIT_TYPE, source=self.source, data=audit_data, command=command, opversion=version
+        )
+        key = (call.partition or command.idempotency_key).encode()
+        headers: tuple[tuple[str, bytes], ...] = (("content-type", CONTENT_TYPE.encode()),)
+        if command.traceparent:
+            headers += (("traceparent", command.traceparent.encode()),)
+        return OutcomeRecord(
+            command_id=command.id,
+            op=op,
+            version=version,
+            status=status,
+            result=data,
+            audit=audit_data,
+            publications=(
+                Publication(self.results_topic, key, _json.dumps(result), headers),
+                Publication(self.audit_topic, key, _json.dumps(audit), headers),
+            ),
+        )
+
+    @staticmethod
+    def _outcome(record: OutcomeRecord, ids: Any, *, replayed: bool = False) -> Outcome:
+        result_pub, audit_pub = record.publications
+        return Outcome(
+            status=record.status,  # type: ignore[arg-type]
+            result=_json.loads(result_pub.value),
+            audit=_json.loads(audit_pub.value),
+            publications=record.publications,
+            outbox_ids=tuple(ids),
+            replayed=replayed,
+        )
+
+    # -- transient failures ---------------------------------------------------------------
+
+    def _is_transient(self, exc: BaseException, spec: OperationSpec) -> bool:
+        return isinstance(exc, (*self._transient, *spec.retry.retry_on))
+
+    async def _with_store_retries(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Call the store, riding out a short outage; past it, give the command back."""
+        for attempt in range(1, STORE_RETRY.max_attempts + 1):
+            try:
+                return await fn()
+            except Exception as exc:
+                if not isinstance(exc, self._transient):
+                    raise
+                if attempt == STORE_RETRY.max_attempts:
+                    raise StoreUnavailable(f"store unavailable: {exc!r}") from exc
+                await self._sleep(backoff(attempt, STORE_RETRY))
+        raise AssertionError("unreachable")
+
+
+def backoff(failures: int, retry: Retry) -> float:
+    """Exponential backoff with jitter: uniform in [c/2, c], c = min(max, initial * 2^(n-1))."""
+    ceiling = min(retry.max_backoff, retry.initial_backoff * 2 ** (failures - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _details(exc: OperationError) -> dict[str, Any]:
+    return {"details": exc.details} if exc.details else {}
+
+
+def _validate_output(output_model: type[Model], raw: Any) -> dict[str, Any]:
+    try:
+        if isinstance(raw, output_model):
+            value = output_model.model_validate(raw.model_dump())
+        elif isinstance(raw, BaseModel):
+            value = output_model.model_validate(raw.model_dump(by_alias=True))
+        else:
+            value = output_model.model_validate(raw)
+    except ValidationError as exc:
+        fields = ", ".join(sorted({f["field"] for f in field_errors(exc)}))
+        raise _OutputInvalid(
+            f"handler output does not match {output_model.__name__}: {fields}"
+        ) from None
+    return value.to_wire()

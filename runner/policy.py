@@ -1,0 +1,95 @@
+"""Authorization: the spec's auth level, then each rule. Anything unexpected denies."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from .auth import Actor
+from .context import PolicyContext
+from .registry import OperationRegistry, Resource
+from .spec import Condition, OperationSpec, Rule
+
+_LEVELS = {
+    "public": ("user", "service", "admin"),
+    "user": ("user", "service", "admin"),
+    "service": ("service", "admin"),
+    "admin": ("admin",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+
+
+ALLOW = Decision(True)
+
+
+def _deny(reason: str) -> Decision:
+    return Decision(False, reason)
+
+
+async def _holds(
+    cond: Condition, actor: Actor, resource: Resource | None, ctx: PolicyContext
+) -> bool:
+    if callable(cond):
+        verdict = cond(actor, resource, ctx.input)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return verdict is True
+    if cond == "admin":
+        return actor.kind == "admin"
+    if cond == "service":
+        return actor.kind == "service"
+    if cond.startswith("role:"):
+        return cond[5:] in actor.roles
+    if resource is None:
+        return False
+    same_tenant = resource.tenant_id is None or resource.tenant_id == actor.tenant_id
+    if cond == "owner":
+        return resource.owner_id is not None and resource.owner_id == actor.user_id and same_tenant
+    if cond == "tenant":
+        return resource.tenant_id is not None and same_tenant
+    return False
+
+
+async def _check_rule(
+    rule: Rule, actor: Actor, registry: OperationRegistry, ctx: PolicyContext
+) -> Decision:
+    resource: Resource | None = None
+    if rule.needs_resource():
+        assert rule.resource is not None and rule.id_field is not None  # checked by Rule
+        resolver = registry.resolver(rule.resource)
+        if resolver is None:
+            return _deny(f"no resolver for resource {rule.resource!r}")
+        resource_id = str(getattr(ctx.input, rule.id_field))
+        resource = await resolver(resource_id, ctx)
+        if resource is None:
+            if rule.if_missing == "allow":
+                return ALLOW
+            return _deny(f"{rule.resource} {resource_id!r} not found or not yours")
+    for cond in rule.conditions:
+        if await _holds(cond, actor, resource, ctx):
+            return ALLOW
+    what = f"{rule.resource} " if rule.resource else ""
+    return _deny(f"not allowed to {rule.action or 'run'} this {what}".rstrip())
+
+
+async def authorize(
+    spec: OperationSpec, actor: Actor | None, registry: OperationRegistry, ctx: PolicyContext
+) -> Decision:
+    """Allow only when the auth level admits the actor and every rule holds."""
+    level = spec.policy.auth
+    if actor is None:
+        if level == "public" and not spec.policy.rules:
+            return ALLOW
+        return _deny("authentication required")
+    if actor.kind not in _LEVELS[level]:
+        return _deny(f"{spec.key} needs a {level} token, got a {actor.kind} token")
+    for rule in spec.policy.rules:
+        decision = await _check_rule(rule, actor, registry, ctx)
+        if not decision.allowed:
+            return decision
+    return ALLOW

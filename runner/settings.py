@@ -1,0 +1,34 @@
+"""Configuration from the environment (prefix ``OPRUNNER_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting DESIGN.md names. Secrets are ``SecretStr`` so they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="OPRUNNER_", env_file=".env", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_idempotent_producer: bool = True
+    commands_topic: str = "ops.commands"
+    results_topic: str = "ops.results"
+    audit_topic: str = "ops.audit"
+    dlq_topic: str = "ops.dlq"
+    group_id: str = "oprunner"
+    database_url: SecretStr | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    max_in_flight: int = Field(default=256, ge=1)
+    max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+    source: str = "oprunner"

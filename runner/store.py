@@ -1,0 +1,119 @@
+"""The store protocol: idempotency claims, outcome records and the outbox, in one database.
+
+The executor needs exactly this from a database; ``infra.postgres`` implements it on asyncpg
+and ``runner.testing.InMemoryStore`` in memory.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ClaimStatus(enum.Enum):
+    ACQUIRED = "acquired"  # this worker holds the lease: run the handler
+    COMPLETED = "completed"  # done before: replay the stored result
+    CONFLICT = "conflict"  # same key, different input: reject
+    BUSY = "busy"  # a live worker holds the lease: wait, then claim again
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    status: ClaimStatus
+    attempts: int = 0
+    result: dict[str, Any] | None = None  # the stored result data, when COMPLETED
+    retry_after: float = 0.0  # seconds until the other worker's lease runs out, when BUSY
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    key: str
+    op: str
+    version: str
+    input_hash: str
+    command_id: str
+    owner: str
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message to publish: the outbox row's payload."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """Everything recorded for one outcome, committed together."""
+
+    command_id: str
+    op: str
+    version: str | None
+    status: str
+    result: dict[str, Any]
+    audit: dict[str, Any]
+    publications: tuple[Publication, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    publication: Publication
+
+
+class Transaction(Protocol):
+    """One open database transaction; ``db`` is what handlers see as ``ctx.db``."""
+
+    @property
+    def db(self) -> Any: ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested scope: an exception inside undoes only the handler's writes."""
+        ...
+
+    async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
+        """Mark the run ``key`` completed with ``record`` and write its outbox rows.
+
+        Raises ``LeaseLost`` when ``owner`` no longer holds the claim.
+        """
+        ...
+
+    async def record(self, record: OutcomeRecord) -> list[int]:
+        """Write the outbox rows and audit entry of an outcome that owns no run."""
+        ...
+
+
+class Store(Protocol):
+    """Idempotency claims, outcome records and the outbox."""
+
+    transient_errors: tuple[type[BaseException], ...]
+    """Exceptions of this store that mean "try again" (a lost connection, a failover)."""
+
+    async def claim(self, request: ClaimRequest) -> Claim: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    def reader(self) -> AbstractAsyncContextManager[Any]:
+        """A database handle for reads outside any run (resource resolvers)."""
+        ...
+
+    async def record(self, record: OutcomeRecord) -> list[int]:
+        """``Transaction.record`` in a transaction of its own."""
+        ...
+
+    async def wait(self, key: str, within: float) -> None:
+        """Return when run ``key`` may have completed, or after ``within`` seconds."""
+        ...
+
+    async def pending(self, limit: int) -> Sequence[OutboxRow]:
+        """Unpublished outbox rows, oldest first (the relay's sweep)."""
+        ...
+
+    async def mark_published(self, ids: Sequence[int]) -> None: ...

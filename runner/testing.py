@@ -1,0 +1,157 @@
+"""Helpers for testing apps built on oprunner: an in-memory store, tokens, commands.
+
+``InMemoryStore`` implements the ``Store`` protocol with the same claim semantics as the
+Postgres store, so an app's handlers and policies can be tested without any server. Its
+``db`` is a plain dict shared by all transactions, and is not rolled back: keep handler
+effects that must roll back in a real database test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .auth import mint_token
+from .envelope import command
+from .errors import LeaseLost
+from .store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord
+
+__all__ = ["InMemoryStore", "MemoryRun", "command", "mint_token"]
+
+
+@dataclass(slots=True)
+class MemoryRun:
+    key: str
+    op: str
+    input_hash: str
+    command_id: str
+    owner: str | None
+    lease_until: float
+    attempts: int
+    status: str = "running"
+    result: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class _Outbox:
+    rows: list[OutboxRow] = field(default_factory=list)
+    published: set[int] = field(default_factory=set)
+
+
+class _MemoryTransaction:
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+        self._staged: list[tuple[str | None, OutcomeRecord, list[OutboxRow]]] = []
+
+    @property
+    def db(self) -> dict[str, Any]:
+        return self._store.data
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        yield
+
+    async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
+        run = self._store.runs.get(key)
+        if run is None or run.status != "running" or run.owner != owner:
+            raise LeaseLost(key)
+        return self._stage(key, record)
+
+    async def record(self, record: OutcomeRecord) -> list[int]:
+        return self._stage(None, record)
+
+    def _stage(self, key: str | None, record: OutcomeRecord) -> list[int]:
+        rows = [OutboxRow(self._store._new_id(), p) for p in record.publications]
+        self._staged.append((key, record, rows))
+        return [row.id for row in rows]
+
+    def _commit(self) -> None:
+        for key, record, rows in self._staged:
+            self._store._apply(key, record, rows)
+
+
+class InMemoryStore:
+    """The ``Store`` protocol in memory, for unit tests of the engine and of apps."""
+
+    transient_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self) -> None:
+        self.runs: dict[str, MemoryRun] = {}
+        self.audit_log: list[dict[str, Any]] = []
+        self.data: dict[str, Any] = {}
+        self._outbox = _Outbox()
+        self._next_id = 1
+        self._done: dict[str, asyncio.Event] = {}
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def claim(self, request: ClaimRequest) -> Claim:
+        now = time.monotonic()
+        run = self.runs.get(request.key)
+        if run is not None and run.input_hash != request.input_hash:
+            return Claim(ClaimStatus.CONFLICT, run.attempts)
+        if run is not None and run.status == "completed":
+            return Claim(ClaimStatus.COMPLETED, run.attempts, result=run.result)
+        if run is not None and run.owner != request.owner and run.lease_until > now:
+            return Claim(ClaimStatus.BUSY, run.attempts, retry_after=run.lease_until - now)
+        if run is None:
+            run = self.runs[request.key] = MemoryRun(
+                request.key, request.op, request.input_hash, request.command_id, None, 0.0, 0
+            )
+        run.owner = request.owner
+        run.lease_until = now + request.lease_seconds
+        run.attempts += 1
+        return Claim(ClaimStatus.ACQUIRED, run.attempts)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
+        tx = _MemoryTransaction(self)
+        yield tx
+        tx._commit()
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[dict[str, Any]]:
+        yield self.data
+
+    async def record(self, record: OutcomeRecord) -> list[int]:
+        async with self.transaction() as tx:
+            return await tx.record(record)
+
+    async def wait(self, key: str, within: float) -> None:
+        event = self._done.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), within)
+
+    async def pending(self, limit: int) -> Sequence[OutboxRow]:
+        rows = [r for r in self._outbox.rows if r.id not in self._outbox.published]
+        return rows[:limit]
+
+    async def mark_published(self, ids: Sequence[int]) -> None:
+        self._outbox.published.update(ids)
+
+    # -- internals and inspection ---------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _apply(self, key: str | None, record: OutcomeRecord, rows: list[OutboxRow]) -> None:
+        if key is not None:
+            run = self.runs[key]
+            run.status, run.result, run.owner = "completed", record.result, None
+            self._done.pop(key, asyncio.Event()).set()
+        self.audit_log.append(record.audit)
+        self._outbox.rows.extend(rows)
+
+    @property
+    def outbox(self) -> list[OutboxRow]:
+        """Every committed outbox row, published or not."""
+        return list(self._outbox.rows)
+
+    def run_count(self, op: str) -> int:
+        return sum(1 for run in self.runs.values() if run.op == op)

@@ -1,0 +1,1 @@
+"""Operation specs, one module per operation, grouped by domain. Imports ``runner`` only."""

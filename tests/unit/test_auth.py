@@ -1,0 +1,145 @@
+"""JWT verification: only well-signed, current tokens for this issuer/audience become actors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from runner import AuthError, JwtAuthenticator, mint_token
+from runner.auth import bearer
+
+SECRET = "a-secret-that-is-long-enough-for-hs256!!"
+
+
+def _claims(**over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"sub": "alice", "tenant": "t1", "roles": ["ops"], "exp": now + 60, **over}
+
+
+def test_valid_token_gives_the_actor() -> None:
+    actor = JwtAuthenticator(secret=SECRET).authenticate(
+        mint_token(SECRET, sub="alice", tenant="t1", roles=["ops"])
+    )
+    assert (actor.kind, actor.user_id, actor.tenant_id, actor.roles) == (
+        "user",
+        "alice",
+        "t1",
+        frozenset({"ops"}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        (_claims(exp=int(time.time()) - 3600), "expired"),
+        (_claims(nbf=int(time.time()) + 3600), "not yet valid"),
+        ({"sub": "alice"}, "'exp'"),
+        ({"exp": int(time.time()) + 60}, "'sub'"),
+        (_claims(sub=""), "sub"),
+        (_claims(kind="root"), "kind"),
+        (_claims(roles="admin"), "roles"),
+        (_claims(tenant=7), "tenant"),
+    ],
+)
+def test_bad_claims_are_refused(claims: dict[str, Any], reason: str) -> None:
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    with pytest.raises(AuthError, match=reason):
+        JwtAuthenticator(secret=SECRET).authenticate(token)
+
+
+def test_issuer_and_audience_are_checked_when_configured() -> None:
+    auth = JwtAuthenticator(secret=SECRET, issuer="https://idp", audience="oprunner")
+    good = jwt.encode(_claims(iss="https://idp", aud="oprunner"), SECRET, algorithm="HS256")
+    assert auth.authenticate(good).user_id == "alice"
+    with pytest.raises(AuthError, match="issuer"):
+        auth.authenticate(
+            jwt.encode(_claims(iss="https://evil", aud="oprunner"), SECRET, algorithm="HS256")
+        )
+    with pytest.raises(AuthError, match="audience"):
+        auth.authenticate(
+            jwt.encode(_claims(iss="https://idp", aud="other"), SECRET, algorithm="HS256")
+        )
+
+
+def test_wrong_secret_and_garbage_are_invalid() -> None:
+    auth = JwtAuthenticator(secret=SECRET)
+    with pytest.raises(AuthError, match="invalid"):
+        auth.authenticate(
+            jwt.encode(_claims(), "another-secret-another-secret-another", algorithm="HS256")
+        )
+    with pytest.raises(AuthError):
+        auth.authenticate("a.b.c")
+
+
+def test_alg_none_is_refused() -> None:
+    token = jwt.encode(_claims(), None, algorithm="none")
+    with pytest.raises(AuthError):
+        JwtAuthenticator(secret=SECRET).authenticate(token)
+
+
+def test_huge_token_is_refused_before_decoding() -> None:
+    with pytest.raises(AuthError, match="longer than"):
+        JwtAuthenticator(secret=SECRET).authenticate("x" * 1_000_000)
+
+
+def _rsa() -> tuple[bytes, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+def test_rs256_works_and_algorithm_confusion_is_refused() -> None:
+    private, public = _rsa()
+    auth = JwtAuthenticator(public_key=public)
+    assert auth.authenticate(jwt.encode(_claims(), private, algorithm="RS256")).user_id == "alice"
+    # HS256 "signed" with the public key as the HMAC secret: the classic confusion attack
+    import hashlib
+    import hmac
+    import json
+    from base64 import urlsafe_b64encode
+
+    def b64(b: bytes) -> bytes:
+        return urlsafe_b64encode(b).rstrip(b"=")
+
+    signing = (
+        b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        + b"."
+        + b64(json.dumps(_claims()).encode())
+    )
+    forged = signing + b"." + b64(hmac.new(public.encode(), signing, hashlib.sha256).digest())
+    with pytest.raises(AuthError):
+        auth.authenticate(forged.decode())
+
+
+def test_exactly_one_key_is_required() -> None:
+    with pytest.raises(ValueError):
+        JwtAuthenticator()
+    with pytest.raises(ValueError):
+        JwtAuthenticator(secret="a", public_key="b")
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        (b"Bearer x", "x"),
+        ("Basic abc", None),
+        ("Bearer ", None),
+        (None, None),
+    ],
+)
+def test_bearer_header(header: Any, token: str | None) -> None:
+    assert bearer(header) == token

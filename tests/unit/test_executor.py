@@ -1,0 +1,184 @@
+"""The executor's outcomes, one per path of DESIGN.md's steps 2-7, on InMemoryStore."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from runner import OperationError, RetryableError
+from runner.model import REDACTED
+
+from .conftest import GOOD, App
+
+
+def _published(app: App, topic: str) -> int:
+    return sum(1 for row in app.store.outbox if row.publication.topic == topic)
+
+
+async def test_valid_command_succeeds_with_result_and_audit(app: App) -> None:
+    out = await app.run("docs.pay", GOOD, id="cmd-1")
+    assert out.status == "succeeded"
+    assert out.output == {"receipt": "r-d1", "charged": "12.50"}
+    assert out.result["type"] == "docs.pay.result"
+    assert out.result["causationid"] == "cmd-1"
+    assert out.result["correlationid"] == "cmd-1"
+    assert out.result["idempotencykey"] == "cmd-1"
+    assert out.result["opversion"] == "1.0.0"
+    assert out.audit["type"] == "oprunner.audit"
+    assert out.audit["data"]["decision"] == "allow"
+    assert out.audit["data"]["actor"]["id"] == "alice"
+    assert len(out.outbox_ids) == 2
+    assert _published(app, "ops.results") == 1 and _published(app, "ops.audit") == 1
+    # the Kafka key of the events is the partition key, so one document's events stay ordered
+    assert {p.key for p in out.publications} == {b"d1"}
+
+
+async def test_sensitive_fields_are_redacted_in_audit(app: App) -> None:
+    out = await app.run("docs.pay", GOOD)
+    assert out.audit["data"]["input"]["card"] == REDACTED
+    assert b"4242-secret" not in b"".join(p.value for p in out.publications)
+    rejected = await app.run("docs.pay", {**GOOD, "amount": "-1"})
+    assert rejected.audit["data"]["input"]["card"] == REDACTED
+
+
+async def test_invalid_input_is_rejected_naming_fields(app: App) -> None:
+    out = await app.run("docs.pay", {"docId": "", "amount": "zero", "card": "x", "extra": 1})
+    assert out.status == "rejected"
+    assert out.error_code == "INVALID_INPUT"
+    fields = {f["field"] for f in out.result["data"]["error"]["fields"]}
+    assert fields == {"docId", "amount", "extra"}
+    assert app.behaviour.calls == 0
+    assert out.audit["data"]["decision"] == "reject"
+
+
+async def test_data_that_is_not_an_object_is_rejected(app: App) -> None:
+    out = await app.run("docs.pay", "a string")
+    assert out.status == "rejected" and out.error_code == "INVALID_INPUT"
+
+
+async def test_unknown_operation_and_version_are_rejected(app: App) -> None:
+    assert (await app.run("docs.nope", GOOD)).error_code == "UNKNOWN_OPERATION"
+    out = await app.run("docs.pay", GOOD, opversion="9.0.0")
+    assert out.status == "rejected" and out.error_code == "UNKNOWN_OPERATION"
+
+
+async def test_missing_or_bad_token_is_denied(app: App) -> None:
+    out = await app.run("docs.pay", GOOD, token=None)
+    assert out.status == "denied" and out.error_code == "FORBIDDEN"
+    out = await app.run("docs.pay", GOOD, token="not-a-jwt")
+    assert out.status == "denied" and out.error_code == "UNAUTHENTICATED"
+    assert out.audit["data"]["decision"] == "deny"
+    assert app.behaviour.calls == 0
+
+
+async def test_someone_elses_resource_is_denied(app: App) -> None:
+    out = await app.run("docs.pay", {**GOOD, "docId": "d2"})  # bob's
+    assert out.status == "denied" and out.error_code == "FORBIDDEN"
+    assert app.behaviour.calls == 0
+    assert not app.store.runs  # a denial claims no idempotency key
+
+
+async def test_same_owner_in_another_tenant_is_denied(app: App) -> None:
+    out = await app.run("docs.pay", {**GOOD, "docId": "d3"})  # alice, but tenant t2
+    assert out.status == "denied"
+
+
+async def test_actor_claimed_in_data_changes_nothing(app: App) -> None:
+    out = await app.run("docs.pay", {**GOOD, "docId": "d2", "userId": "bob"}, token="alice")
+    assert out.status == "rejected"  # unknown fields are refused outright
+    assert app.behaviour.calls == 0
+
+
+async def test_duplicate_replays_the_stored_result_and_runs_nothing(app: App) -> None:
+    first = await app.run("docs.pay", GOOD, id="a", idempotency_key="k1")
+    again = await app.run("docs.pay", GOOD, id="b", idempotency_key="k1")
+    assert app.behaviour.calls == 1
+    assert again.status == "succeeded" and again.replayed
+    assert again.result["data"] == first.result["data"]
+    assert again.result["causationid"] == "b"
+    assert again.audit["data"]["replayed"] is True
+    assert _published(app, "ops.results") == 2  # every delivery is answered
+
+
+async def test_same_key_different_input_is_a_conflict(app: App) -> None:
+    await app.run("docs.pay", GOOD, idempotency_key="k1")
+    out = await app.run("docs.pay", {**GOOD, "amount": "13"}, idempotency_key="k1")
+    assert out.status == "rejected" and out.error_code == "IDEMPOTENCY_CONFLICT"
+    assert app.behaviour.calls == 1
+
+
+async def test_concurrent_executions_of_one_key_run_the_handler_once(app: App) -> None:
+    app.behaviour.gate = asyncio.Event()
+    tasks = [
+        asyncio.create_task(app.run("docs.pay", GOOD, idempotency_key="same")) for _ in range(5)
+    ]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    app.behaviour.gate.set()
+    outcomes = await asyncio.gather(*tasks)
+    assert app.behaviour.calls == 1
+    assert [o.status for o in outcomes] == ["succeeded"] * 5
+    assert sum(o.replayed for o in outcomes) == 4
+
+
+async def test_transient_errors_retry_then_succeed(app: App) -> None:
+    app.behaviour.transient_failures = 2
+    out = await app.run("docs.pay", GOOD)
+    assert out.status == "succeeded"
+    assert app.behaviour.calls == 3
+    assert out.audit["data"]["attempt"] == 3
+
+
+async def test_transient_errors_past_the_limit_fail(app: App) -> None:
+    app.behaviour.transient_failures = 10
+    out = await app.run("docs.pay", GOOD)
+    assert out.status == "failed" and out.error_code == "RETRIES_EXHAUSTED"
+    assert app.behaviour.calls == 3  # Retry() default: 3 attempts
+    again = await app.run("docs.pay", GOOD, id=out.result["causationid"])
+    assert again.replayed and again.status == "failed"
+
+
+async def test_retryable_operation_error_keeps_its_code_when_exhausted(app: App) -> None:
+    app.behaviour.raise_error = OperationError("UPSTREAM_BUSY", "later", retryable=True)
+    out = await app.run("docs.pay", GOOD)
+    assert out.status == "failed" and out.error_code == "UPSTREAM_BUSY"
+    app.behaviour.raise_error = RetryableError("x")
+    assert (await app.run("docs.pay", GOOD)).error_code == "RETRIES_EXHAUSTED"
+
+
+async def test_domain_error_is_failed_with_its_code(app: App) -> None:
+    app.behaviour.raise_error = OperationError("TOO_MUCH", "limit is 10", details={"limit": 10})
+    out = await app.run("docs.pay", GOOD)
+    assert out.status == "failed"
+    assert out.result["data"]["error"] == {
+        "code": "TOO_MUCH",
+        "message": "limit is 10",
+        "details": {"limit": 10},
+    }
+    assert app.behaviour.calls == 1
+
+
+async def test_wrong_output_shape_is_output_invalid(app: App) -> None:
+    app.behaviour.bad_output = True
+    out = await app.run("docs.pay", GOOD)
+    assert out.status == "failed" and out.error_code == "OUTPUT_INVALID"
+
+
+async def test_unexpected_exception_is_failed_not_a_crash(app: App) -> None:
+    app.behaviour.raise_error = KeyError("boom")
+    out = await app.run("docs.pay", GOOD)
+    assert out.status == "failed" and out.error_code == "HANDLER_ERROR"
+
+
+async def test_query_runs_every_time_and_admin_may_view(app: App) -> None:
+    first = await app.run("docs.view", {"docId": "d1"})
+    second = await app.run("docs.view", {"docId": "d1"})
+    assert first.status == second.status == "succeeded" and not second.replayed
+    admin = app.token("root", kind="admin")
+    assert (await app.run("docs.view", {"docId": "d2"}, token=admin)).status == "succeeded"
+    assert (await app.run("docs.view", {"docId": "d2"}, token="alice")).status == "denied"
+
+
+async def test_amounts_keep_exact_decimal_value(app: App) -> None:
+    out = await app.run("docs.pay", {**GOOD, "amount": 19.99})
+    assert Decimal(out.output["charged"]) == Decimal("19.99")

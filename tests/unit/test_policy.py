@@ -1,0 +1,145 @@
+"""Policy: auth levels and rules, failing closed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runner import (
+    IO,
+    Actor,
+    Meta,
+    Model,
+    OperationRegistry,
+    Policy,
+    PolicyContext,
+    Resource,
+    Rule,
+    define_command,
+)
+from runner.policy import authorize
+
+
+class In(Model):
+    doc_id: str
+
+
+class Out(Model):
+    ok: bool
+
+
+def _spec(policy: Policy) -> Any:
+    return define_command(
+        meta=Meta(key="t.op", version="1.0.0", description="t"),
+        io=IO(input=In, output=Out),
+        policy=policy,
+    )
+
+
+ALICES_DOC = Resource("d", owner_id="alice", tenant_id="t1")
+
+
+def _registry(resource: Resource | None = ALICES_DOC) -> OperationRegistry:
+    registry = OperationRegistry()
+
+    async def load(doc_id: str, ctx: PolicyContext) -> Resource | None:
+        return resource
+
+    registry.add_resource("doc", load)
+    return registry
+
+
+ALICE = Actor("user", "alice", "t1", frozenset({"ops"}))
+BOB = Actor("user", "bob", "t1")
+EVE = Actor("user", "alice", "t2")  # same user id, other tenant
+SVC = Actor("service", "stripe-webhook", None)
+ROOT = Actor("admin", "root", None)
+
+
+async def _allowed(
+    policy: Policy, actor: Actor | None, registry: OperationRegistry | None = None
+) -> bool:
+    spec = _spec(policy)
+    value = In(doc_id="d")
+    registry = _registry() if registry is None else registry
+    decision = await authorize(spec, actor, registry, PolicyContext(actor, spec, value, None))
+    return decision.allowed
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        ("public", [True, True, True, True]),
+        ("user", [False, True, True, True]),
+        ("service", [False, False, True, True]),
+        ("admin", [False, False, False, True]),
+    ],
+)
+async def test_auth_levels(level: Any, expected: list[bool]) -> None:
+    got = [await _allowed(Policy(auth=level), actor) for actor in (None, ALICE, SVC, ROOT)]
+    assert got == expected
+
+
+async def test_owner_rule() -> None:
+    policy = Policy(rules=[Rule(resource="doc", condition="owner", id_field="doc_id")])
+    assert await _allowed(policy, ALICE)
+    assert not await _allowed(policy, BOB)
+    assert not await _allowed(policy, EVE)
+    assert not await _allowed(policy, ROOT)  # admin is not implicitly an owner
+
+
+async def test_any_of_conditions() -> None:
+    policy = Policy(rules=[Rule(resource="doc", condition=("owner", "admin"), id_field="doc_id")])
+    assert (
+        await _allowed(policy, ROOT)
+        and await _allowed(policy, ALICE)
+        and not await _allowed(policy, BOB)
+    )
+
+
+async def test_tenant_and_role_rules() -> None:
+    tenant = Policy(rules=[Rule(resource="doc", condition="tenant", id_field="doc_id")])
+    assert await _allowed(tenant, BOB) and not await _allowed(tenant, EVE)
+    role = Policy(rules=[Rule(condition="role:ops")])
+    assert await _allowed(role, ALICE) and not await _allowed(role, BOB)
+
+
+async def test_callable_condition_sync_and_async() -> None:
+    async def big(actor: Actor, resource: Any, value: Any) -> bool:
+        return resource.owner_id == "alice" and actor.user_id == "bob"
+
+    policy = Policy(rules=[Rule(resource="doc", condition=big, id_field="doc_id")])
+    assert await _allowed(policy, BOB) and not await _allowed(policy, ALICE)
+    truthy = Policy(rules=[Rule(resource="doc", condition=lambda a, r, v: 1, id_field="doc_id")])
+    assert not await _allowed(truthy, ALICE)  # only a real True allows
+
+
+async def test_missing_resource_denies_unless_allowed() -> None:
+    deny = Policy(rules=[Rule(resource="doc", condition="owner", id_field="doc_id")])
+    assert not await _allowed(deny, ALICE, _registry(None))
+    allow = Policy(
+        rules=[Rule(resource="doc", condition="owner", id_field="doc_id", if_missing="allow")]
+    )
+    assert await _allowed(allow, ALICE, _registry(None))
+
+
+async def test_missing_resolver_denies_and_check_reports_it() -> None:
+    policy = Policy(rules=[Rule(resource="doc", condition="owner", id_field="doc_id")])
+    empty = OperationRegistry()
+    assert not await _allowed(policy, ALICE, empty)
+
+    async def handler(value: Any, ctx: Any) -> Any:
+        return {"ok": True}
+
+    empty.install(_spec(policy), handler)
+    assert "no resolver for resource 'doc'" in empty.problems()[0]
+    with pytest.raises(Exception, match="no resolver"):
+        empty.check()
+
+
+def test_rule_definitions_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown rule condition"):
+        Rule(condition="owns")
+    with pytest.raises(ValueError, match="needs resource"):
+        Rule(condition="owner")
