@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from . import _json
 from .auth import Actor, Authenticator
 from .context import OperationContext, PolicyContext
-from .envelope import AUDIT_TYPE, CONTENT_TYPE, CommandEnvelope, build_event
+from .envelope import AUDIT_TYPE, CONTENT_TYPE, CommandEnvelope, build_event, parse_command
 from .errors import (
     AuthError,
     LeaseLost,
@@ -154,8 +154,23 @@ class Executor:
 
     # -- the pipeline ---------------------------------------------------------------------
 
-    async def execute(self, command: CommandEnvelope, *, token: str | None = None) -> Outcome:
-        """Take one command to an outcome recorded in the store (steps 2-7)."""
+    async def execute(
+        self,
+        command: CommandEnvelope | bytes | str | Mapping[str, Any],
+        *,
+        token: str | None = None,
+    ) -> Outcome:
+        """Take one command to an outcome recorded in the store (steps 2-7).
+
+        ``command`` may be raw CloudEvents JSON or a dict, parsed here (an ``EnvelopeError``
+        then means it belongs on the dead-letter topic). ``token`` is the bearer token, with
+        or without its ``Bearer `` prefix.
+        """
+        if not isinstance(command, CommandEnvelope):
+            raw = _json.dumps(dict(command)) if isinstance(command, Mapping) else command
+            command = parse_command(raw)
+        if token is not None and token[:7].lower() == "bearer ":
+            token = token[7:].strip()
         call = _Call(command=command, started=time.monotonic())
         actor, auth_failure = self._authenticate(token)
         call.actor = actor
@@ -182,6 +197,8 @@ class Executor:
             )
         call.partition = spec.partition_value(value)
         call.input = redact(spec.io.input, value.to_wire())
+        if auth_failure is None and actor is None and spec.policy.auth != "public":
+            auth_failure = "a bearer token is required"
         if auth_failure is not None:
             return await self._settle(
                 call, "denied", "deny", _error("UNAUTHENTICATED", auth_failure)

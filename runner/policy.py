@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .auth import Actor
 from .context import PolicyContext
@@ -55,6 +57,27 @@ async def _holds(
     return False
 
 
+def _first(source: Any, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = source.get(name) if isinstance(source, Mapping) else getattr(source, name, None)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def as_resource(resource_id: str, loaded: Any) -> Resource | None:
+    """Accept what a resolver naturally returns: a ``Resource``, a row or dict, or an object.
+
+    The owner is read from ``owner_id``/``ownerId``/``owner``/``user_id``, the tenant from
+    ``tenant_id``/``tenantId``/``tenant``.
+    """
+    if loaded is None or isinstance(loaded, Resource):
+        return loaded
+    owner = _first(loaded, ("owner_id", "ownerId", "owner", "user_id", "userId"))
+    tenant = _first(loaded, ("tenant_id", "tenantId", "tenant"))
+    return Resource(resource_id, owner_id=owner, tenant_id=tenant)
+
+
 async def _check_rule(
     rule: Rule, actor: Actor, registry: OperationRegistry, ctx: PolicyContext
 ) -> Decision:
@@ -65,7 +88,8 @@ async def _check_rule(
         if resolver is None:
             return _deny(f"no resolver for resource {rule.resource!r}")
         resource_id = str(getattr(ctx.input, rule.id_field))
-        resource = await resolver(resource_id, ctx)
+        loaded = resolver(resource_id, ctx)
+        resource = as_resource(resource_id, await loaded if inspect.isawaitable(loaded) else loaded)
         if resource is None:
             if rule.if_missing == "allow":
                 return ALLOW

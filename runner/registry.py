@@ -22,7 +22,9 @@ class Resource:
     tenant_id: str | None = None
 
 
-Resolver = Callable[[str, PolicyContext], Awaitable[Resource | None]]
+Resolver = Callable[[str, PolicyContext], Awaitable[Any] | Any]
+"""``(resource_id, ctx) -> Resource | Mapping | object | None``, sync or async (see
+``runner.policy.as_resource`` for what a returned row may look like)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from runner import OperationError, RetryableError
+import pytest
+
+from runner import EnvelopeError, OperationError, RetryableError, command
 from runner.model import REDACTED
 
 from .conftest import GOOD, App
@@ -64,7 +66,7 @@ async def test_unknown_operation_and_version_are_rejected(app: App) -> None:
 
 async def test_missing_or_bad_token_is_denied(app: App) -> None:
     out = await app.run("docs.pay", GOOD, token=None)
-    assert out.status == "denied" and out.error_code == "FORBIDDEN"
+    assert out.status == "denied" and out.error_code == "UNAUTHENTICATED"
     out = await app.run("docs.pay", GOOD, token="not-a-jwt")
     assert out.status == "denied" and out.error_code == "UNAUTHENTICATED"
     assert out.audit["data"]["decision"] == "deny"
@@ -182,3 +184,13 @@ async def test_query_runs_every_time_and_admin_may_view(app: App) -> None:
 async def test_amounts_keep_exact_decimal_value(app: App) -> None:
     out = await app.run("docs.pay", {**GOOD, "amount": 19.99})
     assert Decimal(out.output["charged"]) == Decimal("19.99")
+
+
+async def test_raw_bytes_dicts_and_bearer_prefix_are_accepted(app: App) -> None:
+    raw = command("docs.pay", GOOD, id="raw-1").encode()
+    out = await app.executor.execute(raw, token="Bearer " + app.token())
+    assert out.status == "succeeded"
+    doc = {"specversion": "1.0", "id": "raw-2", "source": "s", "type": "docs.pay", "data": GOOD}
+    assert (await app.executor.execute(doc, token=app.token())).status == "succeeded"
+    with pytest.raises(EnvelopeError):
+        await app.executor.execute(b"garbage", token=app.token())

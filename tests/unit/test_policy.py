@@ -143,3 +143,19 @@ def test_rule_definitions_are_checked() -> None:
         Rule(condition="owns")
     with pytest.raises(ValueError, match="needs resource"):
         Rule(condition="owner")
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"owner_id": "alice", "tenant_id": "t1"},
+        {"ownerId": "alice", "tenantId": "t1"},
+        {"owner": "alice", "tenant": "t1"},
+    ],
+)
+async def test_resolvers_may_return_rows_and_be_sync(row: dict[str, str]) -> None:
+    registry = OperationRegistry()
+    registry.add_resource("doc", lambda doc_id, ctx: row)
+    policy = Policy(rules=[Rule(resource="doc", condition="owner", id_field="doc_id")])
+    assert await _allowed(policy, ALICE, registry)
+    assert not await _allowed(policy, BOB, registry)
