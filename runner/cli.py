@@ -52,9 +52,7 @@ def specs_list(app_: AppOption = DEFAULT_APP) -> None:
     """One line per spec: key, version, kind, stability, description."""
     for spec in load_registry(app_):
         meta = spec.meta
-        typer.echo(
-            f"{spec.key:36} {spec.version:9} {spec.kind:8} {meta.stability:12} {meta.description}"
-        )
+        typer.echo(f"{spec.key:36} {spec.version:9} {spec.kind:8} {meta.stability:12} {meta.description}")
 
 
 @specs_app.command("show")

@@ -177,16 +177,12 @@ class Executor:
         try:
             installed = self.registry.get(command.type, command.opversion)
         except UnknownOperation as exc:
-            return await self._settle(
-                call, "rejected", "reject", _error("UNKNOWN_OPERATION", str(exc))
-            )
+            return await self._settle(call, "rejected", "reject", _error("UNKNOWN_OPERATION", str(exc)))
         spec = call.spec = installed.spec
         call.input = redact(spec.io.input, command.data)
         if not isinstance(command.data, dict):
             message = f"data must be a JSON object, got {type(command.data).__name__}"
-            return await self._settle(
-                call, "rejected", "reject", _error("INVALID_INPUT", message, fields=[])
-            )
+            return await self._settle(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=[]))
         try:
             value = spec.io.input.model_validate(command.data)
         except ValidationError as exc:
@@ -200,9 +196,7 @@ class Executor:
         if auth_failure is None and actor is None and spec.policy.auth != "public":
             auth_failure = "a bearer token is required"
         if auth_failure is not None:
-            return await self._settle(
-                call, "denied", "deny", _error("UNAUTHENTICATED", auth_failure)
-            )
+            return await self._settle(call, "denied", "deny", _error("UNAUTHENTICATED", auth_failure))
         decision = await self._authorize(spec, actor, value)
         if not decision.allowed:
             return await self._settle(call, "denied", "deny", _error("FORBIDDEN", decision.reason))
@@ -223,13 +217,9 @@ class Executor:
     async def _authorize(self, spec: OperationSpec, actor: Actor | None, value: Model) -> Decision:
         async def check() -> Decision:
             if not any(rule.needs_resource() for rule in spec.policy.rules):
-                return await authorize(
-                    spec, actor, self.registry, PolicyContext(actor, spec, value, None)
-                )
+                return await authorize(spec, actor, self.registry, PolicyContext(actor, spec, value, None))
             async with self.store.reader() as db:
-                return await authorize(
-                    spec, actor, self.registry, PolicyContext(actor, spec, value, db)
-                )
+                return await authorize(spec, actor, self.registry, PolicyContext(actor, spec, value, db))
 
         try:
             decision: Decision = await self._with_store_retries(check)
@@ -258,14 +248,10 @@ class Executor:
             claim = await self._with_store_retries(lambda: self.store.claim(request))
             if claim.status is ClaimStatus.COMPLETED:
                 assert claim.result is not None
-                return await self._settle(
-                    call, claim.result["status"], "allow", replay=claim.result
-                )
+                return await self._settle(call, claim.result["status"], "allow", replay=claim.result)
             if claim.status is ClaimStatus.CONFLICT:
                 message = "this idempotency key was used with a different input"
-                return await self._settle(
-                    call, "rejected", "reject", _error("IDEMPOTENCY_CONFLICT", message)
-                )
+                return await self._settle(call, "rejected", "reject", _error("IDEMPOTENCY_CONFLICT", message))
             if claim.status is ClaimStatus.BUSY:
                 await self.store.wait(request.key, max(claim.retry_after, 0.01))
                 continue
@@ -344,9 +330,7 @@ class Executor:
         while True:
             try:
                 async with self.store.transaction() as tx:
-                    data = await self._invoke(
-                        installed, call, value, tx.db, failures + 1, tx.savepoint
-                    )
+                    data = await self._invoke(installed, call, value, tx.db, failures + 1, tx.savepoint)
                     record = self._record(call, data["status"], "allow", data, failures + 1)
                     ids = await tx.record(record)
                 return self._outcome(record, ids)
@@ -362,9 +346,7 @@ class Executor:
                     return await self._settle(call, "failed", "allow", error)
                 await self._sleep(backoff(failures, installed.spec.retry))
 
-    async def _give_up(
-        self, call: _Call, request: ClaimRequest, attempt: int, exc: BaseException
-    ) -> Outcome:
+    async def _give_up(self, call: _Call, request: ClaimRequest, attempt: int, exc: BaseException) -> Outcome:
         cause = exc.__cause__ if isinstance(exc, RetryableError) else None
         code = cause.code if isinstance(cause, OperationError) else "RETRIES_EXHAUSTED"
         message = f"gave up after {attempt} attempts: {type(cause or exc).__name__}"
@@ -496,7 +478,5 @@ def _validate_output(output_model: type[Model], raw: Any) -> dict[str, Any]:
             value = output_model.model_validate(raw)
     except ValidationError as exc:
         fields = ", ".join(sorted({f["field"] for f in field_errors(exc)}))
-        raise _OutputInvalid(
-            f"handler output does not match {output_model.__name__}: {fields}"
-        ) from None
+        raise _OutputInvalid(f"handler output does not match {output_model.__name__}: {fields}") from None
     return value.to_wire()

@@ -33,9 +33,7 @@ def _deny(reason: str) -> Decision:
     return Decision(False, reason)
 
 
-async def _holds(
-    cond: Condition, actor: Actor, resource: Resource | None, ctx: PolicyContext
-) -> bool:
+async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: PolicyContext) -> bool:
     if callable(cond):
         verdict = cond(actor, resource, ctx.input)
         if inspect.isawaitable(verdict):
@@ -78,9 +76,7 @@ def as_resource(resource_id: str, loaded: Any) -> Resource | None:
     return Resource(resource_id, owner_id=owner, tenant_id=tenant)
 
 
-async def _check_rule(
-    rule: Rule, actor: Actor, registry: OperationRegistry, ctx: PolicyContext
-) -> Decision:
+async def _check_rule(rule: Rule, actor: Actor, registry: OperationRegistry, ctx: PolicyContext) -> Decision:
     resource: Resource | None = None
     if rule.needs_resource():
         assert rule.resource is not None and rule.id_field is not None  # checked by Rule

@@ -195,9 +195,7 @@ class OperationSpec:
                     {
                         "resource": r.resource,
                         "action": r.action,
-                        "condition": [
-                            c if isinstance(c, str) else "<callable>" for c in r.conditions
-                        ],
+                        "condition": [c if isinstance(c, str) else "<callable>" for c in r.conditions],
                         "idField": r.id_field,
                     }
                     for r in self.policy.rules
@@ -271,6 +269,4 @@ def define_event(
     timeout: float = 30.0,
 ) -> OperationSpec:
     """An event records a fact that happened elsewhere (a webhook): handled once per key."""
-    return _define(
-        "event", meta, io, policy or Policy(auth="service"), partition_key, retry, timeout
-    )
+    return _define("event", meta, io, policy or Policy(auth="service"), partition_key, retry, timeout)

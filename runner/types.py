@@ -7,9 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-NonEmptyString = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)
-]
+NonEmptyString = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 """A trimmed string of 1 to 255 characters."""
 
 PositiveAmount = Annotated[Decimal, Field(gt=0, max_digits=15, decimal_places=4)]
@@ -38,9 +36,7 @@ def _currency(value: str) -> str:
     return code
 
 
-CurrencyCode = Annotated[
-    str, StringConstraints(min_length=3, max_length=3), AfterValidator(_currency)
-]
+CurrencyCode = Annotated[str, StringConstraints(min_length=3, max_length=3), AfterValidator(_currency)]
 """An ISO 4217 code, lower-cased (``"EUR"`` becomes ``"eur"``, as Stripe wants it)."""
 
 __all__ = ["ISO_4217", "CurrencyCode", "NonEmptyString", "PositiveAmount"]

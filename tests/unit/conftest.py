@@ -67,9 +67,7 @@ PAY = define_command(
 VIEW = define_query(
     meta=Meta(key="docs.view", version="1.0.0", description="Look at a document"),
     io=IO(input=DocQuery, output=DocView),
-    policy=Policy(
-        auth="user", rules=[Rule(resource="doc", condition=("owner", "admin"), id_field="doc_id")]
-    ),
+    policy=Policy(auth="user", rules=[Rule(resource="doc", condition=("owner", "admin"), id_field="doc_id")]),
 )
 
 

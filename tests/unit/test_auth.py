@@ -57,21 +57,15 @@ def test_issuer_and_audience_are_checked_when_configured() -> None:
     good = jwt.encode(_claims(iss="https://idp", aud="oprunner"), SECRET, algorithm="HS256")
     assert auth.authenticate(good).user_id == "alice"
     with pytest.raises(AuthError, match="issuer"):
-        auth.authenticate(
-            jwt.encode(_claims(iss="https://evil", aud="oprunner"), SECRET, algorithm="HS256")
-        )
+        auth.authenticate(jwt.encode(_claims(iss="https://evil", aud="oprunner"), SECRET, algorithm="HS256"))
     with pytest.raises(AuthError, match="audience"):
-        auth.authenticate(
-            jwt.encode(_claims(iss="https://idp", aud="other"), SECRET, algorithm="HS256")
-        )
+        auth.authenticate(jwt.encode(_claims(iss="https://idp", aud="other"), SECRET, algorithm="HS256"))
 
 
 def test_wrong_secret_and_garbage_are_invalid() -> None:
     auth = JwtAuthenticator(secret=SECRET)
     with pytest.raises(AuthError, match="invalid"):
-        auth.authenticate(
-            jwt.encode(_claims(), "another-secret-another-secret-another", algorithm="HS256")
-        )
+        auth.authenticate(jwt.encode(_claims(), "another-secret-another-secret-another", algorithm="HS256"))
     with pytest.raises(AuthError):
         auth.authenticate("a.b.c")
 
@@ -114,9 +108,7 @@ def test_rs256_works_and_algorithm_confusion_is_refused() -> None:
         return urlsafe_b64encode(b).rstrip(b"=")
 
     signing = (
-        b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-        + b"."
-        + b64(json.dumps(_claims()).encode())
+        b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + b64(json.dumps(_claims()).encode())
     )
     forged = signing + b"." + b64(hmac.new(public.encode(), signing, hashlib.sha256).digest())
     with pytest.raises(AuthError):

@@ -76,9 +76,7 @@ def test_size_limit() -> None:
 def test_million_digit_number_is_refused() -> None:
     with pytest.raises(EnvelopeError, match="not JSON"):
         parse_command(
-            b'{"specversion":"1.0","id":"a","source":"s","type":"t","data":'
-            + b"9" * 1_000_000
-            + b"}"
+            b'{"specversion":"1.0","id":"a","source":"s","type":"t","data":' + b"9" * 1_000_000 + b"}"
         )
 
 
@@ -102,8 +100,7 @@ def test_arbitrary_bytes_only_ever_raise_envelope_error(raw: bytes) -> None:
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.dictionaries(st.sampled_from([*VALID, "opversion", "idempotencykey", "x"]), json_values)
-    | json_values
+    st.dictionaries(st.sampled_from([*VALID, "opversion", "idempotencykey", "x"]), json_values) | json_values
 )
 def test_arbitrary_json_only_ever_raises_envelope_error(doc: Any) -> None:
     try:

@@ -111,9 +111,7 @@ async def test_same_key_different_input_is_a_conflict(app: App) -> None:
 
 async def test_concurrent_executions_of_one_key_run_the_handler_once(app: App) -> None:
     app.behaviour.gate = asyncio.Event()
-    tasks = [
-        asyncio.create_task(app.run("docs.pay", GOOD, idempotency_key="same")) for _ in range(5)
-    ]
+    tasks = [asyncio.create_task(app.run("docs.pay", GOOD, idempotency_key="same")) for _ in range(5)]
     for _ in range(50):
         await asyncio.sleep(0)
     app.behaviour.gate.set()

@@ -57,9 +57,7 @@ SVC = Actor("service", "stripe-webhook", None)
 ROOT = Actor("admin", "root", None)
 
 
-async def _allowed(
-    policy: Policy, actor: Actor | None, registry: OperationRegistry | None = None
-) -> bool:
+async def _allowed(policy: Policy, actor: Actor | None, registry: OperationRegistry | None = None) -> bool:
     spec = _spec(policy)
     value = In(doc_id="d")
     registry = _registry() if registry is None else registry
@@ -91,11 +89,7 @@ async def test_owner_rule() -> None:
 
 async def test_any_of_conditions() -> None:
     policy = Policy(rules=[Rule(resource="doc", condition=("owner", "admin"), id_field="doc_id")])
-    assert (
-        await _allowed(policy, ROOT)
-        and await _allowed(policy, ALICE)
-        and not await _allowed(policy, BOB)
-    )
+    assert await _allowed(policy, ROOT) and await _allowed(policy, ALICE) and not await _allowed(policy, BOB)
 
 
 async def test_tenant_and_role_rules() -> None:
@@ -118,9 +112,7 @@ async def test_callable_condition_sync_and_async() -> None:
 async def test_missing_resource_denies_unless_allowed() -> None:
     deny = Policy(rules=[Rule(resource="doc", condition="owner", id_field="doc_id")])
     assert not await _allowed(deny, ALICE, _registry(None))
-    allow = Policy(
-        rules=[Rule(resource="doc", condition="owner", id_field="doc_id", if_missing="allow")]
-    )
+    allow = Policy(rules=[Rule(resource="doc", condition="owner", id_field="doc_id", if_missing="allow")])
     assert await _allowed(allow, ALICE, _registry(None))
 
 

