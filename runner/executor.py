@@ -106,6 +106,13 @@ class _OutputInvalid(Exception):
     pass
 
 
+class _Rollback(Exception):
+    """Leave the handler's transaction without committing; ``data`` is the failure to record."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+
 @dataclass(slots=True)
 class _Call:
     """One command on its way through: what the audit event needs, gathered as steps pass."""
@@ -271,11 +278,18 @@ class Executor:
     async def _attempt(
         self, installed: Installed, call: _Call, value: Model, owner: str, attempt: int
     ) -> Outcome:
-        command = call.command
-        async with self.store.transaction() as tx:
-            data = await self._invoke(installed, call, value, tx.db, attempt, tx.savepoint)
-            record = self._record(call, data["status"], "allow", data, attempt)
-            ids = await tx.complete(command.idempotency_key, owner, record)
+        key = call.command.idempotency_key
+        try:
+            async with self.store.transaction() as tx:
+                data = await self._invoke(installed, call, value, tx.db, attempt)
+                if data["status"] != "succeeded":
+                    raise _Rollback(data)  # the handler's writes must not commit with a failure
+                record = self._record(call, "succeeded", "allow", data, attempt)
+                ids = await tx.complete(key, owner, record)
+        except _Rollback as rollback:
+            record = self._record(call, "failed", "allow", rollback.data, attempt)
+            async with self.store.transaction() as tx:
+                ids = await tx.complete(key, owner, record)
         return self._outcome(record, ids)
 
     async def _invoke(
@@ -285,9 +299,8 @@ class Executor:
         value: Model,
         db: Any,
         attempt: int,
-        savepoint: Callable[[], Any],
     ) -> dict[str, Any]:
-        """Run the handler in a savepoint; return the result data. Transient errors propagate."""
+        """Run the handler; return the result data. Transient errors propagate."""
         spec, command = installed.spec, call.command
         ctx = OperationContext(
             db=db,
@@ -308,10 +321,9 @@ class Executor:
             clients=self.clients,
         )
         try:
-            async with savepoint():
-                async with asyncio.timeout(spec.timeout):
-                    raw = await installed.handler(value, ctx)
-                output = _validate_output(spec.io.output, raw)
+            async with asyncio.timeout(spec.timeout):
+                raw = await installed.handler(value, ctx)
+            output = _validate_output(spec.io.output, raw)
         except OperationError as exc:
             if exc.retryable:
                 raise RetryableError(exc.code) from exc
@@ -330,7 +342,7 @@ class Executor:
         while True:
             try:
                 async with self.store.transaction() as tx:
-                    data = await self._invoke(installed, call, value, tx.db, failures + 1, tx.savepoint)
+                    data = await self._invoke(installed, call, value, tx.db, failures + 1)
                     record = self._record(call, data["status"], "allow", data, failures + 1)
                     ids = await tx.record(record)
                 return self._outcome(record, ids)

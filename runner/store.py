@@ -74,10 +74,6 @@ class Transaction(Protocol):
     @property
     def db(self) -> Any: ...
 
-    def savepoint(self) -> AbstractAsyncContextManager[None]:
-        """A nested scope: an exception inside undoes only the handler's writes."""
-        ...
-
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
         """Mark the run ``key`` completed with ``record`` and write its outbox rows.
 

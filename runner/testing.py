@@ -52,10 +52,6 @@ class _MemoryTransaction:
     def db(self) -> dict[str, Any]:
         return self._store.data
 
-    @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
-        yield
-
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
         run = self._store.runs.get(key)
         if run is None or run.status != "running" or run.owner != owner:
@@ -111,7 +107,7 @@ class InMemoryStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
         tx = _MemoryTransaction(self)
-        yield tx
+        yield tx  # an exception leaves the staged records unapplied: a rollback
         tx._commit()
 
     @asynccontextmanager

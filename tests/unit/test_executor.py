@@ -13,8 +13,8 @@ from runner.model import REDACTED
 from .conftest import GOOD, App
 
 
-def _published(app: App, topic: str) -> int:
-    return sum(1 for row in app.store.outbox if row.publication.topic == topic)
+async def _published(app: App, topic: str) -> int:
+    return sum(1 for row in await app.store.pending(10_000) if row.publication.topic == topic)
 
 
 async def test_valid_command_succeeds_with_result_and_audit(app: App) -> None:
@@ -30,7 +30,7 @@ async def test_valid_command_succeeds_with_result_and_audit(app: App) -> None:
     assert out.audit["data"]["decision"] == "allow"
     assert out.audit["data"]["actor"]["id"] == "alice"
     assert len(out.outbox_ids) == 2
-    assert _published(app, "ops.results") == 1 and _published(app, "ops.audit") == 1
+    assert await _published(app, "ops.results") == 1 and await _published(app, "ops.audit") == 1
     # the Kafka key of the events is the partition key, so one document's events stay ordered
     assert {p.key for p in out.publications} == {b"d1"}
 
@@ -77,7 +77,9 @@ async def test_someone_elses_resource_is_denied(app: App) -> None:
     out = await app.run("docs.pay", {**GOOD, "docId": "d2"})  # bob's
     assert out.status == "denied" and out.error_code == "FORBIDDEN"
     assert app.behaviour.calls == 0
-    assert not app.store.runs  # a denial claims no idempotency key
+    # a denial claims no idempotency key: the corrected command under the same key runs
+    fixed = await app.run("docs.pay", GOOD, idempotency_key=out.result["idempotencykey"])
+    assert fixed.status == "succeeded" and not fixed.replayed
 
 
 async def test_same_owner_in_another_tenant_is_denied(app: App) -> None:
@@ -99,7 +101,7 @@ async def test_duplicate_replays_the_stored_result_and_runs_nothing(app: App) ->
     assert again.result["data"] == first.result["data"]
     assert again.result["causationid"] == "b"
     assert again.audit["data"]["replayed"] is True
-    assert _published(app, "ops.results") == 2  # every delivery is answered
+    assert await _published(app, "ops.results") == 2  # every delivery is answered
 
 
 async def test_same_key_different_input_is_a_conflict(app: App) -> None:

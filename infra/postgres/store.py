@@ -1,0 +1,210 @@
+"""The ``Store`` protocol on an asyncpg pool.
+
+The hot path is kept to four round trips per command: the claim (one upsert), BEGIN, the
+outcome (one statement: run update, outbox rows and audit row together) and COMMIT, plus
+whatever the handler does on ``ctx.db``. asyncpg prepares and caches each statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from runner.errors import LeaseLost
+from runner.store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, Publication
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+"""asyncpg errors after which the same work may succeed on another try."""
+
+_CLAIM = """
+INSERT INTO oprunner_runs AS r
+    (idempotency_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until)
+VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, now() + make_interval(secs => $7))
+ON CONFLICT (idempotency_key) DO UPDATE
+    SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+    WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
+      AND (r.lease_owner = EXCLUDED.lease_owner OR r.lease_until < now())
+RETURNING attempts
+"""
+
+_CLAIM_LOST = """
+SELECT input_hash, status, result, attempts,
+       greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
+FROM oprunner_runs WHERE idempotency_key = $1
+"""
+
+_OUTBOX_AND_AUDIT = """
+ob AS (
+    INSERT INTO oprunner_outbox (topic, key, value, headers)
+    SELECT t, k, v, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS x(t, k, v, h)
+    WHERE EXISTS (SELECT 1 FROM done)
+    RETURNING id
+),
+au AS (
+    INSERT INTO oprunner_audit (command_id, op, version, status, decision, actor_id, data)
+    SELECT $5, $6, $7, $8, $9, $10, $11::jsonb WHERE EXISTS (SELECT 1 FROM done)
+)
+SELECT EXISTS (SELECT 1 FROM done) AS ok, array(SELECT id FROM ob ORDER BY id) AS ids
+"""
+
+_COMPLETE = (
+    """
+WITH done AS (
+    UPDATE oprunner_runs SET status = 'completed', outcome = $8, result = $13::jsonb,
+           completed_at = now(), lease_owner = NULL, lease_until = NULL
+    WHERE idempotency_key = $12 AND status = 'running' AND lease_owner = $14
+    RETURNING 1
+),"""
+    + _OUTBOX_AND_AUDIT
+)
+
+_RECORD = "WITH done AS (SELECT 1)," + _OUTBOX_AND_AUDIT
+
+
+def _args(record: OutcomeRecord) -> list[Any]:
+    pubs = record.publications
+    actor = record.audit.get("actor") or {}
+    return [
+        [p.topic for p in pubs],
+        [p.key for p in pubs],
+        [p.value for p in pubs],
+        [orjson.dumps([[k, v.decode("latin-1")] for k, v in p.headers]).decode() for p in pubs],
+        record.command_id,
+        record.op,
+        record.version,
+        record.status,
+        record.audit.get("decision"),
+        actor.get("id"),
+        orjson.dumps(record.audit).decode(),
+    ]
+
+
+class PostgresTransaction:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    @property
+    def db(self) -> asyncpg.Connection:
+        return self._conn
+
+    async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
+        result = orjson.dumps(record.result).decode()
+        row = await self._conn.fetchrow(_COMPLETE, *_args(record), key, result, owner)
+        if not row["ok"]:
+            raise LeaseLost(key)
+        return list(row["ids"])
+
+    async def record(self, record: OutcomeRecord) -> list[int]:
+        row = await self._conn.fetchrow(_RECORD, *_args(record))
+        return list(row["ids"])
+
+
+class PostgresStore:
+    """Runs, outbox, audit log and webhook inbox in PostgreSQL."""
+
+    transient_errors = TRANSIENT_ERRORS
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim(self, request: ClaimRequest) -> Claim:
+        async with self.pool.acquire() as conn:
+            attempts = await conn.fetchval(
+                _CLAIM,
+                request.key,
+                request.op,
+                request.version,
+                request.input_hash,
+                request.command_id,
+                request.owner,
+                request.lease_seconds,
+            )
+            if attempts is not None:
+                return Claim(ClaimStatus.ACQUIRED, attempts)
+            row = await conn.fetchrow(_CLAIM_LOST, request.key)
+        if row is None:  # deleted between the two statements (retention): claim afresh
+            return await self.claim(request)
+        if row["input_hash"] != request.input_hash:
+            return Claim(ClaimStatus.CONFLICT, row["attempts"])
+        if row["status"] == "completed":
+            return Claim(ClaimStatus.COMPLETED, row["attempts"], result=orjson.loads(row["result"]))
+        return Claim(ClaimStatus.BUSY, row["attempts"], retry_after=row["lease_left"])
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield PostgresTransaction(conn)
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    async def record(self, record: OutcomeRecord) -> list[int]:
+        async with self.transaction() as tx:
+            return await tx.record(record)
+
+    async def wait(self, key: str, within: float) -> None:
+        await asyncio.sleep(min(within, 0.1))
+
+    async def pending(self, limit: int) -> Sequence[OutboxRow]:
+        rows = await self.pool.fetch(
+            "SELECT id, topic, key, value, headers FROM oprunner_outbox ORDER BY id LIMIT $1", limit
+        )
+        return [_outbox_row(row) for row in rows]
+
+    async def mark_published(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.pool.execute("DELETE FROM oprunner_outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+    @asynccontextmanager
+    async def sweep(self, limit: int, min_age: float) -> AsyncIterator[Sequence[OutboxRow]]:
+        """Lock outbox rows older than ``min_age`` seconds that no one else holds; delete them
+        when the block exits cleanly (they were published). Safe with several relays."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, topic, key, value, headers FROM oprunner_outbox
+                   WHERE created_at < now() - make_interval(secs => $2)
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                limit,
+                min_age,
+            )
+            found = [_outbox_row(row) for row in rows]
+            yield found
+            if found:
+                await conn.execute(
+                    "DELETE FROM oprunner_outbox WHERE id = ANY($1::bigint[])", [r.id for r in found]
+                )
+
+    async def backlog(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM oprunner_outbox"))
+
+
+def _outbox_row(row: asyncpg.Record) -> OutboxRow:
+    headers = tuple((k, v.encode("latin-1")) for k, v in orjson.loads(row["headers"]))
+    return OutboxRow(row["id"], Publication(row["topic"], row["key"], row["value"], headers))
+
+
+async def connect_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 20, connect_within: float = 10.0
+) -> asyncpg.Pool:
+    """A pool whose connections fail fast: ``connect_within`` seconds to connect."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, timeout=connect_within, command_timeout=60
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,87 @@
+"""Session fixtures: real services on loopback, started here unless the environment names them.
+
+``OPRUNNER_DATABASE_URL``, ``OPRUNNER_KAFKA_BOOTSTRAP`` and ``OPRUNNER_STRIPE_API_BASE`` point
+the tests at running servers; otherwise each is started on first use and stopped by PID at
+the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from infra.devservices import Broker, Postgres, StripeStandIn
+from infra.postgres import connect_pool, migrate
+
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="libcst")
+
+TABLES = "oprunner_runs, oprunner_outbox, oprunner_audit, oprunner_webhook_inbox"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    if url := os.environ.get("OPRUNNER_DATABASE_URL"):
+        yield url
+        return
+    server = Postgres().start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker | None]:
+    """The broker process when the session started it (chaos tests kill it), else None."""
+    if os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP"):
+        yield None
+        return
+    server = Broker().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker: Broker | None) -> str:
+    return os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP") or (broker.bootstrap if broker else "")
+
+
+@pytest.fixture(scope="session")
+def stripe_url() -> Iterator[str]:
+    if url := os.environ.get("OPRUNNER_STRIPE_API_BASE"):
+        yield url
+        return
+    server = StripeStandIn().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def pg_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await connect_pool(database_url, min_size=1, max_size=20)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def clean_db(pg_pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The session's database with every oprunner table emptied."""
+    await pg_pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
+    return pg_pool
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath) or "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
