@@ -56,8 +56,9 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
 
 
 def _first(source: Any, names: tuple[str, ...]) -> str | None:
+    get = source.get if isinstance(source, Mapping) or hasattr(source, "keys") else None
     for name in names:
-        value = source.get(name) if isinstance(source, Mapping) else getattr(source, name, None)
+        value = get(name) if get is not None else getattr(source, name, None)
         if value is not None:
             return str(value)
     return None

@@ -31,4 +31,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=256, ge=1)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    topic_partitions: int = Field(default=4, ge=1)
+    log_level: str = "INFO"
     source: str = "oprunner"

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import logging
 import sys
 from typing import Annotated, NoReturn
 
 import typer
 
-from .auth import mint_token
-from .registry import OperationRegistry
-from .settings import Settings
+from ..auth import mint_token
+from ..registry import OperationRegistry
+from ..settings import Settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -62,7 +64,7 @@ def specs_show(
     app_: AppOption = DEFAULT_APP,
 ) -> None:
     """Meta, policy and JSON Schemas of one spec, as JSON."""
-    from .errors import UnknownOperation
+    from ..errors import UnknownOperation
 
     try:
         spec = load_registry(app_).get(key, version).spec
@@ -80,7 +82,7 @@ def token(
     ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
 ) -> None:
     """Mint a JWT with OPRUNNER_JWT_SECRET, for development."""
-    settings = Settings()
+    settings = _settings()
     if settings.jwt_secret is None:
         fail("OPRUNNER_JWT_SECRET is not set (tokens for a public-key setup come from your IdP)")
     if kind not in ("user", "service", "admin"):
@@ -97,6 +99,65 @@ def token(
             audience=settings.jwt_audience,
         )
     )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    target: Annotated[
+        str, typer.Argument(metavar="APP", help="The registry, as module:attribute.")
+    ] = DEFAULT_APP,
+) -> None:
+    """Consume commands, run them exactly once, publish results and audit events.
+
+    Configured by OPRUNNER_* variables (see the README). Stops on SIGTERM/SIGINT after
+    finishing in-flight commands and committing their offsets.
+    """
+    from .serve import StartupError
+    from .serve import serve as run_serve
+
+    settings = _settings()
+    _configure_logging(settings.log_level)
+    registry = load_registry(target)
+    try:
+        asyncio.run(run_serve(settings, registry))
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (serve also does this at start)."""
+    from .serve import StartupError, open_database
+
+    settings = _settings()
+    _configure_logging("WARNING")
+
+    async def run() -> None:
+        pool = await open_database(settings)
+        await pool.close()
+
+    try:
+        asyncio.run(run())
+    except StartupError as exc:
+        fail(str(exc))
+    typer.echo("database is up to date")
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"bad setting OPRUNNER_{str(first['loc'][0]).upper()}: {first['msg']}")
 
 
 def main() -> None:

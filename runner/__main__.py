@@ -1,0 +1,5 @@
+"""``python -m runner`` is the ``oprunner`` command."""
+
+from .cli import main
+
+main()

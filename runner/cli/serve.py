@@ -1,0 +1,174 @@
+"""The composition root: the one place where the engine meets ``infra/`` (Postgres, Kafka
+admin, Stripe). ``oprunner serve`` and ``oprunner dev`` both start here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from faststream.kafka import KafkaBroker
+
+from ..auth import JwtAuthenticator
+from ..executor import Executor
+from ..kafka import CommandConsumer, KafkaPublisher, OutboxRelay
+from ..registry import OperationRegistry
+from ..settings import Settings
+
+_log = logging.getLogger("oprunner.serve")
+
+
+class StartupError(Exception):
+    """Something the operator must fix before serving; the message is one clear line."""
+
+
+def _where(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+
+
+def authenticator_from(settings: Settings) -> JwtAuthenticator:
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    if (secret is None) == (settings.jwt_public_key is None):
+        raise StartupError("set exactly one of OPRUNNER_JWT_SECRET or OPRUNNER_JWT_PUBLIC_KEY")
+    return JwtAuthenticator(
+        secret=secret,
+        public_key=settings.jwt_public_key,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+
+
+async def open_database(settings: Settings) -> Any:
+    """Connect and migrate, or raise ``StartupError`` naming what failed."""
+    from infra.postgres import connect_pool, migrate
+
+    if settings.database_url is None:
+        raise StartupError("OPRUNNER_DATABASE_URL is not set")
+    dsn = settings.database_url.get_secret_value()
+    try:
+        pool = await connect_pool(dsn, min_size=2, max_size=max(4, min(settings.max_in_flight // 8, 40)))
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+    except (OSError, TimeoutError) as exc:
+        raise StartupError(
+            f"cannot reach the database at {_where(dsn)}: {exc or type(exc).__name__}"
+        ) from exc
+    except Exception as exc:
+        raise StartupError(f"database at {_where(dsn)}: {type(exc).__name__}: {exc}") from exc
+    if applied:
+        _log.info("applied migrations %s", applied)
+    return pool
+
+
+async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., Any]]:
+    from infra.kafka import ensure_topics
+
+    broker = KafkaBroker(
+        settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotent_producer,
+        linger_ms=2,
+        request_timeout_ms=15_000,
+        logger=None,
+    )
+    try:
+        builder = await asyncio.wait_for(broker.connect(), 20)
+        topics = {
+            settings.commands_topic: settings.topic_partitions,
+            settings.results_topic: settings.topic_partitions,
+            settings.audit_topic: settings.topic_partitions,
+            settings.dlq_topic: 1,
+        }
+        await asyncio.wait_for(ensure_topics(settings.kafka_bootstrap, topics), 20)
+    except Exception as exc:
+        await broker.stop()
+        raise StartupError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {type(exc).__name__} {exc}".strip()
+        ) from exc
+    return broker, builder
+
+
+@dataclass
+class Running:
+    """What ``serve`` started, for tests and ``dev`` to look at."""
+
+    executor: Executor
+    consumer: CommandConsumer
+    relay: OutboxRelay
+    store: Any
+
+
+async def serve(
+    settings: Settings,
+    registry: OperationRegistry,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
+) -> None:
+    """Run consumer and outbox relay until SIGTERM/SIGINT (or ``stop``); drain; return."""
+    from infra.postgres import PostgresStore
+
+    from ..errors import RegistryError
+
+    try:
+        registry.check()
+    except RegistryError as exc:
+        raise StartupError(str(exc)) from exc
+    authenticator = authenticator_from(settings)
+    stop = stop or asyncio.Event()
+    pool = await open_database(settings)
+    try:
+        broker, builder = await open_broker(settings)
+    except StartupError:
+        await pool.close()
+        raise
+    store = PostgresStore(pool)
+    publisher = KafkaPublisher(broker)
+    executor = Executor(
+        registry,
+        store,
+        authenticator,
+        results_topic=settings.results_topic,
+        audit_topic=settings.audit_topic,
+        source=settings.source,
+    )
+    consumer = CommandConsumer(
+        executor,
+        publisher,
+        builder,
+        topic=settings.commands_topic,
+        group_id=settings.group_id,
+        dlq_topic=settings.dlq_topic,
+        max_in_flight=settings.max_in_flight,
+        max_message_bytes=settings.max_message_bytes,
+        session_timeout_ms=settings.session_timeout_ms,
+        drain_timeout=settings.shutdown_timeout,
+    )
+    relay = OutboxRelay(store, publisher)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    relay_task: asyncio.Task[None] | None = None
+    try:
+        await consumer.start()
+        relay_task = asyncio.create_task(relay.run(), name="oprunner-relay")
+        if on_ready is not None:
+            maybe = on_ready(Running(executor, consumer, relay, store))
+            if maybe is not None:
+                await maybe
+        _log.info("serving %d operations from %s", len(registry), settings.commands_topic)
+        await consumer.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if relay_task is not None:
+            relay_task.cancel()
+            await asyncio.gather(relay_task, return_exceptions=True)
+        await broker.stop()
+        await pool.close()
+    _log.info("stopped: %d commands, %d dead-lettered", consumer.processed, consumer.dead_lettered)

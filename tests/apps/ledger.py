@@ -1,0 +1,80 @@
+"""A ledger app for integration, chaos and benchmark runs: every effect is a row we can count.
+
+``ledger.credit`` adds to an account's balance and appends one row to ``ledger_effects`` in
+the handler's transaction, so "exactly once" is checked by counting rows per idempotency key.
+The handler fails transiently on the first attempts of commands whose ``flaky`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner import (
+    IO,
+    Meta,
+    Model,
+    OperationContext,
+    OperationRegistry,
+    Policy,
+    PolicyContext,
+    Rule,
+    define_command,
+    install_op,
+)
+from runner.types import NonEmptyString, PositiveAmount
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_accounts (
+    id text PRIMARY KEY, owner_id text NOT NULL, tenant_id text, balance numeric NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS ledger_effects (
+    id bigserial PRIMARY KEY, idempotency_key text NOT NULL, account_id text NOT NULL,
+    amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+"""
+
+
+class CreditInput(Model):
+    account_id: NonEmptyString
+    amount: PositiveAmount
+    flaky: int = 0
+
+
+class CreditOutput(Model):
+    account_id: str
+    balance: str
+
+
+Credit = define_command(
+    meta=Meta(key="ledger.credit", version="1.0.0", description="Credit an account"),
+    io=IO(input=CreditInput, output=CreditOutput),
+    policy=Policy(
+        auth="user",
+        rules=[Rule(resource="account", action="credit", condition="owner", id_field="account_id")],
+    ),
+    partition_key="account_id",
+)
+
+
+async def credit(value: CreditInput, ctx: OperationContext) -> CreditOutput:
+    if ctx.attempt <= value.flaky:
+        raise ConnectionError(f"flaky attempt {ctx.attempt}")
+    balance = await ctx.db.fetchval(
+        "UPDATE ledger_accounts SET balance = balance + $2 WHERE id = $1 RETURNING balance",
+        value.account_id,
+        value.amount,
+    )
+    await ctx.db.execute(
+        "INSERT INTO ledger_effects (idempotency_key, account_id, amount) VALUES ($1, $2, $3)",
+        ctx.idempotency_key,
+        value.account_id,
+        value.amount,
+    )
+    return CreditOutput(account_id=value.account_id, balance=str(balance))
+
+
+registry = OperationRegistry()
+install_op(registry, Credit, credit)
+
+
+@registry.resource("account")
+async def load_account(account_id: str, ctx: PolicyContext) -> Any:
+    return await ctx.db.fetchrow("SELECT owner_id, tenant_id FROM ledger_accounts WHERE id = $1", account_id)

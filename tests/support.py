@@ -1,0 +1,206 @@
+"""Helpers for tests that run ``oprunner serve`` as a real process against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from infra.kafka import ensure_topics
+from runner import mint_token
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "integration-secret-that-is-long-enough!"
+
+
+def token(sub: str = "alice", **claims: Any) -> str:
+    return mint_token(SECRET, sub=sub, **claims)
+
+
+def cloudevent(op: str, data: Any, *, id: str | None = None, **ext: Any) -> bytes:
+    """A command as any producer would write it: structured CloudEvents JSON."""
+    doc = {
+        "specversion": "1.0",
+        "id": id or str(uuid.uuid4()),
+        "source": "tests",
+        "type": op,
+        "data": data,
+        **ext,
+    }
+    return orjson.dumps(doc)
+
+
+@dataclass
+class Topics:
+    """Topic and group names unique to one test, so tests never see each other's messages."""
+
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def commands(self) -> str:
+        return f"t{self.suffix}.commands"
+
+    @property
+    def results(self) -> str:
+        return f"t{self.suffix}.results"
+
+    @property
+    def audit(self) -> str:
+        return f"t{self.suffix}.audit"
+
+    @property
+    def dlq(self) -> str:
+        return f"t{self.suffix}.dlq"
+
+    @property
+    def group(self) -> str:
+        return f"g{self.suffix}"
+
+    async def create(self, bootstrap: str, partitions: int = 4) -> None:
+        await ensure_topics(
+            bootstrap,
+            {self.commands: partitions, self.results: partitions, self.audit: partitions, self.dlq: 1},
+        )
+
+    def env(self, bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
+        return {
+            "OPRUNNER_KAFKA_BOOTSTRAP": bootstrap,
+            "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "OPRUNNER_DATABASE_URL": database_url,
+            "OPRUNNER_JWT_SECRET": SECRET,
+            "OPRUNNER_COMMANDS_TOPIC": self.commands,
+            "OPRUNNER_RESULTS_TOPIC": self.results,
+            "OPRUNNER_AUDIT_TOPIC": self.audit,
+            "OPRUNNER_DLQ_TOPIC": self.dlq,
+            "OPRUNNER_GROUP_ID": self.group,
+            "OPRUNNER_SESSION_TIMEOUT_MS": "6000",
+            "OPRUNNER_SHUTDOWN_TIMEOUT": "20",
+            **extra,
+        }
+
+
+class ServeProcess:
+    """``oprunner serve APP`` in a child process, stopped by PID."""
+
+    def __init__(
+        self, env: dict[str, str], app: str = "tests.apps.ledger:registry", log: Path | None = None
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.app = app
+        self.log = log or Path(f"/tmp/oprunner-serve-{uuid.uuid4().hex[:8]}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServeProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", "serve", self.app],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()[-2000:]}")
+            if "serving" in self.output():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"serve not ready in {timeout}s: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+async def produce(
+    bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Send ``(key, value, headers)`` with a plain aiokafka producer and wait for every ack."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers) for key, value, headers in messages
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def auth(sub: str = "alice", **claims: Any) -> list[tuple[str, bytes]]:
+    claims.setdefault("tenant", "t1")
+    return [("authorization", f"Bearer {token(sub, **claims)}".encode())]
+
+
+class Reader:
+    """Reads a topic from the beginning (no consumer group) and collects decoded messages."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.messages: list[Any] = []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> Reader:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await self._consumer.start()
+        parts = self._consumer.partitions_for_topic(self.topic)
+        deadline = time.monotonic() + 10
+        while not parts and time.monotonic() < deadline:
+            await self._consumer._client.force_metadata_update()
+            parts = self._consumer.partitions_for_topic(self.topic)
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts or [])]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._consumer is not None
+        await self._consumer.stop()
+
+    async def until(self, done: Callable[[list[Any]], bool], timeout: float = 30.0) -> list[Any]:
+        """Poll until ``done(messages)`` holds; fail with what arrived at the deadline."""
+        assert self._consumer is not None
+        deadline = time.monotonic() + timeout
+        while not done(self.messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.topic}: condition not met in {timeout}s; got {len(self.messages)}"
+                )
+            batches = await self._consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                self.messages.extend(records)
+        return self.messages
+
+    def events(self) -> list[dict[str, Any]]:
+        return [orjson.loads(m.value) for m in self.messages]
