@@ -10,6 +10,7 @@ message) and cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,7 +18,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,8 +45,9 @@ from .store import ClaimRequest, ClaimStatus, OutcomeRecord, Publication, Store
 Status = Literal["succeeded", "failed", "rejected", "denied"]
 AuditDecision = Literal["allow", "deny", "reject"]
 
-LEASE_MARGIN = 30.0
-"""Seconds a claim outlives the handler's timeout before another worker may take it over."""
+LEASE_SECONDS = 10.0
+"""How long a claim lasts without renewal. While a handler runs, its lease is renewed every
+third of this, so a crashed worker's commands are taken over within about this long."""
 
 STORE_RETRY = Retry(max_attempts=5, initial_backoff=0.1, max_backoff=2.0)
 """How long to keep trying a store that does not answer before giving the command back."""
@@ -140,6 +142,7 @@ class Executor:
         clients: Mapping[str, Any] | None = None,
         transient_errors: tuple[type[BaseException], ...] = (),
         worker_id: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.registry = registry
@@ -150,6 +153,7 @@ class Executor:
         self.source = source
         self.clients = dict(clients or {})
         self.worker_id = worker_id or default_worker_id()
+        self.lease_seconds = lease_seconds
         self._transient: tuple[type[BaseException], ...] = (
             ConnectionError,
             TimeoutError,
@@ -248,7 +252,7 @@ class Executor:
             # One execution owns the lease, not the process: two deliveries of one key in
             # the same process (a rebalance, HTTP and Kafka at once) must not both hold it.
             owner=f"{self.worker_id}/{uuid.uuid4().hex[:12]}",
-            lease_seconds=spec.timeout + LEASE_MARGIN,
+            lease_seconds=self.lease_seconds,
         )
         failures = 0
         while True:
@@ -263,7 +267,8 @@ class Executor:
                 await self.store.wait(request.key, max(claim.retry_after, 0.01))
                 continue
             try:
-                return await self._attempt(installed, call, value, request.owner, claim.attempts)
+                async with self._heartbeat(request):
+                    return await self._attempt(installed, call, value, request.owner, claim.attempts)
             except LeaseLost:
                 continue  # someone else finished or holds it now: claim again to find out
             except Exception as exc:
@@ -370,6 +375,27 @@ class Executor:
                 return tuple(await tx.complete(request.key, request.owner, record))
 
         return self._outcome(record, await self._with_store_retries(complete))
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, request: ClaimRequest) -> AsyncIterator[None]:
+        """Keep renewing the claim's lease while the attempt runs."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                try:
+                    if not await self.store.renew(request.key, request.owner, self.lease_seconds):
+                        return  # taken over: our complete() will fail with LeaseLost
+                except Exception:
+                    _log.warning("lease renewal of %s failed", request.key, exc_info=True)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # -- recording ------------------------------------------------------------------------
 

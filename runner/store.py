@@ -96,6 +96,10 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
+    async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease on run ``key``; False if it is no longer the owner."""
+        ...
+
     def reader(self) -> AbstractAsyncContextManager[Any]:
         """A database handle for reads outside any run (resource resolvers)."""
         ...

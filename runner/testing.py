@@ -104,6 +104,13 @@ class InMemoryStore:
         run.attempts += 1
         return Claim(ClaimStatus.ACQUIRED, run.attempts)
 
+    async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
+        run = self.runs.get(key)
+        if run is None or run.status != "running" or run.owner != owner:
+            return False
+        run.lease_until = time.monotonic() + lease_seconds
+        return True
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
         tx = _MemoryTransaction(self)

@@ -144,6 +144,16 @@ class PostgresStore:
             return Claim(ClaimStatus.COMPLETED, row["attempts"], result=orjson.loads(row["result"]))
         return Claim(ClaimStatus.BUSY, row["attempts"], retry_after=row["lease_left"])
 
+    async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
+        status = await self.pool.execute(
+            """UPDATE oprunner_runs SET lease_until = now() + make_interval(secs => $3)
+               WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'""",
+            key,
+            owner,
+            lease_seconds,
+        )
+        return bool(status == "UPDATE 1")
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from tests.apps.ledger import SCHEMA
@@ -185,3 +186,54 @@ async def test_sigterm_drains_and_exits_zero(
     assert all(n == 1 for n in done.values())
     runs = await ledger.fetch("SELECT status FROM oprunner_runs WHERE status <> 'completed'")
     assert runs == []
+
+
+def _stream(
+    prefix: str, n: int, accounts: int = 50
+) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    headers = auth()
+    return [
+        (f"acc-{i % accounts}".encode(), credit(f"acc-{i % accounts}", id=f"{prefix}-{i}"), headers)
+        for i in range(n)
+    ]
+
+
+async def _ledger_check(db: asyncpg.Pool, results: Reader, ids: set[str]) -> None:
+    """Every command has a result, and every effect happened exactly once."""
+    answered = {e["causationid"] for e in results.events()}
+    assert ids <= answered, f"{len(ids - answered)} commands without a result"
+    done = await effects(db)
+    assert set(done) == ids, f"missing effects: {len(ids - set(done))}"
+    doubled = {k: n for k, n in done.items() if n != 1}
+    assert not doubled, f"effects doubled: {doubled}"
+    total = await db.fetchval("SELECT sum(balance) FROM ledger_accounts")
+    assert total == len(ids)
+
+
+async def test_two_processes_in_one_group_run_each_effect_once(
+    serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool
+) -> None:
+    first, second = serve(), serve()
+    messages = _stream("pair", 1000)
+    await produce(kafka_bootstrap, topics.commands, messages)
+    ids = {f"pair-{i}" for i in range(1000)}
+    async with Reader(kafka_bootstrap, topics.results) as results:
+        await results.until(lambda m: {orjson.loads(x.value)["causationid"] for x in m} >= ids, timeout=120)
+    await _ledger_check(ledger, results, ids)
+    assert first.proc.poll() is None and second.proc.poll() is None
+
+
+async def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
+    serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool
+) -> None:
+    proc = serve()
+    messages = _stream("kill", 1000)
+    await produce(kafka_bootstrap, topics.commands, messages)
+    ids = {f"kill-{i}" for i in range(1000)}
+    async with Reader(kafka_bootstrap, topics.results) as results:
+        await results.until(lambda m: len(m) >= 150, timeout=60)
+        proc.signal(signal.SIGKILL)
+        proc.wait(10)
+        serve()  # the replacement, same group: it picks up from the last committed offsets
+        await results.until(lambda m: {orjson.loads(x.value)["causationid"] for x in m} >= ids, timeout=120)
+    await _ledger_check(ledger, results, ids)

@@ -194,3 +194,23 @@ async def test_raw_bytes_dicts_and_bearer_prefix_are_accepted(app: App) -> None:
     assert (await app.executor.execute(doc, token=app.token())).status == "succeeded"
     with pytest.raises(EnvelopeError):
         await app.executor.execute(b"garbage", token=app.token())
+
+
+async def test_long_handler_keeps_its_lease_and_a_crashed_claim_is_taken_over(app: App) -> None:
+    from runner.store import ClaimRequest, ClaimStatus
+
+    app.executor.lease_seconds = 0.15
+    app.behaviour.gate = asyncio.Event()
+    first = asyncio.create_task(app.run("docs.pay", GOOD, idempotency_key="long"))
+    await asyncio.sleep(0.5)  # three lease lengths: only renewal keeps the claim ours
+    second = asyncio.create_task(app.run("docs.pay", GOOD, idempotency_key="long"))
+    await asyncio.sleep(0.2)
+    app.behaviour.gate.set()
+    outcomes = await asyncio.gather(first, second)
+    assert app.behaviour.calls == 1 and sorted(o.replayed for o in outcomes) == [False, True]
+    # a claim whose owner died (no renewal) is taken over once its lease runs out
+    dead = ClaimRequest("orphan", "docs.pay", "1.0.0", "h", "c", "dead-worker", 0.05)
+    assert (await app.store.claim(dead)).status is ClaimStatus.ACQUIRED
+    await asyncio.sleep(0.1)
+    took = await app.store.claim(ClaimRequest("orphan", "docs.pay", "1.0.0", "h", "c", "new-worker", 10))
+    assert took.status is ClaimStatus.ACQUIRED and took.attempts == 2
