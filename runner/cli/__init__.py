@@ -140,8 +140,10 @@ def migrate() -> None:
     _configure_logging("WARNING")
 
     async def run() -> None:
-        pool = await open_database(settings)
+        pool, applied = await open_database(settings)
         await pool.close()
+        for name in applied:
+            typer.echo(f"applied {name}")
 
     try:
         asyncio.run(run())

@@ -4,9 +4,10 @@ admin, Stripe). ``oprunner serve`` and ``oprunner dev`` both start here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,8 +44,10 @@ def authenticator_from(settings: Settings) -> JwtAuthenticator:
     )
 
 
-async def open_database(settings: Settings) -> Any:
-    """Connect and migrate, or raise ``StartupError`` naming what failed."""
+async def open_database(settings: Settings) -> tuple[Any, list[str]]:
+    """Connect and migrate, or raise ``StartupError`` naming what failed.
+
+    Returns the pool and the migrations applied (for the caller to log once all is up)."""
     from infra.postgres import connect_pool, migrate
 
     if settings.database_url is None:
@@ -60,14 +63,41 @@ async def open_database(settings: Settings) -> Any:
         ) from exc
     except Exception as exc:
         raise StartupError(f"database at {_where(dsn)}: {type(exc).__name__}: {exc}") from exc
-    if applied:
-        _log.info("applied migrations %s", applied)
-    return pool
+    return pool, applied
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """aiokafka logs its own ERROR for a refused connection; the startup error says it once."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+async def check_broker(settings: Settings) -> None:
+    """Reach the broker and create missing topics, or raise ``StartupError``."""
+    from infra.kafka import ensure_topics
+
+    topics = {
+        settings.commands_topic: settings.topic_partitions,
+        settings.results_topic: settings.topic_partitions,
+        settings.audit_topic: settings.topic_partitions,
+        settings.dlq_topic: 1,
+    }
+    try:
+        with _quiet("aiokafka"):
+            await asyncio.wait_for(ensure_topics(settings.kafka_bootstrap, topics), 20)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {reason}") from exc
 
 
 async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., Any]]:
-    from infra.kafka import ensure_topics
-
+    """FastStream's broker (the producer) and its consumer builder; call ``check_broker`` first."""
     broker = KafkaBroker(
         settings.kafka_bootstrap,
         acks="all",
@@ -78,17 +108,9 @@ async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., An
     )
     try:
         builder = await asyncio.wait_for(broker.connect(), 20)
-        topics = {
-            settings.commands_topic: settings.topic_partitions,
-            settings.results_topic: settings.topic_partitions,
-            settings.audit_topic: settings.topic_partitions,
-            settings.dlq_topic: 1,
-        }
-        await asyncio.wait_for(ensure_topics(settings.kafka_bootstrap, topics), 20)
     except Exception as exc:
-        await broker.stop()
         raise StartupError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {type(exc).__name__} {exc}".strip()
+            f"cannot connect a producer to Kafka at {settings.kafka_bootstrap}: {exc}"
         ) from exc
     return broker, builder
 
@@ -121,12 +143,17 @@ async def serve(
         raise StartupError(str(exc)) from exc
     authenticator = authenticator_from(settings)
     stop = stop or asyncio.Event()
-    pool = await open_database(settings)
+    if settings.database_url is None:
+        raise StartupError("OPRUNNER_DATABASE_URL is not set")
+    pool, applied = await open_database(settings)
     try:
+        await check_broker(settings)
         broker, builder = await open_broker(settings)
     except StartupError:
         await pool.close()
         raise
+    if applied:
+        _log.info("applied migrations %s", applied)
     store = PostgresStore(pool)
     publisher = KafkaPublisher(broker)
     executor = Executor(

@@ -1,0 +1,78 @@
+"""The CLI as a user meets it: every startup problem is one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from infra.devservices import free_port
+from tests.support import ROOT, SECRET
+
+
+def oprunner(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPRUNNER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env={**clean, "OPRUNNER_JWT_SECRET": SECRET, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("oprunner: "), result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (("serve",), {}, "OPRUNNER_DATABASE_URL is not set"),
+        (
+            ("serve",),
+            {"OPRUNNER_DATABASE_URL": "postgresql://x@127.0.0.1:{port}/x"},
+            "cannot reach the database",
+        ),
+        (
+            ("migrate",),
+            {"OPRUNNER_DATABASE_URL": "postgresql://x@127.0.0.1:{port}/x"},
+            "cannot reach the database",
+        ),
+        (("serve", "nope:registry"), {}, "cannot import 'nope'"),
+        (("serve", "runner:Model"), {}, "is not an OperationRegistry"),
+        (
+            ("serve",),
+            {"OPRUNNER_JWT_SECRET": "", "OPRUNNER_DATABASE_URL": "postgresql://x@h/x"},
+            "OPRUNNER_JWT_SECRET",
+        ),
+        (("serve",), {"OPRUNNER_MAX_IN_FLIGHT": "zero"}, "bad setting OPRUNNER_MAX_IN_FLIGHT"),
+        (("specs", "show", "billing.nope"), {}, "unknown operation"),
+    ],
+)
+def test_startup_problems_are_one_line(args: tuple[str, ...], env: dict[str, str], expected: str) -> None:
+    port = str(free_port())
+    _one_line_error(oprunner(*args, **{k: v.replace("{port}", port) for k, v in env.items()}), expected)
+
+
+def test_unreachable_broker_is_one_line(database_url: str) -> None:
+    result = oprunner(
+        "serve",
+        "tests.apps.ledger:registry",
+        OPRUNNER_DATABASE_URL=database_url,
+        OPRUNNER_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+    )
+    _one_line_error(result, "cannot reach Kafka")
+
+
+def test_migrate_applies_and_is_idempotent(database_url: str) -> None:
+    for _ in range(2):
+        result = oprunner("migrate", OPRUNNER_DATABASE_URL=database_url)
+        assert result.returncode == 0 and "up to date" in result.stdout
