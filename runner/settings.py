@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
+    service_token: SecretStr | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     max_in_flight: int = Field(default=256, ge=1)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from infra.devservices import free_port
 from infra.kafka import ensure_topics
 from runner import mint_token
 
@@ -96,7 +97,8 @@ class ServeProcess:
     def __init__(
         self, env: dict[str, str], app: str = "tests.apps.ledger:registry", log: Path | None = None
     ) -> None:
-        self.env = {**os.environ, **env}
+        self.http_port = int(env.get("OPRUNNER_HTTP_PORT") or free_port())
+        self.env = {**os.environ, **env, "OPRUNNER_HTTP_PORT": str(self.http_port)}
         self.app = app
         self.log = log or Path(f"/tmp/oprunner-serve-{uuid.uuid4().hex[:8]}.log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -122,6 +124,10 @@ class ServeProcess:
                 return
             time.sleep(0.05)
         raise AssertionError(f"serve not ready in {timeout}s: {self.output()[-2000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -115,6 +115,100 @@ async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., An
     return broker, builder
 
 
+def external_clients(settings: Settings) -> tuple[dict[str, Any], tuple[type[BaseException], ...]]:
+    """The outside-API clients handlers see on ``ctx`` and the errors that mean "retry"."""
+    from infra import stripe as stripe_infra
+
+    clients: dict[str, Any] = {}
+    if settings.stripe_api_key is not None:
+        clients["stripe"] = stripe_infra.make_client(
+            settings.stripe_api_key.get_secret_value(), api_base=settings.stripe_api_base
+        )
+    return clients, stripe_infra.TRANSIENT_ERRORS
+
+
+def build_http_app(settings: Settings, pool: Any, broker: KafkaBroker) -> Any:
+    """Webhooks (when a provider secret is set), health and readiness."""
+    from infra.postgres.inbox import PostgresInbox
+    from infra.stripe_webhooks import StripeWebhookSource
+
+    from ..auth import mint_token
+    from ..http import build_app
+    from ..webhooks import WebhookIngress, WebhookSource
+
+    sources: dict[str, WebhookSource] = {}
+    if settings.stripe_webhook_secret is not None:
+        sources["stripe"] = StripeWebhookSource(settings.stripe_webhook_secret.get_secret_value())
+
+    def service_token() -> str:
+        if settings.service_token is not None:
+            return settings.service_token.get_secret_value()
+        if settings.jwt_secret is None:
+            raise RuntimeError(
+                "webhooks need OPRUNNER_SERVICE_TOKEN when tokens are verified with a public key"
+            )
+        return mint_token(
+            settings.jwt_secret.get_secret_value(),
+            sub="oprunner-webhooks",
+            kind="service",
+            ttl=600,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+
+    async def publish(topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
+        await asyncio.wait_for(broker.publish(value, topic, key=key, headers=headers), 10)
+
+    ingress = WebhookIngress(
+        sources=sources,
+        inbox=PostgresInbox(pool),
+        publish=publish,
+        commands_topic=settings.commands_topic,
+        service_token=service_token,
+    )
+
+    async def database() -> bool:
+        return bool(await asyncio.wait_for(pool.fetchval("SELECT 1"), 2) == 1)
+
+    async def kafka() -> bool:
+        return bool(await broker.ping(2))
+
+    return build_app(webhooks=ingress if sources else None, checks={"database": database, "kafka": kafka})
+
+
+class HttpServer:
+    """uvicorn in this event loop; signals stay with ``serve`` (uvicorn would take them)."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        )
+        self.server = _Server(config)
+        self.port = port
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve(), name="oprunner-http")
+        while not self.server.started:
+            if self._task.done():  # uvicorn exits (SystemExit) when it cannot bind
+                with contextlib.suppress(BaseException):
+                    self._task.result()
+                raise StartupError(f"HTTP server could not listen on {self.server.config.host}:{self.port}")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 @dataclass
 class Running:
     """What ``serve`` started, for tests and ``dev`` to look at."""
@@ -156,6 +250,7 @@ async def serve(
         _log.info("applied migrations %s", applied)
     store = PostgresStore(pool)
     publisher = KafkaPublisher(broker)
+    clients, transient = external_clients(settings)
     executor = Executor(
         registry,
         store,
@@ -163,6 +258,8 @@ async def serve(
         results_topic=settings.results_topic,
         audit_topic=settings.audit_topic,
         source=settings.source,
+        clients=clients,
+        transient_errors=transient,
     )
     consumer = CommandConsumer(
         executor,
@@ -177,11 +274,13 @@ async def serve(
         drain_timeout=settings.shutdown_timeout,
     )
     relay = OutboxRelay(store, publisher)
+    http = HttpServer(build_http_app(settings, pool, broker), settings.http_host, settings.http_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     relay_task: asyncio.Task[None] | None = None
     try:
+        await http.start()
         await consumer.start()
         relay_task = asyncio.create_task(relay.run(), name="oprunner-relay")
         if on_ready is not None:
@@ -196,6 +295,7 @@ async def serve(
         if relay_task is not None:
             relay_task.cancel()
             await asyncio.gather(relay_task, return_exceptions=True)
+        await http.stop()
         await broker.stop()
         await pool.close()
     _log.info("stopped: %d commands, %d dead-lettered", consumer.processed, consumer.dead_lettered)

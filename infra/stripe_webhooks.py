@@ -1,0 +1,84 @@
+"""Stripe as a ``WebhookSource``: the stripe SDK verifies, event types map to billing commands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import stripe
+
+from infra.stripe import from_minor
+from runner.webhooks import MappedCommand, VerifiedEvent, WebhookRejected
+
+TOLERANCE = 300
+MAX_SIGNATURE_HEADER = 8192
+
+
+class StripeWebhookSource:
+    name = "stripe"
+
+    def __init__(self, secret: str, *, tolerance: int = TOLERANCE) -> None:
+        self.secret = secret
+        self.tolerance = tolerance
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
+        signature = headers.get("stripe-signature")
+        if not signature:
+            raise WebhookRejected("missing Stripe-Signature header")
+        if len(signature) > MAX_SIGNATURE_HEADER:
+            raise WebhookRejected("Stripe-Signature header too long")
+        try:
+            event = stripe.Webhook.construct_event(body, signature, self.secret, tolerance=self.tolerance)
+        except stripe.SignatureVerificationError as exc:
+            raise WebhookRejected(f"signature verification failed: {exc.user_message or exc}") from None
+        except (ValueError, UnicodeDecodeError):
+            raise WebhookRejected("body is not a JSON event") from None
+        # The SDK only bounds the past; a timestamp far in the future is as suspect.
+        stamp = _timestamp(signature)
+        if stamp is None or stamp > time.time() + self.tolerance:
+            raise WebhookRejected("signature timestamp is in the future")
+        event_id, event_type = event.get("id"), event.get("type")
+        if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
+            raise WebhookRejected("event has no id or type")
+        payload = event.to_dict() if hasattr(event, "to_dict") else dict(event)
+        return VerifiedEvent(event_id, event_type, payload)
+
+    def map(self, event: VerifiedEvent) -> MappedCommand | None:
+        obj: dict[str, Any] = (event.payload.get("data") or {}).get("object") or {}
+        invoice_id = (obj.get("metadata") or {}).get("invoice_id")
+        if not invoice_id or obj.get("object") != "payment_intent":
+            return None
+        if event.type == "payment_intent.succeeded":
+            currency = str(obj.get("currency", "")).lower()
+            minor = obj.get("amount_received") or obj.get("amount") or 0
+            data = {
+                "invoiceId": invoice_id,
+                "paymentIntentId": obj.get("id"),
+                "amount": str(from_minor(int(minor), currency)),
+                "currency": currency,
+                "eventId": event.id,
+            }
+            return MappedCommand("billing.recordPayment", data, key=invoice_id)
+        if event.type == "payment_intent.payment_failed":
+            error = obj.get("last_payment_error") or {}
+            data = {
+                "invoiceId": invoice_id,
+                "paymentIntentId": obj.get("id"),
+                "eventId": event.id,
+                "failureCode": error.get("decline_code") or error.get("code"),
+                "failureMessage": error.get("message"),
+            }
+            return MappedCommand("billing.recordPaymentFailure", data, key=invoice_id)
+        return None
+
+
+def _timestamp(header: str) -> int | None:
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,144 @@
+"""Provider webhooks: verify, record in the inbox once, map to a command, publish it.
+
+A provider plugs in as a ``WebhookSource`` (verify the delivery, map its event to a
+command); the inbox is a ``WebhookInbox``. The outcome of every delivery is an HTTP status
+the provider understands: 200 (taken, or seen before), 400 (forged or malformed: nothing
+recorded as valid, nothing published), 413 (too large), 503 (could not publish: retry).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from . import _json
+from .envelope import CommandEnvelope, now_iso
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+_log = logging.getLogger("oprunner.webhooks")
+
+
+class WebhookRejected(Exception):
+    """The delivery is not authentic or not well-formed; ``reason`` is safe to return."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEvent:
+    id: str
+    type: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MappedCommand:
+    op: str
+    data: dict[str, Any]
+    key: str | None = None  # the Kafka key: the spec's partition key value
+
+
+class WebhookSource(Protocol):
+    name: str
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> VerifiedEvent:
+        """Return the event, or raise ``WebhookRejected``."""
+        ...
+
+    def map(self, event: VerifiedEvent) -> MappedCommand | None:
+        """The command the event becomes, or None for an event type we only record."""
+        ...
+
+
+InboxState = Literal["new", "pending", "done"]
+
+
+class WebhookInbox(Protocol):
+    async def accept(self, provider: str, event: VerifiedEvent, body: bytes) -> InboxState:
+        """Record a verified delivery once: ``new``; seen but not yet published: ``pending``;
+        seen and published: ``done``."""
+        ...
+
+    async def reject(self, provider: str, body: bytes, reason: str) -> None:
+        """Keep a delivery that failed verification (truncated), marked not verified."""
+        ...
+
+    async def mark_published(self, provider: str, event_id: str) -> None: ...
+
+
+Publish = Callable[[str, bytes | None, bytes, dict[str, str]], Awaitable[None]]
+
+
+@dataclass
+class WebhookIngress:
+    sources: Mapping[str, WebhookSource]
+    inbox: WebhookInbox
+    publish: Publish
+    commands_topic: str
+    service_token: Callable[[], str]
+    max_bytes: int = MAX_WEBHOOK_BYTES
+    counts: dict[str, int] = field(default_factory=dict)
+
+    async def handle(
+        self, provider: str, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        source = self.sources.get(provider)
+        if source is None:
+            return 404, {"error": f"no webhook source {provider!r} is configured"}
+        if len(body) > self.max_bytes:
+            return 413, {"error": f"body larger than {self.max_bytes} bytes"}
+        try:
+            event = source.verify(body, headers)
+        except WebhookRejected as exc:
+            self._count("rejected")
+            await self._keep_rejected(provider, body, exc.reason)
+            return 400, {"error": exc.reason}
+        state = await self.inbox.accept(provider, event, body)
+        if state == "done":
+            self._count("duplicate")
+            return 200, {"received": event.id, "duplicate": True}
+        command = source.map(event)
+        if command is not None:
+            envelope = CommandEnvelope(
+                id=f"{provider}:{event.id}",
+                source=f"oprunner.webhooks.{provider}",
+                type=command.op,
+                data=command.data,
+                idempotencykey=f"{provider}:{event.id}",
+                time=now_iso(),
+            )
+            headers_out = {
+                "authorization": f"Bearer {self.service_token()}",
+                "content-type": "application/cloudevents+json",
+            }
+            try:
+                await self.publish(
+                    self.commands_topic,
+                    command.key.encode() if command.key else None,
+                    envelope.encode(),
+                    headers_out,
+                )
+            except Exception as exc:  # the provider retries; the inbox row stays pending
+                _log.warning("could not publish %s event %s: %r", provider, event.id, exc)
+                self._count("unavailable")
+                return 503, {"error": "could not queue the event; retry later"}
+        await self.inbox.mark_published(provider, event.id)
+        self._count("accepted" if command else "ignored")
+        return 200, {"received": event.id, "command": command.op if command else None}
+
+    async def _keep_rejected(self, provider: str, body: bytes, reason: str) -> None:
+        try:
+            await self.inbox.reject(provider, body, reason)
+        except Exception:
+            _log.warning("could not record a rejected %s delivery", provider, exc_info=True)
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+
+def json_body(body: bytes) -> Any:
+    return _json.loads(body)
