@@ -38,10 +38,10 @@ class StripeWebhookSource:
         stamp = _timestamp(signature)
         if stamp is None or stamp > time.time() + self.tolerance:
             raise WebhookRejected("signature timestamp is in the future")
-        event_id, event_type = event.get("id"), event.get("type")
+        event_id, event_type = getattr(event, "id", None), getattr(event, "type", None)
         if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
             raise WebhookRejected("event has no id or type")
-        payload = event.to_dict() if hasattr(event, "to_dict") else dict(event)
+        payload = event.to_dict()
         return VerifiedEvent(event_id, event_type, payload)
 
     def map(self, event: VerifiedEvent) -> MappedCommand | None:

@@ -17,7 +17,7 @@ async def receipt_url(client: stripe.StripeClient, latest_charge: Any) -> str | 
         return None
     if isinstance(latest_charge, str):
         latest_charge = await client.v1.charges.retrieve_async(latest_charge)
-    url = latest_charge.get("receipt_url")
+    url = getattr(latest_charge, "receipt_url", None)
     return url if isinstance(url, str) and url else None
 
 
@@ -77,5 +77,5 @@ async def capture_payment(value: CapturePaymentInput, ctx: OperationContext) -> 
     return PaymentResult(
         transaction_id=intent.id,
         status=intent.status,
-        receipt_url=await receipt_url(client, intent.get("latest_charge")),
+        receipt_url=await receipt_url(client, getattr(intent, "latest_charge", None)),
     )
