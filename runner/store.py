@@ -37,6 +37,8 @@ class ClaimRequest:
     command_id: str
     owner: str
     lease_seconds: float
+    actor_id: str | None = None
+    tenant_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +119,29 @@ class Store(Protocol):
         ...
 
     async def mark_published(self, ids: Sequence[int]) -> None: ...
+
+    async def find_run(self, id: str) -> RunView | None:
+        """A run by command id or idempotency key; else the latest audit entry of that command."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """What ``GET /ops/runs/{id}`` shows."""
+
+    command_id: str
+    op: str
+    status: str  # running, or the outcome: succeeded, failed, rejected, denied
+    result: dict[str, Any] | None
+    actor_id: str | None
+    tenant_id: str | None
+    idempotency_key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commandId": self.command_id,
+            "idempotencyKey": self.idempotency_key,
+            "op": self.op,
+            "status": self.status,
+            "result": self.result,
+        }

@@ -19,7 +19,7 @@ from typing import Any
 from .auth import mint_token
 from .envelope import command
 from .errors import LeaseLost
-from .store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord
+from .store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, RunView
 
 __all__ = ["InMemoryStore", "MemoryRun", "command", "mint_token"]
 
@@ -35,6 +35,8 @@ class MemoryRun:
     attempts: int
     status: str = "running"
     result: dict[str, Any] | None = None
+    actor_id: str | None = None
+    tenant_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -97,7 +99,15 @@ class InMemoryStore:
             return Claim(ClaimStatus.BUSY, run.attempts, retry_after=run.lease_until - now)
         if run is None:
             run = self.runs[request.key] = MemoryRun(
-                request.key, request.op, request.input_hash, request.command_id, None, 0.0, 0
+                request.key,
+                request.op,
+                request.input_hash,
+                request.command_id,
+                None,
+                0.0,
+                0,
+                actor_id=request.actor_id,
+                tenant_id=request.tenant_id,
             )
         run.owner = request.owner
         run.lease_until = now + request.lease_seconds
@@ -136,6 +146,15 @@ class InMemoryStore:
 
     async def mark_published(self, ids: Sequence[int]) -> None:
         self._outbox.published.update(ids)
+
+    async def find_run(self, id: str) -> RunView | None:
+        for run in self.runs.values():
+            if id in (run.command_id, run.key):
+                status = run.result["status"] if run.result else "running"
+                return RunView(
+                    run.command_id, run.op, status, run.result, run.actor_id, run.tenant_id, run.key
+                )
+        return None
 
     # -- internals and inspection ---------------------------------------------------------
 

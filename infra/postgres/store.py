@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 
 from runner.errors import LeaseLost
-from runner.store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, Publication
+from runner.store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, Publication, RunView
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -32,8 +32,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 _CLAIM = """
 INSERT INTO oprunner_runs AS r
-    (idempotency_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until)
-VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, now() + make_interval(secs => $7))
+    (idempotency_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
+     actor_id, tenant_id)
+VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, now() + make_interval(secs => $7), $8, $9)
 ON CONFLICT (idempotency_key) DO UPDATE
     SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
     WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
@@ -132,6 +133,8 @@ class PostgresStore:
                 request.command_id,
                 request.owner,
                 request.lease_seconds,
+                request.actor_id,
+                request.tenant_id,
             )
             if attempts is not None:
                 return Claim(ClaimStatus.ACQUIRED, attempts)
@@ -199,6 +202,37 @@ class PostgresStore:
                 await conn.execute(
                     "DELETE FROM oprunner_outbox WHERE id = ANY($1::bigint[])", [r.id for r in found]
                 )
+
+    async def find_run(self, id: str) -> RunView | None:
+        row = await self.pool.fetchrow(
+            """SELECT command_id, idempotency_key, op, status, outcome, result, actor_id, tenant_id
+               FROM oprunner_runs WHERE command_id = $1 OR idempotency_key = $1 LIMIT 1""",
+            id,
+        )
+        if row is not None:
+            status = row["outcome"] if row["status"] == "completed" else "running"
+            result = orjson.loads(row["result"]) if row["result"] else None
+            return RunView(
+                row["command_id"],
+                row["op"],
+                status,
+                result,
+                row["actor_id"],
+                row["tenant_id"],
+                row["idempotency_key"],
+            )
+        audit = await self.pool.fetchrow(
+            """SELECT op, status, actor_id, data FROM oprunner_audit
+               WHERE command_id = $1 ORDER BY id DESC LIMIT 1""",
+            id,
+        )
+        if audit is None:
+            return None
+        data = orjson.loads(audit["data"])
+        error = {"code": data.get("error"), "message": data.get("reason")} if data.get("error") else None
+        result = {"status": audit["status"], **({"error": error} if error else {})}
+        tenant = (data.get("actor") or {}).get("tenant")
+        return RunView(id, audit["op"], audit["status"], result, audit["actor_id"], tenant)
 
     async def backlog(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM oprunner_outbox"))

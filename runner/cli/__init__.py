@@ -8,7 +8,8 @@ import importlib
 import json
 import logging
 import sys
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -150,6 +151,191 @@ def migrate() -> None:
     except StartupError as exc:
         fail(str(exc))
     typer.echo("database is up to date")
+
+
+TokenOption = Annotated[
+    str | None, typer.Option("--token", envvar="OPRUNNER_TOKEN", help="Bearer token (or OPRUNNER_TOKEN).")
+]
+KeyOption = Annotated[str | None, typer.Option("--idempotency-key", help="Defaults to the command id.")]
+VersionOption = Annotated[
+    str | None, typer.Option("--version", help="Spec version; the latest when omitted.")
+]
+
+
+def _input(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        fail(f"INPUT is not JSON: {exc}")
+    if not isinstance(value, dict):
+        fail("INPUT must be a JSON object")
+    return value
+
+
+def _token(token: str | None) -> str:
+    if not token:
+        fail("no token: pass --token or set OPRUNNER_TOKEN (oprunner token mints one for development)")
+    return token
+
+
+def _client(settings: Settings, registry: OperationRegistry | None) -> Any:
+    from ..client import OperationClient
+
+    return OperationClient(
+        settings.kafka_bootstrap,
+        registry=registry,
+        commands_topic=settings.commands_topic,
+        results_topic=settings.results_topic,
+    )
+
+
+def _registry_or_none(target: str) -> OperationRegistry | None:
+    try:
+        return load_registry(target)
+    except typer.Exit:
+        return None
+
+
+async def _with_client(settings: Settings, registry: OperationRegistry | None, fn: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        async with _client(settings, registry) as client:
+            return await fn(client)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        fail(f"invalid input: {fields}")
+    except (OSError, TimeoutError) as exc:
+        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
+    except Exception as exc:
+        if type(exc).__module__.startswith(("aiokafka", "faststream")):
+            fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}")
+        raise
+
+
+@app.command()
+def send(
+    op: Annotated[str, typer.Argument(help="Operation key, e.g. billing.capturePayment.")],
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="The input as a JSON object.")],
+    token: TokenOption = None,
+    idempotency_key: KeyOption = None,
+    version: VersionOption = None,
+    app_: AppOption = DEFAULT_APP,
+) -> None:
+    """Publish one command to the commands topic and print its id."""
+    settings, data, bearer_token = _settings(), _input(input), _token(token)
+
+    async def run(client: Any) -> str:
+        return str(
+            await client.send(op, data, token=bearer_token, idempotency_key=idempotency_key, version=version)
+        )
+
+    typer.echo(asyncio.run(_with_client(settings, _registry_or_none(app_), run)))
+
+
+@app.command()
+def call(
+    op: Annotated[str, typer.Argument(help="Operation key, e.g. billing.capturePayment.")],
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="The input as a JSON object.")],
+    token: TokenOption = None,
+    idempotency_key: KeyOption = None,
+    version: VersionOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 30.0,
+    app_: AppOption = DEFAULT_APP,
+) -> None:
+    """Send a command, wait for its result, print it. Exit 0 only if it succeeded."""
+    from ..client import CallTimeout
+
+    settings, data, bearer_token = _settings(), _input(input), _token(token)
+
+    async def run(client: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await client.call(
+            op, data, token=bearer_token, idempotency_key=idempotency_key, version=version, timeout=timeout
+        )
+        return result
+
+    try:
+        event = asyncio.run(_with_client(settings, _registry_or_none(app_), run))
+    except CallTimeout as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(event["data"], indent=2))
+    if event["data"]["status"] != "succeeded":
+        raise typer.Exit(2)
+
+
+@app.command()
+def tail(
+    stream: Annotated[str, typer.Argument(help="results, audit or dlq.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+) -> None:
+    """Follow a topic until interrupted: a readable table, or JSON lines with --json."""
+    from .tail import follow
+
+    settings = _settings()
+    topics = {"results": settings.results_topic, "audit": settings.audit_topic, "dlq": settings.dlq_topic}
+    if stream not in topics:
+        fail("STREAM must be results, audit or dlq")
+    try:
+        asyncio.run(follow(settings.kafka_bootstrap, topics[stream], stream, as_json, from_beginning, limit))
+    except (OSError, TimeoutError) as exc:
+        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
+
+
+@app.command()
+def docs(
+    outdir: Annotated[Path, typer.Argument(help="Where to write the documents.")],
+    app_: AppOption = DEFAULT_APP,
+) -> None:
+    """Write AsyncAPI, OpenAPI, a JSON Schema per spec and a Markdown catalog."""
+    from ..docs import write_docs
+
+    written = write_docs(load_registry(app_), _settings(), outdir)
+    typer.echo(f"wrote {len(written)} files to {outdir}")
+
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Work with the dead-letter topic.")
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    limit: Annotated[int, typer.Option(help="At most this many messages.")] = 100,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be replayed.")] = False,
+) -> None:
+    """Send dead-lettered messages back to the commands topic (after fixing their cause).
+
+    Progress is kept in the consumer group ``<group>-dlq-replay``: each message is replayed once.
+    """
+    from .tail import replay_dlq
+
+    settings = _settings()
+    try:
+        count = asyncio.run(replay_dlq(settings, limit=limit, dry_run=dry_run))
+    except (OSError, TimeoutError) as exc:
+        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
+    typer.echo(f"{'would replay' if dry_run else 'replayed'} {count} message(s)")
+
+
+@app.command()
+def dev(
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Run the scripted demo, print what happened, stop.")
+    ] = False,
+    target: Annotated[
+        str, typer.Argument(metavar="APP", help="The registry, as module:attribute.")
+    ] = DEFAULT_APP,
+) -> None:
+    """Start a local broker, Postgres and Stripe stand-in, migrate, seed, and serve.
+
+    Nothing to configure: every service runs on a free loopback port and is stopped on exit.
+    """
+    from .dev import run_dev
+
+    _configure_logging("WARNING")
+    registry = load_registry(target)
+    raise typer.Exit(run_dev(registry, demo=demo))
 
 
 def _settings() -> Settings:

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 from faststream.kafka import KafkaBroker
 
 from ..auth import JwtAuthenticator
-from ..executor import Executor
+from ..executor import Executor, Outcome
+from ..http import OpsApi
 from ..kafka import CommandConsumer, KafkaPublisher, OutboxRelay
 from ..registry import OperationRegistry
 from ..settings import Settings
@@ -127,7 +128,7 @@ def external_clients(settings: Settings) -> tuple[dict[str, Any], tuple[type[Bas
     return clients, stripe_infra.TRANSIENT_ERRORS
 
 
-def build_http_app(settings: Settings, pool: Any, broker: KafkaBroker) -> Any:
+def build_http_app(settings: Settings, pool: Any, broker: KafkaBroker, ops: Any = None) -> Any:
     """Webhooks (when a provider secret is set), health and readiness."""
     from infra.postgres.inbox import PostgresInbox
     from infra.stripe_webhooks import StripeWebhookSource
@@ -173,7 +174,9 @@ def build_http_app(settings: Settings, pool: Any, broker: KafkaBroker) -> Any:
     async def kafka() -> bool:
         return bool(await broker.ping(2))
 
-    return build_app(webhooks=ingress if sources else None, checks={"database": database, "kafka": kafka})
+    return build_app(
+        webhooks=ingress if sources else None, checks={"database": database, "kafka": kafka}, ops=ops
+    )
 
 
 class HttpServer:
@@ -274,7 +277,16 @@ async def serve(
         drain_timeout=settings.shutdown_timeout,
     )
     relay = OutboxRelay(store, publisher)
-    http = HttpServer(build_http_app(settings, pool, broker), settings.http_host, settings.http_port)
+
+    async def deliver(outcome: Outcome) -> None:
+        try:
+            await publisher.publish(outcome.publications)
+            consumer.cleaner.add(outcome.outbox_ids)
+        except Exception:
+            _log.warning("publish failed; the outbox relay will publish", exc_info=True)
+
+    ops = OpsApi(executor, deliver, max_bytes=settings.max_message_bytes)
+    http = HttpServer(build_http_app(settings, pool, broker, ops), settings.http_host, settings.http_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -288,7 +300,15 @@ async def serve(
             if maybe is not None:
                 await maybe
         _log.info("serving %d operations from %s", len(registry), settings.commands_topic)
+
+        async def stop_http_first() -> None:
+            await stop.wait()  # stop taking HTTP commands, finish those in flight, then drain Kafka
+            await http.stop()
+            await ops.drain(settings.shutdown_timeout)
+
+        http_stopper = asyncio.create_task(stop_http_first())
         await consumer.run(stop)
+        await http_stopper
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

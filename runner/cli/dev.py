@@ -1,0 +1,285 @@
+"""``oprunner dev [--demo]``: everything on loopback, started from pip-installed packages.
+
+Without ``--demo`` it serves until interrupted and prints how to talk to it. With ``--demo``
+it sends a scripted set of commands and a signed Stripe webhook, prints one table of what
+each became, stops everything it started and exits 0 when each did what it should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import typer
+
+from ..auth import mint_token
+from ..registry import OperationRegistry
+from ..settings import Settings
+from .serve import Running, StartupError, serve
+
+DEV_SECRET = "oprunner-dev-secret-not-for-production-0123456789"
+DEV_WEBHOOK_SECRET = "whsec_oprunner_dev_0123456789abcdef"
+DEV_STRIPE_KEY = "sk_test_oprunner_dev"
+
+INVOICES = [  # id, owner, tenant, amount, currency
+    ("inv_demo_paid", "alice", "acme", "25.00", "eur"),
+    ("inv_demo_bob", "bob", "acme", "10.00", "eur"),
+    ("inv_demo_decline", "alice", "acme", "12.00", "eur"),
+    ("inv_demo_webhook", "alice", "acme", "30.00", "usd"),
+]
+
+
+@dataclass
+class Step:
+    label: str
+    op: str
+    expected: str
+    status: str = "-"
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == self.expected
+
+
+def _settings(services: Any) -> Settings:
+    from infra.devservices import free_port
+
+    return Settings(
+        kafka_bootstrap=services.broker.bootstrap,
+        kafka_idempotent_producer=False,  # the local broker has no idempotent producer
+        database_url=services.postgres.dsn,
+        jwt_secret=DEV_SECRET,
+        stripe_api_key=DEV_STRIPE_KEY,
+        stripe_api_base=services.stripe.url,
+        stripe_webhook_secret=DEV_WEBHOOK_SECRET,
+        http_port=free_port(),
+        session_timeout_ms=6000,
+        shutdown_timeout=10,
+        log_level="WARNING",
+    )
+
+
+async def _seed(running: Running) -> None:
+    pool = running.store.pool
+    await pool.executemany(
+        """INSERT INTO billing_invoices (id, owner_id, tenant_id, amount, currency)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING""",
+        [(i, o, t, Decimal(a), c) for i, o, t, a, c in INVOICES],
+    )
+
+
+async def _register_webhook(settings: Settings) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        await client.post(
+            f"{settings.stripe_api_base}/_config/webhooks/oprunner-dev",
+            data={
+                "url": f"http://127.0.0.1:{settings.http_port}/webhooks/stripe",
+                "secret": DEV_WEBHOOK_SECRET,
+            },
+            headers={"Authorization": f"Bearer {DEV_STRIPE_KEY}"},
+        )
+
+
+def _signed_event(invoice_id: str) -> tuple[bytes, str]:
+    body = json.dumps(
+        {
+            "id": f"evt_demo_{uuid.uuid4().hex[:12]}",
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "data": {
+                "object": {
+                    "id": f"pi_demo_{uuid.uuid4().hex[:12]}",
+                    "object": "payment_intent",
+                    "amount": 3000,
+                    "amount_received": 3000,
+                    "currency": "usd",
+                    "metadata": {"invoice_id": invoice_id},
+                }
+            },
+        }
+    ).encode()
+    stamp = int(time.time())
+    digest = hmac.new(DEV_WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return body, f"t={stamp},v1={digest}"
+
+
+def _describe(data: dict[str, Any]) -> str:
+    if data.get("error"):
+        error = data["error"]
+        return f"{error['code']}: {error.get('message', '')}"[:70]
+    output = data.get("output") or {}
+    return ", ".join(f"{k}={v}" for k, v in output.items())[:70]
+
+
+async def _demo(settings: Settings, running: Running) -> list[Step]:
+    import httpx
+
+    from ..client import OperationClient
+
+    alice = mint_token(DEV_SECRET, sub="alice", tenant="acme")
+    capture = {
+        "invoiceId": "inv_demo_paid",
+        "amount": "25.00",
+        "currency": "EUR",
+        "paymentMethodId": "pm_card_visa",
+    }
+    script: list[tuple[Step, dict[str, Any], dict[str, Any]]] = [
+        (
+            Step("capture", "billing.capturePayment", "succeeded"),
+            capture,
+            {"idempotency_key": "demo-capture-1"},
+        ),
+        (
+            Step("same capture again", "billing.capturePayment", "succeeded"),
+            capture,
+            {"idempotency_key": "demo-capture-1"},
+        ),
+        (Step("invalid amount", "billing.capturePayment", "rejected"), {**capture, "amount": "-5"}, {}),
+        (
+            Step("someone else's invoice", "billing.capturePayment", "denied"),
+            {**capture, "invoiceId": "inv_demo_bob", "amount": "10.00"},
+            {},
+        ),
+        (
+            Step("declined card", "billing.capturePayment", "failed"),
+            {
+                **capture,
+                "invoiceId": "inv_demo_decline",
+                "amount": "12.00",
+                "paymentMethodId": "pm_card_chargeCustomerFail",
+            },
+            {},
+        ),
+        (
+            Step("partial refund", "billing.refundPayment", "succeeded"),
+            {"invoiceId": "inv_demo_paid", "amount": "5.00"},
+            {},
+        ),
+    ]
+    steps = []
+    async with OperationClient(
+        settings.kafka_bootstrap, commands_topic=settings.commands_topic, results_topic=settings.results_topic
+    ) as client:
+        for step, data, extra in script:
+            event = await client.call(step.op, data, token=alice, timeout=60, key=data["invoiceId"], **extra)
+            step.status, step.detail = event["data"]["status"], _describe(event["data"])
+            steps.append(step)
+        # A webhook, signed as Stripe signs it, for a payment made outside this runner.
+        step = Step("signed Stripe webhook", "billing.recordPayment", "succeeded")
+        body, signature = _signed_event("inv_demo_webhook")
+        results = client.results("billing.recordPayment")
+        waiter = asyncio.ensure_future(_first_for(results, "inv_demo_webhook"))
+        await asyncio.sleep(0)
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"http://127.0.0.1:{settings.http_port}/webhooks/stripe",
+                content=body,
+                headers={"stripe-signature": signature, "content-type": "application/json"},
+            )
+        if response.status_code != 200:
+            step.status, step.detail = f"http {response.status_code}", response.text[:70]
+        else:
+            event = await asyncio.wait_for(waiter, 60)
+            step.status, step.detail = event["data"]["status"], _describe(event["data"])
+        waiter.cancel()
+        steps.append(step)
+    return steps
+
+
+async def _first_for(results: Any, invoice_id: str) -> dict[str, Any]:
+    async for event in results:
+        if (event["data"].get("output") or {}).get("invoiceId") == invoice_id:
+            return dict(event)
+    raise RuntimeError("results ended")
+
+
+def _table(steps: list[Step]) -> str:
+    lines = [f"{'step':26} {'operation':28} {'status':10} {'expected':10} detail", "-" * 110]
+    for s in steps:
+        mark = "" if s.ok else "  <-- unexpected"
+        lines.append(f"{s.label:26} {s.op:28} {s.status:10} {s.expected:10} {s.detail}{mark}")
+    return "\n".join(lines)
+
+
+def _banner(settings: Settings) -> str:
+    alice = mint_token(DEV_SECRET, sub="alice", tenant="acme", ttl=86400)
+    env = f"OPRUNNER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+    example = (
+        '{"invoiceId":"inv_demo_paid","amount":"25.00","currency":"EUR","paymentMethodId":"pm_card_visa"}'
+    )
+    return "\n".join(
+        [
+            "oprunner dev is serving the bundled billing app (Ctrl-C stops everything).",
+            f"  Kafka        {settings.kafka_bootstrap}  (commands topic {settings.commands_topic})",
+            f"  Postgres     {settings.database_url.get_secret_value() if settings.database_url else ''}",
+            f"  Stripe       {settings.stripe_api_base}  (webhook secret {DEV_WEBHOOK_SECRET})",
+            f"  HTTP         http://127.0.0.1:{settings.http_port}  (POST /ops/<key>, /webhooks/stripe)",
+            f"  JWT secret   {DEV_SECRET}",
+            f"  token        {alice}",
+            "Try:",
+            f"  {env} oprunner call billing.capturePayment '{example}' --token {alice}",
+            f"  {env} oprunner tail results",
+        ]
+    )
+
+
+def run_dev(registry: OperationRegistry, *, demo: bool) -> int:
+    from infra.devservices import ServiceError, local_services
+
+    try:
+        with local_services() as services:
+            settings = _settings(services)
+            return asyncio.run(_run(settings, registry, demo))
+    except ServiceError as exc:
+        typer.echo(f"oprunner: {exc}", err=True)
+        return 1
+    except StartupError as exc:
+        typer.echo(f"oprunner: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(settings: Settings, registry: OperationRegistry, demo: bool) -> int:
+    stop = asyncio.Event()
+    ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(running: Running) -> None:
+        await _seed(running)
+        await _register_webhook(settings)
+        ready.set_result(running)
+
+    server: asyncio.Future[None] = asyncio.ensure_future(
+        serve(settings, registry, stop=stop, on_ready=on_ready)
+    )
+    either: list[asyncio.Future[Any]] = [server, ready]
+    done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if server in done:
+        server.result()  # raises the StartupError
+        return 1
+    running = ready.result()
+    if not demo:
+        typer.echo(_banner(settings))
+        await server
+        return 0
+    try:
+        steps = await _demo(settings, running)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server, 60)
+    typer.echo(_table(steps))
+    failures = [s for s in steps if not s.ok]
+    typer.echo(f"\n{len(steps) - len(failures)} of {len(steps)} steps as expected; local services stopped.")
+    return 0 if not failures else 1

@@ -1,0 +1,194 @@
+"""``OperationClient``: send commands to the runner and read their results, from any service.
+
+    async with OperationClient("127.0.0.1:9092", registry=registry) as client:
+        command_id = await client.send("billing.capturePayment", {...}, token=token)
+        result = await client.call("billing.capturePayment", {...}, token=token)
+        async for event in client.results("billing.capturePayment"): ...
+
+With a registry, input is validated before it leaves the process and the Kafka key is the
+spec's partition key; without one, pass ``key=`` to keep one resource's commands in order.
+Results are delivered at least once: deduplicate on ``causationid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faststream.kafka import KafkaBroker
+
+from . import _json
+from .envelope import command as make_command
+from .errors import UnknownOperation
+from .registry import OperationRegistry
+
+
+class CallTimeout(TimeoutError):
+    """No result arrived for the command in time; the command may still run."""
+
+
+class OperationClient:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        registry: OperationRegistry | None = None,
+        commands_topic: str = "ops.commands",
+        results_topic: str = "ops.results",
+        source: str = "oprunner.client",
+        idempotent_producer: bool = False,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.registry = registry
+        self.commands_topic = commands_topic
+        self.results_topic = results_topic
+        self.source = source
+        self._broker = KafkaBroker(bootstrap, acks="all", enable_idempotence=idempotent_producer, logger=None)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._streams: list[asyncio.Queue[dict[str, Any]]] = []
+
+    async def __aenter__(self) -> OperationClient:
+        await self._broker.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self._broker.stop()
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _prepare(
+        self, op: str, data: Mapping[str, Any], version: str | None, key: str | None
+    ) -> tuple[Any, str | None]:
+        if self.registry is None:
+            return dict(data), key
+        try:
+            spec = self.registry.get(op, version).spec
+        except UnknownOperation:
+            raise
+        value = spec.io.input.model_validate(dict(data))  # raises pydantic.ValidationError
+        return value.to_wire(), key or spec.partition_value(value)
+
+    async def send(
+        self,
+        op: str,
+        input: Mapping[str, Any],
+        *,
+        token: str,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Publish one command (acked by the broker); return its id."""
+        data, partition = self._prepare(op, input, version, key)
+        envelope = make_command(
+            op,
+            data,
+            source=self.source,
+            opversion=version,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+        )
+        await self._broker.publish(
+            envelope.encode(),
+            self.commands_topic,
+            key=partition.encode() if partition else None,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/cloudevents+json"},
+        )
+        return envelope.id
+
+    async def call(
+        self,
+        op: str,
+        input: Mapping[str, Any],
+        *,
+        token: str,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        key: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Send and wait for this command's result event (matched by correlation id)."""
+        await self._listen()
+        correlation = make_command(op, {}).id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation] = future
+        try:
+            await self.send(
+                op,
+                input,
+                token=token,
+                idempotency_key=idempotency_key,
+                version=version,
+                key=key,
+                correlation_id=correlation,
+            )
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise CallTimeout(f"no result for {op} within {timeout}s") from None
+        finally:
+            self._waiting.pop(correlation, None)
+
+    # -- results --------------------------------------------------------------------------
+
+    async def results(self, op: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Result events from now on (``op`` filters by operation key), until cancelled."""
+        await self._listen()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._streams.append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if op is None or event.get("type") == f"{op}.result":
+                    yield event
+        finally:
+            self._streams.remove(queue)
+
+    async def _listen(self) -> None:
+        """Read the results topic from its end, without a consumer group."""
+        if self._reader is not None:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(self.results_topic)
+        for _ in range(50):
+            if partitions:
+                break
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(self.results_topic)
+            await asyncio.sleep(0.1)
+        tps = [TopicPartition(self.results_topic, p) for p in sorted(partitions or [0])]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, so nothing sent after this is missed
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._reader = asyncio.create_task(self._read(), name="oprunner-client-results")
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        async for message in self._consumer:
+            try:
+                event = _json.loads(message.value)
+            except ValueError:
+                continue
+            future = self._waiting.get(event.get("correlationid", ""))
+            if future is not None and not future.done():
+                future.set_result(event)
+            for queue in self._streams:
+                queue.put_nowait(event)
