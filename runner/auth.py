@@ -81,6 +81,7 @@ class JwtAuthenticator:
         audience: str | None = None,
         leeway: float = 30.0,
         max_token_bytes: int = MAX_TOKEN_BYTES,
+        cache_size: int = 10_000,
     ) -> None:
         if (secret is None) == (public_key is None):
             raise ValueError("configure exactly one of a JWT secret or a JWT public key")
@@ -90,8 +91,16 @@ class JwtAuthenticator:
         self._audience = audience
         self._leeway = leeway
         self._max = max_token_bytes
+        # Producers reuse one token for many commands; verifying it once per expiry saves
+        # the HMAC/RSA check on the hot path. Bounded, and keyed by the exact token string.
+        self._cache: dict[str, tuple[Actor, float]] = {}
+        self._cache_size = cache_size
 
     def authenticate(self, token: str) -> Actor:
+        """Verify ``token``; a token verified before is served from a cache until it expires."""
+        cached = self._cache.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
         if len(token) > self._max:
             raise AuthError(f"token longer than {self._max} bytes")
         options: dict[str, Any] = {
@@ -122,7 +131,12 @@ class JwtAuthenticator:
             raise AuthError("token algorithm not accepted") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise AuthError("token invalid") from None
-        return actor_from_claims(claims)
+        actor = actor_from_claims(claims)
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))  # oldest first: a bounded FIFO
+        # Valid until exp (minus nothing: the leeway only ever widens acceptance at the edge).
+        self._cache[token] = (actor, float(claims["exp"]))
+        return actor
 
 
 def actor_from_claims(claims: dict[str, Any]) -> Actor:

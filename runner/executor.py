@@ -18,7 +18,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -108,6 +108,21 @@ class _OutputInvalid(Exception):
     pass
 
 
+class _BatchAbort(Exception):
+    """A handler in a batch did not succeed: roll the batch back, run its commands one by one."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """An outcome decided without running a handler: rejected, denied, or a replay."""
+
+    call: _Call
+    status: Status
+    decision: AuditDecision
+    error: dict[str, Any] | None
+    replay: dict[str, Any] | None = None
+
+
 class _Rollback(Exception):
     """Leave the handler's transaction without committing; ``data`` is the failure to record."""
 
@@ -180,40 +195,152 @@ class Executor:
         if not isinstance(command, CommandEnvelope):
             raw = _json.dumps(dict(command)) if isinstance(command, Mapping) else command
             command = parse_command(raw)
+        prepared = await self._prepare(command, token)
+        if isinstance(prepared, _Verdict):
+            return await self._settle(prepared.call, prepared.status, prepared.decision, prepared.error)
+        installed, call, value = prepared
+        if installed.spec.kind == "query":
+            return await self._run_query(installed, call, value)
+        return await self._run_once(installed, call, value)
+
+    async def execute_many(self, items: Sequence[tuple[CommandEnvelope, str | None]]) -> list[Outcome]:
+        """Execute a batch of commands together: one claim statement, the handlers one after
+        another in one transaction, one statement for all outcomes, one commit.
+
+        Give it commands that may run in any order relative to each other (distinct Kafka keys).
+        If any handler fails or anything goes wrong, the batch's transaction is rolled back and
+        each of its commands runs on the per-command path instead (same claims, same external
+        idempotency keys), so the outcome is what ``execute`` would have given.
+        """
+        prepared = await asyncio.gather(*(self._prepare(c, self._strip(t)) for c, t in items))
+        outcomes: list[Outcome | None] = [None] * len(items)
+        verdicts: list[tuple[int, _Verdict]] = []
+        batch: list[tuple[int, Installed, _Call, Model]] = []
+        alone: list[int] = []  # queries, and repeated idempotency keys: the per-command path
+        keys: set[str] = set()
+        for i, p in enumerate(prepared):
+            if isinstance(p, _Verdict):
+                verdicts.append((i, p))
+            elif p[0].spec.kind == "query" or p[1].command.idempotency_key in keys:
+                alone.append(i)
+            else:
+                keys.add(p[1].command.idempotency_key)
+                batch.append((i, *p))
+        owner = f"{self.worker_id}/{uuid.uuid4().hex[:12]}"
+        requests = [self._claim_request(installed, call, value, owner) for _, installed, call, value in batch]
+        claims = await self._with_store_retries(lambda: self.store.claim_many(requests)) if requests else []
+        acquired: list[tuple[int, Installed, _Call, Model, ClaimRequest, int]] = []
+        for (i, installed, call, value), request, claim in zip(batch, requests, claims, strict=True):
+            if claim.status is ClaimStatus.ACQUIRED:
+                acquired.append((i, installed, call, value, request, claim.attempts))
+            elif claim.status is ClaimStatus.COMPLETED:
+                assert claim.result is not None
+                verdicts.append((i, _Verdict(call, claim.result["status"], "allow", None, claim.result)))
+            elif claim.status is ClaimStatus.CONFLICT:
+                message = "this idempotency key was used with a different input"
+                verdicts.append(
+                    (i, _Verdict(call, "rejected", "reject", _error("IDEMPOTENCY_CONFLICT", message)))
+                )
+            else:
+                alone.append(i)  # a live worker holds it: wait for it on the per-command path
+        try:
+            done = await self._run_batch(acquired, verdicts)
+        except Exception as exc:
+            if not isinstance(exc, (_BatchAbort, LeaseLost)) and not isinstance(exc, self._transient):
+                _log.exception("batch of %d failed; running its commands one by one", len(acquired))
+            done = await self._unbatch(acquired, verdicts)
+        for i, outcome in done:
+            outcomes[i] = outcome
+        for i in alone:
+            outcomes[i] = await self.execute(items[i][0], token=self._strip(items[i][1]))
+        return [o for o in outcomes if o is not None]
+
+    async def _run_batch(
+        self,
+        acquired: list[tuple[int, Installed, _Call, Model, ClaimRequest, int]],
+        verdicts: list[tuple[int, _Verdict]],
+    ) -> list[tuple[int, Outcome]]:
+        async with self.store.transaction() as tx:
+            completions = []
+            for _, installed, call, value, request, attempt in acquired:
+                data = await self._invoke(installed, call, value, tx.db, attempt)
+                if data["status"] != "succeeded":
+                    raise _BatchAbort  # its writes must not commit: everyone takes the slow path
+                completions.append(
+                    (request.key, request.owner, self._record(call, "succeeded", "allow", data, attempt))
+                )
+            records = [self._verdict_record(v) for _, v in verdicts]
+            completed_ids, record_ids = await tx.complete_many(completions, records)
+        out = [
+            (a[0], self._outcome(c[2], ids))
+            for a, c, ids in zip(acquired, completions, completed_ids, strict=True)
+        ]
+        out += [
+            (i, self._outcome(r, ids, replayed=v.replay is not None))
+            for (i, v), r, ids in zip(verdicts, records, record_ids, strict=True)
+        ]
+        return out
+
+    async def _unbatch(
+        self,
+        acquired: list[tuple[int, Installed, _Call, Model, ClaimRequest, int]],
+        verdicts: list[tuple[int, _Verdict]],
+    ) -> list[tuple[int, Outcome]]:
+        async def one(
+            i: int, installed: Installed, call: _Call, value: Model, request: ClaimRequest
+        ) -> tuple[int, Outcome]:
+            return i, await self._run_once(installed, call, value, request)
+
+        runs = [one(i, inst, call, value, req) for i, inst, call, value, req, _ in acquired]
+        settles = [self._settle_verdict(i, v) for i, v in verdicts]
+        return list(await asyncio.gather(*runs, *settles))
+
+    async def _settle_verdict(self, i: int, v: _Verdict) -> tuple[int, Outcome]:
+        return i, await self._settle(v.call, v.status, v.decision, v.error, replay=v.replay)
+
+    def _verdict_record(self, v: _Verdict) -> OutcomeRecord:
+        data = v.replay if v.replay is not None else {"status": v.status, "error": v.error}
+        return self._record(v.call, v.status, v.decision, data, 0, replayed=v.replay is not None)
+
+    @staticmethod
+    def _strip(token: str | None) -> str | None:
         if token is not None and token[:7].lower() == "bearer ":
-            token = token[7:].strip()
+            return token[7:].strip()
+        return token
+
+    async def _prepare(
+        self, command: CommandEnvelope, token: str | None
+    ) -> _Verdict | tuple[Installed, _Call, Model]:
+        """Steps 2-4: find the spec, validate, authenticate, authorize."""
+        token = self._strip(token)
         call = _Call(command=command, started=time.monotonic())
         actor, auth_failure = self._authenticate(token)
         call.actor = actor
         try:
             installed = self.registry.get(command.type, command.opversion)
         except UnknownOperation as exc:
-            return await self._settle(call, "rejected", "reject", _error("UNKNOWN_OPERATION", str(exc)))
+            return _Verdict(call, "rejected", "reject", _error("UNKNOWN_OPERATION", str(exc)))
         spec = call.spec = installed.spec
         call.input = redact(spec.io.input, command.data)
         if not isinstance(command.data, dict):
             message = f"data must be a JSON object, got {type(command.data).__name__}"
-            return await self._settle(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=[]))
+            return _Verdict(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=[]))
         try:
             value = spec.io.input.model_validate(command.data)
         except ValidationError as exc:
             fields = field_errors(exc)
             message = "invalid input: " + ", ".join(sorted({f["field"] for f in fields}))
-            return await self._settle(
-                call, "rejected", "reject", _error("INVALID_INPUT", message, fields=fields)
-            )
+            return _Verdict(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=fields))
         call.partition = spec.partition_value(value)
         call.input = redact(spec.io.input, value.to_wire())
         if auth_failure is None and actor is None and spec.policy.auth != "public":
             auth_failure = "a bearer token is required"
         if auth_failure is not None:
-            return await self._settle(call, "denied", "deny", _error("UNAUTHENTICATED", auth_failure))
+            return _Verdict(call, "denied", "deny", _error("UNAUTHENTICATED", auth_failure))
         decision = await self._authorize(spec, actor, value)
         if not decision.allowed:
-            return await self._settle(call, "denied", "deny", _error("FORBIDDEN", decision.reason))
-        if spec.kind == "query":
-            return await self._run_query(installed, call, value)
-        return await self._run_once(installed, call, value)
+            return _Verdict(call, "denied", "deny", _error("FORBIDDEN", decision.reason))
+        return installed, call, value
 
     def _authenticate(self, token: str | None) -> tuple[Actor | None, str | None]:
         if token is None:
@@ -241,21 +368,30 @@ class Executor:
             _log.exception("policy check of %s failed", spec.key)
             return Decision(False, f"policy check failed ({type(exc).__name__})")
 
-    async def _run_once(self, installed: Installed, call: _Call, value: Model) -> Outcome:
+    def _claim_request(self, installed: Installed, call: _Call, value: Model, owner: str) -> ClaimRequest:
         spec, command = installed.spec, call.command
-        request = ClaimRequest(
+        return ClaimRequest(
             key=command.idempotency_key,
             op=spec.key,
             version=spec.version,
             input_hash=fingerprint(spec.key, call.actor, value),
             command_id=command.id,
-            # One execution owns the lease, not the process: two deliveries of one key in
-            # the same process (a rebalance, HTTP and Kafka at once) must not both hold it.
-            owner=f"{self.worker_id}/{uuid.uuid4().hex[:12]}",
+            owner=owner,
             lease_seconds=self.lease_seconds,
             actor_id=call.actor.user_id if call.actor else None,
             tenant_id=call.actor.tenant_id if call.actor else None,
         )
+
+    async def _run_once(
+        self, installed: Installed, call: _Call, value: Model, request: ClaimRequest | None = None
+    ) -> Outcome:
+        """Claim, run, record; ``request`` carries a claim this execution may already hold."""
+        # One execution owns the lease, not the process: two deliveries of one key in the
+        # same process (a rebalance, HTTP and Kafka at once) must not both hold it.
+        request = request or self._claim_request(
+            installed, call, value, f"{self.worker_id}/{uuid.uuid4().hex[:12]}"
+        )
+        spec = installed.spec
         failures = 0
         while True:
             claim = await self._with_store_retries(lambda: self.store.claim(request))

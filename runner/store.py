@@ -87,6 +87,13 @@ class Transaction(Protocol):
         """Write the outbox rows and audit entry of an outcome that owns no run."""
         ...
 
+    async def complete_many(
+        self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """``complete`` for each ``(key, owner, record)`` and ``record`` for each of ``records``,
+        in as few statements as the store can; ``LeaseLost`` if any claim is no longer held."""
+        ...
+
 
 class Store(Protocol):
     """Idempotency claims, outcome records and the outbox."""
@@ -95,6 +102,10 @@ class Store(Protocol):
     """Exceptions of this store that mean "try again" (a lost connection, a failover)."""
 
     async def claim(self, request: ClaimRequest) -> Claim: ...
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        """``claim`` for each request (distinct keys), in as few statements as the store can."""
+        ...
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 

@@ -63,6 +63,12 @@ class _MemoryTransaction:
     async def record(self, record: OutcomeRecord) -> list[int]:
         return self._stage(None, record)
 
+    async def complete_many(
+        self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        done = [await self.complete(key, owner, record) for key, owner, record in completions]
+        return done, [await self.record(record) for record in records]
+
     def _stage(self, key: str | None, record: OutcomeRecord) -> list[int]:
         rows = [OutboxRow(self._store._new_id(), p) for p in record.publications]
         self._staged.append((key, record, rows))
@@ -120,6 +126,9 @@ class InMemoryStore:
             return False
         run.lease_until = time.monotonic() + lease_seconds
         return True
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        return [await self.claim(request) for request in requests]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:

@@ -42,6 +42,51 @@ ON CONFLICT (idempotency_key) DO UPDATE
 RETURNING attempts
 """
 
+_CLAIM_MANY = """
+INSERT INTO oprunner_runs AS r
+    (idempotency_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
+     actor_id, tenant_id)
+SELECT k, o, v, h, c, 'running', 1, w, now() + make_interval(secs => $7), a, t
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], $9::text[])
+     AS x(k, o, v, h, c, w, a, t)
+ON CONFLICT (idempotency_key) DO UPDATE
+    SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+    WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
+      AND (r.lease_owner = EXCLUDED.lease_owner OR r.lease_until < now())
+RETURNING idempotency_key, attempts
+"""
+
+_CLAIMS_LOST = """
+SELECT idempotency_key, input_hash, status, result, attempts,
+       greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
+FROM oprunner_runs WHERE idempotency_key = ANY($1::text[])
+"""
+
+# Every outcome of a batch at once: the runs it completes, then the outbox and audit rows of
+# all its records (a record's rows are told apart by its ordinal n).
+_COMPLETE_MANY = """
+WITH done AS (
+    UPDATE oprunner_runs AS r SET status = 'completed', outcome = x.outcome, result = x.result::jsonb,
+           completed_at = now(), lease_owner = NULL, lease_until = NULL
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(key, owner, outcome, result)
+    WHERE r.idempotency_key = x.key AND r.status = 'running' AND r.lease_owner = x.owner
+    RETURNING 1
+),
+ob AS (
+    INSERT INTO oprunner_outbox (topic, key, value, headers)
+    SELECT t, k, v, h::jsonb FROM unnest($5::text[], $6::bytea[], $7::bytea[], $8::text[], $9::int[])
+        WITH ORDINALITY AS y(t, k, v, h, n, i)
+    ORDER BY i
+    RETURNING id
+),
+au AS (
+    INSERT INTO oprunner_audit (command_id, op, version, status, decision, actor_id, data)
+    SELECT * FROM unnest(
+        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::jsonb[])
+)
+SELECT (SELECT count(*) FROM done) AS completed, array(SELECT id FROM ob ORDER BY id) AS ids
+"""
+
 _CLAIM_LOST = """
 SELECT input_hash, status, result, attempts,
        greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
@@ -102,6 +147,37 @@ class PostgresTransaction:
     def db(self) -> asyncpg.Connection:
         return self._conn
 
+    async def complete_many(
+        self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        everything = [record for _, _, record in completions] + list(records)
+        pubs = [(n, p) for n, record in enumerate(everything) for p in record.publications]
+        actors = [(r.audit.get("actor") or {}).get("id") for r in everything]
+        row = await self._conn.fetchrow(
+            _COMPLETE_MANY,
+            [key for key, _, _ in completions],
+            [owner for _, owner, _ in completions],
+            [record.status for _, _, record in completions],
+            [orjson.dumps(record.result).decode() for _, _, record in completions],
+            [p.topic for _, p in pubs],
+            [p.key for _, p in pubs],
+            [p.value for _, p in pubs],
+            [orjson.dumps([[k, v.decode("latin-1")] for k, v in p.headers]).decode() for _, p in pubs],
+            [n for n, _ in pubs],
+            [r.command_id for r in everything],
+            [r.op for r in everything],
+            [r.version for r in everything],
+            [r.status for r in everything],
+            [r.audit.get("decision") for r in everything],
+            actors,
+            [orjson.dumps(r.audit).decode() for r in everything],
+        )
+        if row["completed"] != len(completions):
+            raise LeaseLost(f"{len(completions) - row['completed']} of {len(completions)} claims")
+        ids = iter(row["ids"])
+        per_record = [[next(ids) for _ in record.publications] for record in everything]
+        return per_record[: len(completions)], per_record[len(completions) :]
+
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
         result = orjson.dumps(record.result).decode()
         row = await self._conn.fetchrow(_COMPLETE, *_args(record), key, result, owner)
@@ -112,6 +188,16 @@ class PostgresTransaction:
     async def record(self, record: OutcomeRecord) -> list[int]:
         row = await self._conn.fetchrow(_RECORD, *_args(record))
         return list(row["ids"])
+
+
+def _claim_from(row: Any, request: ClaimRequest) -> Claim:
+    if row is None:
+        return Claim(ClaimStatus.BUSY, 0, retry_after=0.0)  # gone meanwhile: claim again
+    if row["input_hash"] != request.input_hash:
+        return Claim(ClaimStatus.CONFLICT, row["attempts"])
+    if row["status"] == "completed":
+        return Claim(ClaimStatus.COMPLETED, row["attempts"], result=orjson.loads(row["result"]))
+    return Claim(ClaimStatus.BUSY, row["attempts"], retry_after=row["lease_left"])
 
 
 class PostgresStore:
@@ -156,6 +242,39 @@ class PostgresStore:
             lease_seconds,
         )
         return bool(status == "UPDATE 1")
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        if not requests:
+            return []
+        lease = max(r.lease_seconds for r in requests)
+        async with self.pool.acquire() as conn:
+            acquired = {
+                row["idempotency_key"]: row["attempts"]
+                for row in await conn.fetch(
+                    _CLAIM_MANY,
+                    [r.key for r in requests],
+                    [r.op for r in requests],
+                    [r.version for r in requests],
+                    [r.input_hash for r in requests],
+                    [r.command_id for r in requests],
+                    [r.owner for r in requests],
+                    lease,
+                    [r.actor_id for r in requests],
+                    [r.tenant_id for r in requests],
+                )
+            }
+            missed = [r.key for r in requests if r.key not in acquired]
+            rows = (
+                {row["idempotency_key"]: row for row in await conn.fetch(_CLAIMS_LOST, missed)}
+                if missed
+                else {}
+            )
+        return [
+            Claim(ClaimStatus.ACQUIRED, acquired[r.key])
+            if r.key in acquired
+            else _claim_from(rows.get(r.key), r)
+            for r in requests
+        ]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -243,12 +362,22 @@ def _outbox_row(row: asyncpg.Record) -> OutboxRow:
     return OutboxRow(row["id"], Publication(row["topic"], row["key"], row["value"], headers))
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """asyncpg resets every connection it takes back (a round trip per release). Nothing here
+    leaves session state behind (transactions end, the migration lock is released), so skip it."""
+
+
 async def connect_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 20, connect_within: float = 10.0
 ) -> asyncpg.Pool:
     """A pool whose connections fail fast: ``connect_within`` seconds to connect."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, timeout=connect_within, command_timeout=60
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_within,
+        command_timeout=60,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool

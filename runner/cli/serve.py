@@ -55,7 +55,7 @@ async def open_database(settings: Settings) -> tuple[Any, list[str]]:
         raise StartupError("OPRUNNER_DATABASE_URL is not set")
     dsn = settings.database_url.get_secret_value()
     try:
-        pool = await connect_pool(dsn, min_size=2, max_size=max(4, min(settings.max_in_flight // 8, 40)))
+        pool = await connect_pool(dsn, min_size=2, max_size=max(4, min(settings.max_in_flight // 4, 64)))
         async with pool.acquire() as conn:
             applied = await migrate(conn)
     except (OSError, TimeoutError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -199,10 +200,10 @@ async def test_raw_bytes_dicts_and_bearer_prefix_are_accepted(app: App) -> None:
 async def test_long_handler_keeps_its_lease_and_a_crashed_claim_is_taken_over(app: App) -> None:
     from runner.store import ClaimRequest, ClaimStatus
 
-    app.executor.lease_seconds = 0.15
+    app.executor.lease_seconds = 0.6  # renewed every 0.2 s: a 0.4 s stall would be needed to lose it
     app.behaviour.gate = asyncio.Event()
     first = asyncio.create_task(app.run("docs.pay", GOOD, idempotency_key="long"))
-    await asyncio.sleep(0.5)  # three lease lengths: only renewal keeps the claim ours
+    await asyncio.sleep(2.0)  # over three lease lengths: only renewal keeps the claim ours
     second = asyncio.create_task(app.run("docs.pay", GOOD, idempotency_key="long"))
     await asyncio.sleep(0.2)
     app.behaviour.gate.set()
@@ -211,6 +212,61 @@ async def test_long_handler_keeps_its_lease_and_a_crashed_claim_is_taken_over(ap
     # a claim whose owner died (no renewal) is taken over once its lease runs out
     dead = ClaimRequest("orphan", "docs.pay", "1.0.0", "h", "c", "dead-worker", 0.05)
     assert (await app.store.claim(dead)).status is ClaimStatus.ACQUIRED
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
     took = await app.store.claim(ClaimRequest("orphan", "docs.pay", "1.0.0", "h", "c", "new-worker", 10))
     assert took.status is ClaimStatus.ACQUIRED and took.attempts == 2
+
+
+async def test_a_batch_gives_the_outcomes_single_commands_would(app: App) -> None:
+    await app.run("docs.pay", GOOD, idempotency_key="done-before")
+    alice, bob = app.token("alice"), app.token("bob")
+    items = [
+        (command("docs.pay", GOOD, id="b1"), alice),
+        (command("docs.pay", {**GOOD, "docId": "d2"}, id="b2"), bob),
+        (command("docs.pay", {**GOOD, "amount": "-1"}, id="b3"), alice),
+        (command("docs.pay", {**GOOD, "docId": "d2"}, id="b4"), alice),
+        (command("docs.pay", GOOD, id="b5", idempotency_key="done-before"), alice),
+        (command("docs.pay", {**GOOD, "amount": "2"}, id="b6", idempotency_key="done-before"), alice),
+        (command("docs.view", {"docId": "d1"}, id="b7"), alice),
+        (command("docs.pay", GOOD, id="b8", idempotency_key="b1"), alice),  # same key as b1, same batch
+        (command("docs.nope", {}, id="b9"), "Bearer " + alice),
+    ]
+    outcomes = await app.executor.execute_many(items)
+    got = [(o.result["causationid"], o.status, o.error_code, o.replayed) for o in outcomes]
+    assert got == [
+        ("b1", "succeeded", None, False),
+        ("b2", "succeeded", None, False),
+        ("b3", "rejected", "INVALID_INPUT", False),
+        ("b4", "denied", "FORBIDDEN", False),
+        ("b5", "succeeded", None, True),
+        ("b6", "rejected", "IDEMPOTENCY_CONFLICT", False),
+        ("b7", "succeeded", None, False),
+        ("b8", "succeeded", None, True),
+        ("b9", "rejected", "UNKNOWN_OPERATION", False),
+    ]
+    assert app.behaviour.calls == 3  # done-before, b1, b2
+    assert await _published(app, "ops.results") == 10 and await _published(app, "ops.audit") == 10
+
+
+async def test_a_failing_handler_sends_its_batch_down_the_single_path(app: App) -> None:
+    seen: list[str] = []
+    real = app.registry.get("docs.pay").handler
+
+    async def fails_for_d2(value: Any, ctx: Any) -> Any:
+        seen.append(value.doc_id)
+        if value.doc_id == "d2":
+            raise OperationError("TOO_MUCH", "no")
+        return await real(value, ctx)
+
+    object.__setattr__(app.registry.get("docs.pay"), "handler", fails_for_d2)
+    items = [
+        (command("docs.pay", GOOD, id="c1"), app.token("alice")),
+        (command("docs.pay", {**GOOD, "docId": "d2"}, id="c2"), app.token("bob")),
+    ]
+    outcomes = await app.executor.execute_many(items)
+    assert [(o.status, o.error_code) for o in outcomes] == [("succeeded", None), ("failed", "TOO_MUCH")]
+    # c1's handler ran in the rolled-back batch and again on its own: only the second
+    # attempt's transaction committed (this list is not transactional; the ledger tests count rows)
+    assert app.behaviour.effects == ["c1", "c1"] and sorted(seen) == ["d1", "d1", "d2", "d2"]
+    again = await app.executor.execute_many(items)
+    assert all(o.replayed for o in again)

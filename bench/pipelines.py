@@ -1,0 +1,114 @@
+"""The two baselines oprunner is compared against, each run as its own process:
+
+    python -m bench.pipelines bare         aiokafka: consume, produce a reply; nothing else
+    python -m bench.pipelines handwritten  what a team writes without oprunner: a FastStream
+                                           subscriber that parses, validates with pydantic,
+                                           runs one asyncpg transaction and publishes a result
+
+Configured by the same OPRUNNER_* variables as ``serve``; prints "ready" once subscribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from decimal import Decimal
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from pydantic import BaseModel, ConfigDict, Field
+
+BOOTSTRAP = os.environ["OPRUNNER_KAFKA_BOOTSTRAP"]
+COMMANDS = os.environ["OPRUNNER_COMMANDS_TOPIC"]
+RESULTS = os.environ["OPRUNNER_RESULTS_TOPIC"]
+GROUP = os.environ["OPRUNNER_GROUP_ID"]
+
+
+async def bare() -> None:
+    consumer = AIOKafkaConsumer(
+        COMMANDS,
+        bootstrap_servers=BOOTSTRAP,
+        group_id=GROUP,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=2)
+    await consumer.start()
+    await producer.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=100, max_records=500)
+        futures = [
+            await producer.send(
+                RESULTS, b'{"status":"succeeded"}', key=m.key, headers=[("causation", m.value[:64])]
+            )
+            for messages in batches.values()
+            for m in messages
+        ]
+        await asyncio.gather(*futures)
+    await consumer.stop()
+    await producer.stop()
+
+
+class Credit(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    account_id: str = Field(alias="accountId", min_length=1)
+    amount: Decimal = Field(gt=0)
+
+
+class Command(BaseModel):
+    id: str
+    type: str
+    data: Credit
+
+
+def handwritten() -> None:
+    broker = KafkaBroker(BOOTSTRAP, acks="all", logger=None)
+    app = FastStream(broker, logger=None)
+    state: dict[str, asyncpg.Pool] = {}
+
+    @app.on_startup
+    async def connect() -> None:
+        state["pool"] = await asyncpg.create_pool(os.environ["OPRUNNER_DATABASE_URL"], min_size=1, max_size=2)
+        await state["pool"].execute(
+            "CREATE TABLE IF NOT EXISTS bench_handwritten_keys (key text PRIMARY KEY, at timestamptz DEFAULT now())"[
+                :200
+            ]
+        )
+
+    @app.after_startup
+    async def ready() -> None:
+        print("ready", flush=True)
+
+    @broker.subscriber(COMMANDS, group_id=GROUP, auto_offset_reset="earliest", session_timeout_ms=6000)
+    async def handle(body: bytes) -> None:
+        command = Command.model_validate(json.loads(body))
+        async with state["pool"].acquire() as conn, conn.transaction():
+            fresh = await conn.fetchval(
+                "INSERT INTO bench_handwritten_keys (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
+                command.id,
+            )
+            if fresh:
+                await conn.execute(
+                    "UPDATE ledger_accounts SET balance = balance + $2 WHERE id = $1",
+                    command.data.account_id,
+                    command.data.amount,
+                )
+        await broker.publish(
+            json.dumps({"causationid": command.id, "data": {"status": "succeeded"}}).encode(),
+            RESULTS,
+            key=command.data.account_id.encode(),
+        )
+
+    asyncio.run(app.run())
+
+
+if __name__ == "__main__":
+    {"bare": lambda: asyncio.run(bare()), "handwritten": handwritten}[sys.argv[1]]()
