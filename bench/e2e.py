@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -97,8 +96,9 @@ class Pipeline:
             "OPRUNNER_HTTP_PORT": str(free_port()),
             "OPRUNNER_LOG_LEVEL": "WARNING",
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.log = Path(f"/tmp/bench-{kind}-{suffix}.log")
+        self.processes = int(os.environ.get("BENCH_PROCESSES", "1")) if kind == "oprunner" else 1
 
     async def topics(self) -> None:
         await ensure_topics(
@@ -107,37 +107,44 @@ class Pipeline:
 
     def start(self) -> None:
         if self.kind == "oprunner":
-            cmd = [sys.executable, "-m", "runner", "serve", "tests.apps.ledger:registry"]
+            cmd = [sys.executable, "-m", "runner", "serve", "bench.app:registry"]
             self.env["OPRUNNER_LOG_LEVEL"] = "INFO"  # "serving" marks readiness
         else:
             cmd = [sys.executable, "-m", "bench.pipelines", self.kind]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        marker = "serving" if self.kind == "oprunner" else "ready"
-        while marker not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.kind} did not start: {self.log.read_text()[-1500:]}")
-            time.sleep(0.05)
+        for n in range(self.processes):
+            env = {**self.env, "OPRUNNER_HTTP_PORT": str(free_port())}
+            with self.log.open("ab") as out:
+                self.procs.append(
+                    subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                )
+            deadline = time.monotonic() + 60
+            marker = "serving" if self.kind == "oprunner" else "ready"
+            while self.log.read_text(errors="replace").count(marker) < n + 1:
+                if self.procs[-1].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.kind} did not start: {self.log.read_text()[-1500:]}")
+                time.sleep(0.05)
 
     def peak_rss_mb(self) -> float | None:
-        if self.proc is None:
-            return None
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+        """The largest peak RSS (VmHWM) among the pipeline's processes."""
+        peaks = []
+        for proc in self.procs:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks.append(int(line.split()[1]) / 1024)
+            except OSError:
+                continue
+        return max(peaks) if peaks else None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
             try:
-                self.proc.wait(60)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                proc.kill()
 
 
 async def produce(
@@ -163,40 +170,62 @@ async def reader(bootstrap: str, topic: str) -> AIOKafkaConsumer:
 
 def causation(kind: str, message: Any) -> str:
     if kind == "bare":
-        return bytes(dict(message.headers)["causation"]).decode()
+        return str(orjson.loads(bytes(dict(message.headers)["causation"]))["id"])
     return str(orjson.loads(message.value)["causationid"])
+
+
+def batch_for(kind: str, n: int, accounts: int, prefix: str) -> list[tuple[bytes, bytes, str]]:
+    batch = commands(n, accounts, prefix)
+    if kind == "bare":  # the bare pipe echoes the first 64 bytes of the value as its causation
+        batch = [(k, orjson.dumps({"id": c}), c) for k, _, c in batch]
+    return batch
+
+
+async def collect(
+    consumer: AIOKafkaConsumer, kind: str, ids: set[str], within: float
+) -> list[tuple[str, int]]:
+    """(causation id, Kafka timestamp in ms) of results for ``ids``, until all came or time ran out."""
+    got: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    deadline = time.monotonic() + within
+    while not ids <= seen and time.monotonic() < deadline:
+        for messages in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+            for m in messages:
+                cause = causation(kind, m)
+                if cause in ids:
+                    got.append((cause, m.timestamp))
+                    seen.add(cause)
+    return got
 
 
 async def throughput(
     kind: str, bootstrap: str, dsn: str, n: int, accounts: int, headers: list[Any]
 ) -> Figures:
+    """Start the pipeline and let its group settle (200 commands answered), then produce ``n``
+    commands as fast as the producer can and time the pipeline from its first result to its
+    last, by the results' own Kafka timestamps (when the pipeline sent them)."""
     pipe = Pipeline(kind, bootstrap, dsn)
     await pipe.topics()
-    batch = commands(n, accounts, f"tp-{uuid.uuid4().hex[:6]}")
-    if kind == "bare":
-        batch = [
-            (k, v.replace(b'"specversion"', b'"causation":"x","specversion"', 0), c) for k, v, c in batch
-        ]
-    await produce(bootstrap, pipe.commands, batch, headers)
     consumer = await reader(bootstrap, pipe.results)
-    first = last = 0.0
-    seen = 0
     try:
         pipe.start()
-        deadline = time.monotonic() + max(120.0, n / 100)
-        while seen < n and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            now = time.monotonic()
-            got = sum(len(v) for v in batches.values())
-            if got and not first:
-                first = now
-            if got:
-                last = now
-            seen += got
-        figures = Figures(kind, commands=seen, seconds=round(last - first, 3))
-        figures.per_second = round((seen - 1) / (last - first), 1) if last > first else 0.0
-        if seen < n:
-            figures.notes.append(f"only {seen} of {n} results before the deadline")
+        warm = batch_for(kind, 200, accounts, f"warm-{uuid.uuid4().hex[:6]}")
+        await produce(bootstrap, pipe.commands, warm, headers)
+        await collect(consumer, kind, {c for _, _, c in warm}, 60)
+        batch = batch_for(kind, n, accounts, f"tp-{uuid.uuid4().hex[:6]}")
+        ids = {c for _, _, c in batch}
+        producing = asyncio.create_task(produce(bootstrap, pipe.commands, batch, headers))
+        got = await collect(consumer, kind, ids, max(120.0, n / 100))
+        await producing
+        seen = {c for c, _ in got}
+        stamps = [t for _, t in got]
+        first, last = (min(stamps) / 1000, max(stamps) / 1000) if stamps else (0.0, 0.0)
+        figures = Figures(kind, commands=len(seen), seconds=round(last - first, 3))
+        figures.per_second = round((len(seen) - 1) / (last - first), 1) if last > first else 0.0
+        if len(seen) < n:
+            figures.notes.append(f"only {len(seen)} of {n} results before the deadline")
+        if len(got) > len(seen):
+            figures.notes.append(f"{len(got) - len(seen)} duplicate results (redeliveries answered again)")
         figures.peak_rss_mb = pipe.peak_rss_mb()
         return figures
     finally:
@@ -241,9 +270,8 @@ async def latency(
             if delay > 0:
                 await asyncio.sleep(delay)
             if kind == "bare":
-                value = value  # the bare pipe echoes the first 64 bytes: put the id there
                 value = orjson.dumps({"id": cid})
-            sent[cid if kind != "bare" else orjson.dumps({"id": cid}).decode()[-40:]] = time.monotonic()
+            sent[cid] = time.monotonic()
             await producer.send(pipe.commands, value, key=key, headers=headers)
 
     try:
@@ -305,21 +333,40 @@ async def prepare(dsn: str, accounts: int) -> None:
         await conn.close()
 
 
+COLUMNS = ("pipeline", "commands", "seconds", "cmd/s", "rate", "p50 ms", "p95 ms", "p99 ms", "peak RSS MB")
+WIDTHS = (12, 9, 8, 9, 6, 8, 8, 8, 12)
+
+
 def table(rows: list[Figures]) -> str:
-    head = f"{'pipeline':12} {'commands':>9} {'seconds':>8} {'cmd/s':>9} {'rate':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12}"
+    def line(cells: tuple[Any, ...]) -> str:
+        first, *rest = cells
+        return f"{first!s:<{WIDTHS[0]}}" + "".join(
+            f" {'-' if c is None else c!s:>{w}}" for c, w in zip(rest, WIDTHS[1:], strict=True)
+        )
+
+    head = line(COLUMNS)
     lines = [head, "-" * len(head)]
     for r in rows:
-
-        def f(x: Any) -> str:
-            return "-" if x is None else str(x)
-
-        lines.append(
-            f"{r.pipeline:12} {r.commands:>9} {r.seconds:>8} {r.per_second:>9} {r.latency_rate or '-':>6} "
-            f"{f(r.p50_ms):>8} {f(r.p95_ms):>8} {f(r.p99_ms):>8} {f(round(r.peak_rss_mb, 1) if r.peak_rss_mb else None):>12}"
+        rss = round(r.peak_rss_mb, 1) if r.peak_rss_mb else None
+        cells = (
+            r.pipeline,
+            r.commands,
+            r.seconds,
+            r.per_second,
+            r.latency_rate or None,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            rss,
         )
-        for note in r.notes:
-            lines.append(f"  note: {note}")
+        lines.append(line(cells))
+        lines += [f"  note: {note}" for note in r.notes]
     return "\n".join(lines)
+
+
+def git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -357,9 +404,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"{name}: {value}")
     out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"e2e-{int(time.time())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     out.write_text(
         json.dumps(
             {"commit": commit, "args": vars(args), "pipelines": [asdict(r) for r in rows], "ratios": ratios},

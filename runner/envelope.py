@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 from dataclasses import dataclass
@@ -124,7 +125,9 @@ def now_iso() -> str:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID; from ``random`` rather than ``os.urandom``: ids must be
+    unique, not secret, and this is on every command's path."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def build_event(
@@ -134,6 +137,7 @@ def build_event(
     data: dict[str, Any],
     command: CommandEnvelope,
     opversion: str | None,
+    time: str | None = None,
 ) -> dict[str, Any]:
     """A result or audit event: a new id, the command's keys copied, ``causationid`` = its id."""
     event: dict[str, Any] = {
@@ -141,7 +145,7 @@ def build_event(
         "id": new_id(),
         "source": source,
         "type": type,
-        "time": now_iso(),
+        "time": time or now_iso(),
         "datacontenttype": "application/json",
         "idempotencykey": command.idempotency_key,
         "correlationid": command.correlation_id,

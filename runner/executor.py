@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from . import _json
 from .auth import Actor, Authenticator
 from .context import OperationContext, PolicyContext
-from .envelope import AUDIT_TYPE, CONTENT_TYPE, CommandEnvelope, build_event, parse_command
+from .envelope import AUDIT_TYPE, CONTENT_TYPE, CommandEnvelope, build_event, now_iso, parse_command
 from .errors import (
     AuthError,
     LeaseLost,
@@ -106,6 +106,26 @@ def default_worker_id() -> str:
 
 class _OutputInvalid(Exception):
     pass
+
+
+class _InTurn:
+    """A database handle shared by concurrent resolvers: each call waits for the one before
+    (one asyncpg connection runs one query at a time). Batch resolvers make this one call."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._db, name)
+        if not callable(attr):
+            return attr
+
+        async def in_turn(*args: Any, **kwargs: Any) -> Any:
+            async with self._lock:
+                return await attr(*args, **kwargs)
+
+        return in_turn
 
 
 class _BatchAbort(Exception):
@@ -212,7 +232,8 @@ class Executor:
         each of its commands runs on the per-command path instead (same claims, same external
         idempotency keys), so the outcome is what ``execute`` would have given.
         """
-        prepared = await asyncio.gather(*(self._prepare(c, self._strip(t)) for c, t in items))
+        async with self._batch_reader(items) as db:
+            prepared = await asyncio.gather(*(self._prepare(c, self._strip(t), db) for c, t in items))
         outcomes: list[Outcome | None] = [None] * len(items)
         verdicts: list[tuple[int, _Verdict]] = []
         batch: list[tuple[int, Installed, _Call, Model]] = []
@@ -308,8 +329,17 @@ class Executor:
             return token[7:].strip()
         return token
 
+    @contextlib.asynccontextmanager
+    async def _batch_reader(self, items: Sequence[tuple[CommandEnvelope, str | None]]) -> AsyncIterator[Any]:
+        """One database handle for the resolvers of a whole batch, its calls taken in turn."""
+        if len(items) < 2:
+            yield None
+            return
+        async with self.store.reader() as db:
+            yield _InTurn(db)
+
     async def _prepare(
-        self, command: CommandEnvelope, token: str | None
+        self, command: CommandEnvelope, token: str | None, db: Any = None
     ) -> _Verdict | tuple[Installed, _Call, Model]:
         """Steps 2-4: find the spec, validate, authenticate, authorize."""
         token = self._strip(token)
@@ -337,7 +367,7 @@ class Executor:
             auth_failure = "a bearer token is required"
         if auth_failure is not None:
             return _Verdict(call, "denied", "deny", _error("UNAUTHENTICATED", auth_failure))
-        decision = await self._authorize(spec, actor, value)
+        decision = await self._authorize(spec, actor, value, db)
         if not decision.allowed:
             return _Verdict(call, "denied", "deny", _error("FORBIDDEN", decision.reason))
         return installed, call, value
@@ -352,10 +382,12 @@ class Executor:
         except AuthError as exc:
             return None, exc.reason
 
-    async def _authorize(self, spec: OperationSpec, actor: Actor | None, value: Model) -> Decision:
+    async def _authorize(
+        self, spec: OperationSpec, actor: Actor | None, value: Model, shared: Any = None
+    ) -> Decision:
         async def check() -> Decision:
-            if not any(rule.needs_resource() for rule in spec.policy.rules):
-                return await authorize(spec, actor, self.registry, PolicyContext(actor, spec, value, None))
+            if shared is not None or not any(rule.needs_resource() for rule in spec.policy.rules):
+                return await authorize(spec, actor, self.registry, PolicyContext(actor, spec, value, shared))
             async with self.store.reader() as db:
                 return await authorize(spec, actor, self.registry, PolicyContext(actor, spec, value, db))
 
@@ -565,8 +597,9 @@ class Executor:
         command, spec = call.command, call.spec
         version = spec.version if spec else command.opversion
         op = spec.key if spec else command.type
+        stamp = now_iso()
         result = build_event(
-            type=f"{op}.result", source=self.source, data=data, command=command, opversion=version
+            type=f"{op}.result", source=self.source, data=data, command=command, opversion=version, time=stamp
         )
         error = data.get("error")
         audit_data: dict[str, Any] = {
@@ -584,7 +617,12 @@ class Executor:
             "reason": error["message"] if error and status in ("denied", "rejected") else None,
         }
         audit = build_event(
-            type=AUDIT_TYPE, source=self.source, data=audit_data, command=command, opversion=version
+            type=AUDIT_TYPE,
+            source=self.source,
+            data=audit_data,
+            command=command,
+            opversion=version,
+            time=stamp,
         )
         key = (call.partition or command.idempotency_key).encode()
         headers: tuple[tuple[str, bytes], ...] = (("content-type", CONTENT_TYPE.encode()),)
@@ -601,15 +639,16 @@ class Executor:
                 Publication(self.results_topic, key, _json.dumps(result), headers),
                 Publication(self.audit_topic, key, _json.dumps(audit), headers),
             ),
+            events=(result, audit),
         )
 
     @staticmethod
     def _outcome(record: OutcomeRecord, ids: Any, *, replayed: bool = False) -> Outcome:
-        result_pub, audit_pub = record.publications
+        result, audit = record.events
         return Outcome(
             status=record.status,  # type: ignore[arg-type]
-            result=_json.loads(result_pub.value),
-            audit=_json.loads(audit_pub.value),
+            result=result,
+            audit=audit,
             publications=record.publications,
             outbox_ids=tuple(ids),
             replayed=replayed,
@@ -646,9 +685,9 @@ def _details(exc: OperationError) -> dict[str, Any]:
 
 def _validate_output(output_model: type[Model], raw: Any) -> dict[str, Any]:
     try:
-        if isinstance(raw, output_model):
-            value = output_model.model_validate(raw.model_dump())
-        elif isinstance(raw, BaseModel):
+        if type(raw) is output_model:  # built through its validating constructor already
+            return raw.to_wire()
+        if isinstance(raw, BaseModel):
             value = output_model.model_validate(raw.model_dump(by_alias=True))
         else:
             value = output_model.model_validate(raw)

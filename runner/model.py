@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +39,20 @@ def _model_of(annotation: Any) -> type[Model] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, Model) else None
 
 
+@functools.cache
+def _plan(model: type[BaseModel]) -> tuple[frozenset[str], tuple[tuple[frozenset[str], type[Model]], ...]]:
+    """Per model, once: the names (wire and attribute) to redact, and the nested models."""
+    hidden: set[str] = set()
+    nested = []
+    for name, field in model.model_fields.items():
+        keys = frozenset({name, field.alias or name})
+        if _is_sensitive(field.json_schema_extra):
+            hidden |= keys
+        elif (inner := _model_of(field.annotation)) is not None:
+            nested.append((keys, inner))
+    return frozenset(hidden), tuple(nested)
+
+
 def redact(model: type[BaseModel], data: Any) -> Any:
     """Replace the values of fields marked ``json_schema_extra={"sensitive": True}``.
 
@@ -46,12 +61,9 @@ def redact(model: type[BaseModel], data: Any) -> Any:
     """
     if not isinstance(data, dict):
         return data
-    out = dict(data)
-    for name, field in model.model_fields.items():
-        keys = {name, field.alias or name}
+    hidden, nested = _plan(model)
+    out = {k: (REDACTED if k in hidden else v) for k, v in data.items()}
+    for keys, inner in nested:
         for key in keys & out.keys():
-            if _is_sensitive(field.json_schema_extra):
-                out[key] = REDACTED
-            elif (nested := _model_of(field.annotation)) is not None:
-                out[key] = redact(nested, out[key])
+            out[key] = redact(inner, out[key])
     return out

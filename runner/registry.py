@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,47 @@ class Resource:
 Resolver = Callable[[str, PolicyContext], Awaitable[Any] | Any]
 """``(resource_id, ctx) -> Resource | Mapping | object | None``, sync or async (see
 ``runner.policy.as_resource`` for what a returned row may look like)."""
+
+BatchResolver = Callable[[list[str], PolicyContext], Awaitable[Mapping[str, Any]]]
+"""``(resource_ids, ctx) -> {id: row}``: loads many resources in one query."""
+
+
+class _Coalescing:
+    """A ``Resolver`` over a ``BatchResolver``: calls made in the same event-loop tick (a batch
+    of commands being authorized together) become one ``BatchResolver`` call."""
+
+    def __init__(self, load_many: BatchResolver) -> None:
+        self._load_many = load_many
+        self._waiting: dict[str, list[asyncio.Future[Any]]] = {}
+        self._ctx: PolicyContext | None = None
+
+    async def __call__(self, resource_id: str, ctx: PolicyContext) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._waiting:
+            self._ctx = ctx
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        self._waiting.setdefault(resource_id, []).append(future)
+        return await future
+
+    def _dispatch(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        ctx, self._ctx = self._ctx, None
+        assert ctx is not None
+        task = asyncio.ensure_future(self._load_many(list(waiting), ctx))
+
+        def deliver(done: asyncio.Future[Mapping[str, Any]]) -> None:
+            for resource_id, futures in waiting.items():
+                for future in futures:
+                    if future.done():
+                        continue
+                    if done.cancelled():
+                        future.cancel()
+                    elif (error := done.exception()) is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(done.result().get(resource_id))
+
+        task.add_done_callback(deliver)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +113,16 @@ class OperationRegistry:
 
         def register(fn: Resolver) -> Resolver:
             self.add_resource(name, fn)
+            return fn
+
+        return register
+
+    def resources(self, name: str) -> Callable[[BatchResolver], BatchResolver]:
+        """Decorator: register a loader of many ``name`` resources at once, ``(ids, ctx) ->
+        {id: row}``. Commands authorized together (a batch) share one query."""
+
+        def register(fn: BatchResolver) -> BatchResolver:
+            self.add_resource(name, _Coalescing(fn))
             return fn
 
         return register

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     max_in_flight: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    max_batches: int = Field(default=8, ge=1)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=30.0, gt=0)
     session_timeout_ms: int = Field(default=10_000, ge=1000)

@@ -62,6 +62,8 @@ class OutcomeRecord:
     result: dict[str, Any]
     audit: dict[str, Any]
     publications: tuple[Publication, ...] = field(default_factory=tuple)
+    events: tuple[dict[str, Any], ...] = field(default_factory=tuple, compare=False)
+    """The result and audit events as dicts (what ``publications`` carry, encoded)."""
 
 
 @dataclass(frozen=True, slots=True)

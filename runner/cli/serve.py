@@ -272,6 +272,8 @@ async def serve(
         group_id=settings.group_id,
         dlq_topic=settings.dlq_topic,
         max_in_flight=settings.max_in_flight,
+        batch_size=settings.batch_size,
+        max_batches=settings.max_batches,
         max_message_bytes=settings.max_message_bytes,
         session_timeout_ms=settings.session_timeout_ms,
         drain_timeout=settings.shutdown_timeout,

@@ -6,7 +6,10 @@ outcome is durable. So this loop drives FastStream's aiokafka consumer directly 
 ``KafkaBroker.connect()``, with the broker's connection settings):
 
 * messages with the same Kafka key run one after another, in offset order; different keys
-  run concurrently, at most ``max_in_flight`` at once (the fetch loop waits: backpressure);
+  run together in batches (``Executor.execute_many``: one transaction, one commit), up to
+  ``max_batches`` batches at once and ``max_in_flight`` messages fetched and unfinished
+  (then the fetch loop waits: backpressure). Under load the batches fill up while others
+  run; when idle, a message runs as soon as it arrives;
 * a partition's committed offset only moves past a message once its outcome is committed in
   the store (a watermark over out-of-order completions);
 * a message the store cannot take yet is retried in place, never skipped;
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,7 +37,7 @@ from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command
 from ..errors import EnvelopeError, StoreUnavailable
 from ..executor import Executor
 from ..store import OutcomeRecord, Publication
-from .publisher import KafkaPublisher, OutboxCleaner
+from .publisher import KafkaPublisher, OutboxCleaner, PublishQueue
 
 _log = logging.getLogger("oprunner.consumer")
 
@@ -84,6 +89,8 @@ class CommandConsumer:
         group_id: str,
         dlq_topic: str,
         max_in_flight: int = 256,
+        batch_size: int = 100,
+        max_batches: int = 4,
         max_message_bytes: int = 1024 * 1024,
         session_timeout_ms: int = 10_000,
         commit_interval: float = 0.2,
@@ -94,10 +101,13 @@ class CommandConsumer:
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.max_in_flight = max_in_flight
+        self.batch_size = max(1, batch_size)
+        self.max_batches = max(1, max_batches)
         self.max_message_bytes = max_message_bytes
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
         self.cleaner = OutboxCleaner(executor.store)
+        self.outgoing = PublishQueue(publisher, self.cleaner, max_pending=max_in_flight * 4)
         self.consumer = consumer_factory(
             group_id=group_id,
             enable_auto_commit=False,
@@ -105,14 +115,19 @@ class CommandConsumer:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(session_timeout_ms // 5, 100),
             max_poll_records=max_in_flight,
+            fetch_max_wait_ms=20,
             max_partition_fetch_bytes=max(max_message_bytes + 65536, 1048576),
         )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._parts: dict[TopicPartition, _Partition] = {}
-        self._tails: dict[bytes, asyncio.Task[None]] = {}
+        self._queues: dict[Any, deque[tuple[TopicPartition, Any]]] = {}  # key -> fetched, waiting
+        self._ready: OrderedDict[Any, None] = OrderedDict()  # keys whose head may run now
+        self._busy: set[Any] = set()
+        self._running: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self.processed = 0
         self.dead_lettered = 0
+        self.batches = 0
 
     @property
     def in_flight(self) -> int:
@@ -122,90 +137,126 @@ class CommandConsumer:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self.consumer.start()
         self.cleaner.start()
+        self.outgoing.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and dispatch until ``stop`` is set, then drain and commit."""
         committer = asyncio.create_task(self._commit_loop(), name="oprunner-committer")
         try:
             while not stop.is_set():
-                batches = await self.consumer.getmany(timeout_ms=100, max_records=self.max_in_flight)
-                for tp, messages in batches.items():
+                fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.max_in_flight)
+                for tp, messages in fetched.items():
                     for message in messages:
+                        if self._slots.locked():
+                            self._schedule()
                         await self._slots.acquire()
-                        self._dispatch(tp, message)
+                        self._enqueue(tp, message)
+                self._schedule()
         finally:
             self._stopping.set()
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self._drain(set(self._parts))
+            await self.outgoing.stop()
             await self.cleaner.stop()
             await self.consumer.stop()
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def _dispatch(self, tp: TopicPartition, message: Any) -> None:
-        part = self._parts.setdefault(tp, _Partition())
-        part.add(message.offset)
-        key: bytes | None = message.key
-        previous = self._tails.get(key) if key is not None else None
-        task = asyncio.create_task(self._handle(tp, part, message, previous))
-        part.tasks.add(task)
-        task.add_done_callback(part.tasks.discard)
-        if key is not None:
-            self._tails[key] = task
+    def _enqueue(self, tp: TopicPartition, message: Any) -> None:
+        self._parts.setdefault(tp, _Partition()).add(message.offset)
+        key = message.key if message.key is not None else object()  # no key: no order to keep
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            if key not in self._busy:
+                self._ready[key] = None
+        queue.append((tp, message))
 
-            def forget(done: asyncio.Task[None], key: bytes = key) -> None:
-                if self._tails.get(key) is done:
-                    del self._tails[key]
+    def _schedule(self) -> None:
+        """Start batches of ready keys' heads while fewer than ``max_batches`` run."""
+        while self._ready and len(self._running) < self.max_batches:
+            batch: list[tuple[Any, TopicPartition, Any]] = []
+            while self._ready and len(batch) < self.batch_size:
+                key, _ = self._ready.popitem(last=False)
+                tp, message = self._queues[key].popleft()
+                self._busy.add(key)
+                batch.append((key, tp, message))
+            task = asyncio.create_task(self._run_batch(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            for tp in {tp for _, tp, _ in batch}:
+                if tp in self._parts:
+                    self._parts[tp].tasks.add(task)
+                    task.add_done_callback(self._parts[tp].tasks.discard)
 
-            task.add_done_callback(forget)
+    def _release(self, key: Any) -> None:
+        self._busy.discard(key)
+        queue = self._queues.get(key)
+        if queue:
+            self._ready[key] = None
+        elif queue is not None:
+            del self._queues[key]
 
-    async def _handle(self, tp: TopicPartition, part: _Partition, message: Any, previous: Any) -> None:
+    async def _run_batch(self, batch: list[tuple[Any, TopicPartition, Any]]) -> None:
         try:
-            if previous is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(previous)
-            if await self._process(message):
-                part.done(message.offset)
-                self.processed += 1
+            if await self._process([message for _, _, message in batch]):
+                for _, tp, message in batch:
+                    if tp in self._parts:
+                        self._parts[tp].done(message.offset)
+                self.processed += len(batch)
+                self.batches += 1
         except Exception:
-            _log.exception("message %s:%d@%d left unacknowledged", tp.topic, tp.partition, message.offset)
+            _log.exception("a batch of %d was left unacknowledged", len(batch))
         finally:
-            self._slots.release()
+            for key, _, _ in batch:
+                self._slots.release()
+                self._release(key)
+            if not self._stopping.is_set():
+                self._schedule()
 
-    async def _process(self, message: Any) -> bool:
-        """Take one message to a durable outcome; False if stopping first (offset not done)."""
+    async def _process(self, messages: list[Any]) -> bool:
+        """Take a batch to durable outcomes; False if stopping first (offsets not done)."""
+        commands: list[tuple[CommandEnvelope, str | None]] = []
+        dead: list[tuple[Any, str]] = []
+        for message in messages:
+            headers = dict(message.headers or ())
+            try:
+                command = parse_command(message.value or b"", max_bytes=self.max_message_bytes)
+            except EnvelopeError as exc:
+                dead.append((message, exc.reason))
+                continue
+            traceparent = headers.get("traceparent")
+            if traceparent:
+                command = replace(command, traceparent=traceparent.decode("latin-1")[:128])
+            commands.append((command, bearer(headers.get("authorization"))))
+        for message, reason in dead:
+            lettered = await self._retrying(functools.partial(self._dead_letter, message, reason))
+            if lettered is None:
+                return False
+            await self.outgoing.submit(*lettered)
+        if commands:
+            outcomes = await self._retrying(lambda: self.executor.execute_many(commands))
+            if outcomes is None:
+                return False
+            for outcome in outcomes:
+                await self.outgoing.submit(outcome.publications, outcome.outbox_ids)
+        return True
+
+    async def _retrying(self, step: Callable[[], Any]) -> Any:
+        """Run ``step`` until the store takes it; None if told to stop first."""
         failures = 0
         while True:
             try:
-                publications, ids = await self._outcome(message)
-                break
+                return await step()
             except StoreUnavailable as exc:
                 if self._stopping.is_set():
-                    return False
+                    return None
                 failures += 1
                 delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
-                _log.warning("store unavailable (%s); retrying message in %.1fs", exc, delay)
+                _log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-        try:
-            await self.publisher.publish(publications)
-            self.cleaner.add(ids)
-        except (TimeoutError, KafkaError, OSError):
-            _log.warning("publish failed; the outbox relay will publish", exc_info=True)
-        return True
-
-    async def _outcome(self, message: Any) -> tuple[tuple[Publication, ...], list[int] | tuple[int, ...]]:
-        headers = dict(message.headers or ())
-        try:
-            command = parse_command(message.value or b"", max_bytes=self.max_message_bytes)
-        except EnvelopeError as exc:
-            return await self._dead_letter(message, exc.reason)
-        traceparent = headers.get("traceparent")
-        if traceparent:
-            command = replace(command, traceparent=traceparent.decode("latin-1")[:128])
-        outcome = await self.executor.execute(command, token=bearer(headers.get("authorization")))
-        return outcome.publications, outcome.outbox_ids
 
     async def _dead_letter(self, message: Any, reason: str) -> tuple[tuple[Publication, ...], list[int]]:
         """Record the DLQ message and an audit event through the outbox, like any outcome."""
@@ -283,8 +334,19 @@ class CommandConsumer:
             self._parts[tp].committed = offset
 
     async def _drain(self, partitions: set[TopicPartition]) -> None:
-        """Finish in-flight work of ``partitions`` (bounded), commit it, forget them."""
-        tasks = [t for tp in partitions if tp in self._parts for t in self._parts[tp].tasks]
+        """Finish in-flight work of ``partitions`` (bounded), commit it, forget them.
+
+        Messages fetched but not started are dropped (their offsets were never done): the
+        partition's next owner, or this process after a restart, fetches them again."""
+        for key, queue in list(self._queues.items()):
+            kept = deque(item for item in queue if item[0] not in partitions)
+            for _ in range(len(queue) - len(kept)):
+                self._slots.release()
+            self._queues[key] = kept
+            if not kept and key not in self._busy:
+                del self._queues[key]
+                self._ready.pop(key, None)
+        tasks = {t for tp in partitions if tp in self._parts for t in self._parts[tp].tasks}
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.drain_timeout)
             for task in late:

@@ -24,13 +24,31 @@ class KafkaPublisher:
     def __init__(self, broker: KafkaBroker) -> None:
         self.broker = broker
 
+    def _raw_producer(self) -> Any:
+        """The aiokafka producer inside FastStream's (None if FastStream's layout changed).
+
+        Outbox rows are already-encoded CloudEvents with their headers: sending them through
+        it skips FastStream's per-message command objects and middleware (~10% of the CPU
+        of a command), while FastStream keeps owning the connection and its settings."""
+        fast = getattr(self.broker.config, "producer", None)
+        real = getattr(fast, "_producer", None)
+        return getattr(real, "producer", None)
+
     async def publish(self, publications: Sequence[Publication]) -> None:
+        producer = self._raw_producer()
         futures = []
         for pub in publications:
-            headers = {k: v.decode("latin-1") for k, v in pub.headers}
-            futures.append(
-                await self.broker.publish(pub.value, pub.topic, key=pub.key, headers=headers, no_confirm=True)
-            )
+            if producer is not None:
+                futures.append(
+                    await producer.send(pub.topic, pub.value, key=pub.key, headers=list(pub.headers))
+                )
+            else:
+                headers = {k: v.decode("latin-1") for k, v in pub.headers}
+                futures.append(
+                    await self.broker.publish(
+                        pub.value, pub.topic, key=pub.key, headers=headers, no_confirm=True
+                    )
+                )
         await asyncio.gather(*futures)
 
 
@@ -69,6 +87,56 @@ class OutboxCleaner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
+
+
+class PublishQueue:
+    """Publishes committed outcomes in the background, in large pipelined sends.
+
+    A command's offset may be committed once its outcome is durable; publishing it is the
+    outbox's job, so it need not hold up the next batch. Bounded: ``submit`` waits when
+    ``max_pending`` publications are queued (Kafka slower than the database)."""
+
+    def __init__(self, publisher: KafkaPublisher, cleaner: OutboxCleaner, *, max_pending: int = 4096) -> None:
+        self.publisher = publisher
+        self.cleaner = cleaner
+        self._queue: asyncio.Queue[tuple[Sequence[Publication], Sequence[int]]] = asyncio.Queue(max_pending)
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, publications: Sequence[Publication], ids: Sequence[int]) -> None:
+        await self._queue.put((publications, ids))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="oprunner-publisher")
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while not self._queue.empty() and len(items) < 1000:
+                items.append(self._queue.get_nowait())
+            await self._send(items)
+
+    async def _send(self, items: list[tuple[Sequence[Publication], Sequence[int]]]) -> None:
+        try:
+            await self.publisher.publish([p for pubs, _ in items for p in pubs])
+        except Exception:  # left in the outbox: the relay publishes them
+            _log.warning(
+                "publishing %d outcomes failed; the outbox relay will retry", len(items), exc_info=True
+            )
+            return
+        for _, ids in items:
+            self.cleaner.add(ids)
+
+    async def stop(self) -> None:
+        """Publish what is queued, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        items = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        if items:
+            await self._send(items)
 
 
 class OutboxRelay:
