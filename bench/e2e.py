@@ -169,9 +169,12 @@ async def reader(bootstrap: str, topic: str) -> AIOKafkaConsumer:
 
 
 def causation(kind: str, message: Any) -> str:
-    if kind == "bare":
-        return str(orjson.loads(bytes(dict(message.headers)["causation"]))["id"])
-    return str(orjson.loads(message.value)["causationid"])
+    try:
+        if kind == "bare":
+            return str(orjson.loads(bytes(dict(message.headers)["causation"]))["id"])
+        return str(orjson.loads(message.value)["causationid"])
+    except (KeyError, ValueError):
+        return ""
 
 
 def batch_for(kind: str, n: int, accounts: int, prefix: str) -> list[tuple[bytes, bytes, str]]:
@@ -246,8 +249,9 @@ async def latency(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
     pipe.start()
-    warm = commands(200, accounts, "warm")
+    warm = batch_for(kind, 200, accounts, f"warm-{uuid.uuid4().hex[:6]}")
     await produce(bootstrap, pipe.commands, warm, headers)
+    await collect(consumer, kind, {c for _, _, c in warm}, 60)
 
     async def read(until: float) -> None:
         while time.monotonic() < until and len(received) < total:

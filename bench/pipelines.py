@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -70,8 +71,9 @@ class Command(BaseModel):
 
 
 def handwritten() -> None:
-    broker = KafkaBroker(BOOTSTRAP, acks="all", logger=None)
-    app = FastStream(broker, logger=None)
+    logging.basicConfig(level=logging.WARNING)  # per-message logs (DEBUG) filtered; errors shown
+    broker = KafkaBroker(BOOTSTRAP, acks="all", log_level=logging.DEBUG)
+    app = FastStream(broker)
     state: dict[str, asyncpg.Pool] = {}
 
     @app.on_startup
@@ -87,8 +89,7 @@ def handwritten() -> None:
         print("ready", flush=True)
 
     @broker.subscriber(COMMANDS, group_id=GROUP, auto_offset_reset="earliest", session_timeout_ms=6000)
-    async def handle(body: bytes) -> None:
-        command = Command.model_validate(json.loads(body))
+    async def handle(command: Command) -> None:  # FastStream parses JSON and validates with pydantic
         async with state["pool"].acquire() as conn, conn.transaction():
             fresh = await conn.fetchval(
                 "INSERT INTO bench_handwritten_keys (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",

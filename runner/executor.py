@@ -37,6 +37,7 @@ from .errors import (
     UnknownOperation,
 )
 from .model import Model, redact
+from .observability import Metrics, end_span, start_span, traceparent_of
 from .policy import Decision, authorize
 from .registry import Installed, OperationRegistry
 from .spec import OperationSpec, Retry
@@ -129,7 +130,12 @@ class _InTurn:
 
 
 class _BatchAbort(Exception):
-    """A handler in a batch did not succeed: roll the batch back, run its commands one by one."""
+    """A handler in a batch did not succeed: roll the batch back, run its commands one by one.
+    ``transient`` is set when it failed transiently (the per-command path retries it)."""
+
+    def __init__(self, call: _Call | None = None, transient: BaseException | None = None) -> None:
+        self.call = call
+        self.transient = transient
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,8 @@ class _Call:
     actor: Actor | None = None
     input: Any = None
     partition: str | None = None
+    span: Any = None
+    traceparent: str | None = None
 
 
 class Executor:
@@ -179,6 +187,7 @@ class Executor:
         worker_id: str | None = None,
         lease_seconds: float = LEASE_SECONDS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -189,6 +198,7 @@ class Executor:
         self.clients = dict(clients or {})
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
+        self.metrics = metrics
         self._transient: tuple[type[BaseException], ...] = (
             ConnectionError,
             TimeoutError,
@@ -215,13 +225,28 @@ class Executor:
         if not isinstance(command, CommandEnvelope):
             raw = _json.dumps(dict(command)) if isinstance(command, Mapping) else command
             command = parse_command(raw)
-        prepared = await self._prepare(command, token)
+        return await self._execute_prepared(await self._prepare(command, token))
+
+    async def _execute_prepared(self, prepared: _Verdict | tuple[Installed, _Call, Model]) -> Outcome:
         if isinstance(prepared, _Verdict):
-            return await self._settle(prepared.call, prepared.status, prepared.decision, prepared.error)
-        installed, call, value = prepared
-        if installed.spec.kind == "query":
-            return await self._run_query(installed, call, value)
-        return await self._run_once(installed, call, value)
+            call = prepared.call
+            outcome = await self._settle(call, prepared.status, prepared.decision, prepared.error)
+        else:
+            installed, call, value = prepared
+            if installed.spec.kind == "query":
+                outcome = await self._run_query(installed, call, value)
+            else:
+                outcome = await self._run_once(installed, call, value)
+        self._finish(call, outcome)
+        return outcome
+
+    def _finish(self, call: _Call, outcome: Outcome) -> None:
+        """Close the command's span and count its outcome."""
+        if call.span is not None:
+            end_span(call.span, outcome.status, outcome.error_code)
+        if self.metrics is not None:
+            op = call.spec.key if call.spec else "unknown"
+            self.metrics.commands.labels(op, outcome.status).inc()
 
     async def execute_many(self, items: Sequence[tuple[CommandEnvelope, str | None]]) -> list[Outcome]:
         """Execute a batch of commands together: one claim statement, the handlers one after
@@ -267,13 +292,19 @@ class Executor:
         try:
             done = await self._run_batch(acquired, verdicts)
         except Exception as exc:
-            if not isinstance(exc, (_BatchAbort, LeaseLost)) and not isinstance(exc, self._transient):
+            if isinstance(exc, _BatchAbort) and exc.call is not None and exc.transient is not None:
+                self._note_retry(exc.call, exc.transient)
+            elif not isinstance(exc, (_BatchAbort, LeaseLost)) and not isinstance(exc, self._transient):
                 _log.exception("batch of %d failed; running its commands one by one", len(acquired))
             done = await self._unbatch(acquired, verdicts)
+        calls = {i: p.call if isinstance(p, _Verdict) else p[1] for i, p in enumerate(prepared)}
         for i, outcome in done:
             outcomes[i] = outcome
+            self._finish(calls[i], outcome)
         for i in alone:
-            outcomes[i] = await self.execute(items[i][0], token=self._strip(items[i][1]))
+            outcomes[i] = await self._execute_prepared(prepared[i])
+        if self.metrics is not None and acquired:
+            self.metrics.batches.inc()
         return [o for o in outcomes if o is not None]
 
     async def _run_batch(
@@ -284,9 +315,14 @@ class Executor:
         async with self.store.transaction() as tx:
             completions = []
             for _, installed, call, value, request, attempt in acquired:
-                data = await self._invoke(installed, call, value, tx.db, attempt)
+                try:
+                    data = await self._invoke(installed, call, value, tx.db, attempt)
+                except Exception as exc:
+                    if self._is_transient(exc, installed.spec):
+                        raise _BatchAbort(call, exc) from exc
+                    raise
                 if data["status"] != "succeeded":
-                    raise _BatchAbort  # its writes must not commit: everyone takes the slow path
+                    raise _BatchAbort(call)  # its writes must not commit: everyone takes the slow path
                 completions.append(
                     (request.key, request.owner, self._record(call, "succeeded", "allow", data, attempt))
                 )
@@ -344,6 +380,8 @@ class Executor:
         """Steps 2-4: find the spec, validate, authenticate, authorize."""
         token = self._strip(token)
         call = _Call(command=command, started=time.monotonic())
+        call.span = start_span(command.type, command.id, command.correlation_id, command.traceparent)
+        call.traceparent = traceparent_of(call.span) or command.traceparent
         actor, auth_failure = self._authenticate(token)
         call.actor = actor
         try:
@@ -447,7 +485,7 @@ class Executor:
                 failures += 1
                 if failures >= spec.retry.max_attempts:
                     return await self._give_up(call, request, claim.attempts, exc)
-                _log.warning("%s attempt %d failed transiently: %r", spec.key, claim.attempts, exc)
+                self._note_retry(call, exc)
                 await self._sleep(backoff(failures, spec.retry))
 
     async def _attempt(
@@ -495,6 +533,7 @@ class Executor:
             ),
             clients=self.clients,
         )
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(spec.timeout):
                 raw = await installed.handler(value, ctx)
@@ -510,6 +549,9 @@ class Executor:
                 raise
             ctx.logger.exception("handler of %s raised", spec.key)
             return {"status": "failed", "error": _error("HANDLER_ERROR", type(exc).__name__)}
+        finally:
+            if self.metrics is not None:
+                self.metrics.handler_seconds.labels(spec.key).observe(time.perf_counter() - started)
         return {"status": "succeeded", "output": output}
 
     async def _run_query(self, installed: Installed, call: _Call, value: Model) -> Outcome:
@@ -545,6 +587,13 @@ class Executor:
                 return tuple(await tx.complete(request.key, request.owner, record))
 
         return self._outcome(record, await self._with_store_retries(complete))
+
+    def _note_retry(self, call: _Call, exc: BaseException) -> None:
+        op = call.spec.key if call.spec else call.command.type
+        ids = {"command_id": call.command.id, "correlation_id": call.command.correlation_id, "op": op}
+        _log.warning("%s attempt failed transiently: %s; retrying", op, type(exc).__name__, extra=ids)
+        if self.metrics is not None:
+            self.metrics.retries.labels(op).inc()
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, request: ClaimRequest) -> AsyncIterator[None]:
@@ -626,8 +675,9 @@ class Executor:
         )
         key = (call.partition or command.idempotency_key).encode()
         headers: tuple[tuple[str, bytes], ...] = (("content-type", CONTENT_TYPE.encode()),)
-        if command.traceparent:
-            headers += (("traceparent", command.traceparent.encode()),)
+        if call.traceparent:  # the command's span: subscribers continue the same trace
+            headers += (("traceparent", call.traceparent.encode()),)
+            result["traceparent"] = audit["traceparent"] = call.traceparent
         return OutcomeRecord(
             command_id=command.id,
             op=op,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,4 +39,5 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     topic_partitions: int = Field(default=4, ge=1)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
     source: str = "oprunner"

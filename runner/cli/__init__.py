@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -112,11 +111,10 @@ def run_async(main: Any) -> Any:
     return uvloop.run(main)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+def _configure_logging(level: str, fmt: str = "json") -> None:
+    from ..observability import configure_logging
+
+    configure_logging(level, fmt)
 
 
 @app.command()
@@ -134,7 +132,7 @@ def serve(
     from .serve import serve as run_serve
 
     settings = _settings()
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     registry = load_registry(target)
     try:
         run_async(run_serve(settings, registry))
@@ -148,7 +146,7 @@ def migrate() -> None:
     from .serve import StartupError, open_database
 
     settings = _settings()
-    _configure_logging("WARNING")
+    _configure_logging("WARNING", "text")
 
     async def run() -> None:
         pool, applied = await open_database(settings)
@@ -343,7 +341,7 @@ def dev(
     """
     from .dev import run_dev
 
-    _configure_logging("WARNING")
+    _configure_logging("WARNING", "text")
     registry = load_registry(target)
     raise typer.Exit(run_dev(registry, demo=demo))
 

@@ -18,6 +18,7 @@ from ..auth import JwtAuthenticator
 from ..executor import Executor, Outcome
 from ..http import OpsApi
 from ..kafka import CommandConsumer, KafkaPublisher, OutboxRelay
+from ..observability import Metrics, configure_tracing
 from ..registry import OperationRegistry
 from ..settings import Settings
 
@@ -128,7 +129,13 @@ def external_clients(settings: Settings) -> tuple[dict[str, Any], tuple[type[Bas
     return clients, stripe_infra.TRANSIENT_ERRORS
 
 
-def build_http_app(settings: Settings, pool: Any, broker: KafkaBroker, ops: Any = None) -> Any:
+def build_http_app(
+    settings: Settings,
+    pool: Any,
+    broker: KafkaBroker,
+    ops: Any = None,
+    extra: list[tuple[str, Any]] | None = None,
+) -> Any:
     """Webhooks (when a provider secret is set), health and readiness."""
     from infra.postgres.inbox import PostgresInbox
     from infra.stripe_webhooks import StripeWebhookSource
@@ -174,8 +181,13 @@ def build_http_app(settings: Settings, pool: Any, broker: KafkaBroker, ops: Any 
     async def kafka() -> bool:
         return bool(await broker.ping(2))
 
+    from starlette.routing import Route
+
     return build_app(
-        webhooks=ingress if sources else None, checks={"database": database, "kafka": kafka}, ops=ops
+        webhooks=ingress if sources else None,
+        checks={"database": database, "kafka": kafka},
+        ops=ops,
+        extra_routes=[Route(path, endpoint, methods=["GET"]) for path, endpoint in extra or []],
     )
 
 
@@ -254,6 +266,8 @@ async def serve(
     store = PostgresStore(pool)
     publisher = KafkaPublisher(broker)
     clients, transient = external_clients(settings)
+    metrics = Metrics()
+    configure_tracing()
     executor = Executor(
         registry,
         store,
@@ -263,6 +277,7 @@ async def serve(
         source=settings.source,
         clients=clients,
         transient_errors=transient,
+        metrics=metrics,
     )
     consumer = CommandConsumer(
         executor,
@@ -277,6 +292,7 @@ async def serve(
         max_message_bytes=settings.max_message_bytes,
         session_timeout_ms=settings.session_timeout_ms,
         drain_timeout=settings.shutdown_timeout,
+        metrics=metrics,
     )
     relay = OutboxRelay(store, publisher)
 
@@ -288,7 +304,20 @@ async def serve(
             _log.warning("publish failed; the outbox relay will publish", exc_info=True)
 
     ops = OpsApi(executor, deliver, max_bytes=settings.max_message_bytes)
-    http = HttpServer(build_http_app(settings, pool, broker, ops), settings.http_host, settings.http_port)
+
+    async def scrape(request: Any) -> Any:
+        from starlette.responses import Response
+
+        metrics.in_flight.set(consumer.in_flight)
+        with contextlib.suppress(Exception):  # a database outage must not break the scrape
+            metrics.outbox_backlog.set(await asyncio.wait_for(store.backlog(), 2))
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    http = HttpServer(
+        build_http_app(settings, pool, broker, ops, extra=[("/metrics", scrape)]),
+        settings.http_host,
+        settings.http_port,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

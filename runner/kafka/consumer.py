@@ -36,6 +36,7 @@ from ..auth import bearer
 from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command
 from ..errors import EnvelopeError, StoreUnavailable
 from ..executor import Executor
+from ..observability import Metrics
 from ..store import OutcomeRecord, Publication
 from .publisher import KafkaPublisher, OutboxCleaner, PublishQueue
 
@@ -95,6 +96,7 @@ class CommandConsumer:
         session_timeout_ms: int = 10_000,
         commit_interval: float = 0.2,
         drain_timeout: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.executor = executor
         self.publisher = publisher
@@ -104,6 +106,7 @@ class CommandConsumer:
         self.batch_size = max(1, batch_size)
         self.max_batches = max(1, max_batches)
         self.max_message_bytes = max_message_bytes
+        self.metrics = metrics
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
         self.cleaner = OutboxCleaner(executor.store)
@@ -306,6 +309,8 @@ class CommandConsumer:
         except self.executor.store.transient_errors as exc:
             raise StoreUnavailable(str(exc)) from exc
         self.dead_lettered += 1
+        if self.metrics is not None:
+            self.metrics.dead_letters.inc()
         return record.publications, ids
 
     # -- offsets --------------------------------------------------------------------------

@@ -270,3 +270,25 @@ async def test_a_failing_handler_sends_its_batch_down_the_single_path(app: App) 
     assert app.behaviour.effects == ["c1", "c1"] and sorted(seen) == ["d1", "d1", "d2", "d2"]
     again = await app.executor.execute_many(items)
     assert all(o.replayed for o in again)
+
+
+async def test_logs_are_json_with_ids_and_never_carry_input_values(app: App) -> None:
+    import io
+    import json
+    import logging
+
+    from runner.observability import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    try:
+        app.behaviour.raise_error = ValueError(f"bad card {GOOD['card']}")  # a handler quoting its input
+        await app.run("docs.pay", GOOD, id="logged-1")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    output = stream.getvalue()
+    assert GOOD["card"] not in output
+    [entry] = [json.loads(line) for line in output.splitlines() if "handler of" in line]
+    assert entry["command_id"] == "logged-1" and entry["op"] == "docs.pay" and entry["error"] == "ValueError"
