@@ -258,11 +258,7 @@ async def latency(
             for messages in (await consumer.getmany(timeout_ms=50, max_records=5000)).values():
                 now = time.monotonic()
                 for m in messages:
-                    key = (
-                        causation(kind, m)
-                        if kind != "bare"
-                        else bytes(dict(m.headers)["causation"])[-40:].decode()
-                    )
+                    key = causation(kind, m)
                     if key in sent:
                         received.setdefault(key, now)
 

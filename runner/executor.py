@@ -82,16 +82,27 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 
 
+MAX_FIELD_ERRORS = 100
+MAX_AUDIT_INPUT = 64 * 1024
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic's errors as ``{field, message, type}`` with wire names (``invoiceId``)."""
+    """Pydantic's errors as ``{field, message, type}`` with wire names (``invoiceId``); at most
+    ``MAX_FIELD_ERRORS`` of them, so a hostile input cannot make a huge result."""
     return [
         {
-            "field": ".".join(str(p) for p in err["loc"]) or "data",
-            "message": err["msg"],
+            "field": ".".join(str(p) for p in err["loc"])[:200] or "data",
+            "message": err["msg"][:500],
             "type": err["type"],
         }
-        for err in exc.errors(include_url=False, include_input=False)
+        for err in exc.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
     ]
+
+
+def _bounded(value: Any) -> Any:
+    """The audit's copy of an input, or a note of its size when it is too large to carry."""
+    size = len(_json.dumps(value))
+    return value if size <= MAX_AUDIT_INPUT else {"omitted": True, "bytes": size}
 
 
 def fingerprint(op: str, actor: Actor | None, value: Model) -> str:
@@ -659,7 +670,7 @@ class Executor:
             "status": status,
             "attempt": attempt,
             "duration_ms": round((time.monotonic() - call.started) * 1000, 3),
-            "input": call.input,
+            "input": _bounded(call.input),
             "deprecated": bool(spec and spec.deprecated),
             "replayed": replayed,
             "error": error["code"] if error else None,

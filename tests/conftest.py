@@ -85,3 +85,17 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath) or "tests/e2e" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption(
+        "--chaos-full",
+        action="store_true",
+        default=False,
+        help="run the chaos suite at full size (also OPRUNNER_CHAOS_FULL=1); CI runs a smaller profile",
+    )
+
+
+@pytest.fixture(scope="session")
+def chaos_full(request: Any) -> bool:
+    return bool(request.config.getoption("--chaos-full") or os.environ.get("OPRUNNER_CHAOS_FULL"))

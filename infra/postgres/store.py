@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -304,22 +305,27 @@ class PostgresStore:
             await self.pool.execute("DELETE FROM oprunner_outbox WHERE id = ANY($1::bigint[])", list(ids))
 
     @asynccontextmanager
-    async def sweep(self, limit: int, min_age: float) -> AsyncIterator[Sequence[OutboxRow]]:
+    async def sweep(self, limit: int, min_age: float) -> AsyncIterator[Sweep]:
         """Lock outbox rows older than ``min_age`` seconds that no one else holds; delete them
         when the block exits cleanly (they were published). Safe with several relays."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT id, topic, key, value, headers FROM oprunner_outbox
-                   WHERE created_at < now() - make_interval(secs => $2)
+                   WHERE created_at < now() - make_interval(secs => $2) AND failed_at IS NULL
                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
                 limit,
                 min_age,
             )
-            found = [_outbox_row(row) for row in rows]
-            yield found
-            if found:
+            sweep = Sweep([_outbox_row(row) for row in rows])
+            yield sweep
+            published = [r.id for r in sweep.rows if r.id not in sweep.kept and r.id not in sweep.parked]
+            if published:
+                await conn.execute("DELETE FROM oprunner_outbox WHERE id = ANY($1::bigint[])", published)
+            for row_id, error in sweep.parked.items():
                 await conn.execute(
-                    "DELETE FROM oprunner_outbox WHERE id = ANY($1::bigint[])", [r.id for r in found]
+                    "UPDATE oprunner_outbox SET failed_at = now(), error = $2 WHERE id = $1",
+                    row_id,
+                    error[:500],
                 )
 
     async def find_run(self, id: str) -> RunView | None:
@@ -354,7 +360,17 @@ class PostgresStore:
         return RunView(id, audit["op"], audit["status"], result, audit["actor_id"], tenant)
 
     async def backlog(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM oprunner_outbox"))
+        return int(await self.pool.fetchval("SELECT count(*) FROM oprunner_outbox WHERE failed_at IS NULL"))
+
+
+@dataclass
+class Sweep:
+    """Rows locked by one relay sweep. Mark those to keep for the next sweep (``kept``) or to
+    park for good (``parked``, with the reason); the rest are deleted as published."""
+
+    rows: list[OutboxRow]
+    kept: set[int] = field(default_factory=set)
+    parked: dict[int, str] = field(default_factory=dict)
 
 
 def _outbox_row(row: asyncpg.Record) -> OutboxRow:

@@ -42,6 +42,9 @@ from .publisher import KafkaPublisher, OutboxCleaner, PublishQueue
 
 _log = logging.getLogger("oprunner.consumer")
 
+MAX_DLQ_VALUE = 512 * 1024
+"""Dead-lettered values are cut to this (the original size is in a header)."""
+
 
 @dataclass
 class _Partition:
@@ -272,9 +275,9 @@ class CommandConsumer:
             ("dlq-partition", str(message.partition).encode()),
             ("dlq-offset", str(message.offset).encode()),
         )
-        if len(value) > self.max_message_bytes:
-            value = value[: self.max_message_bytes]
-            headers += (("dlq-truncated", b"true"),)
+        if len(value) > MAX_DLQ_VALUE:  # must fit a Kafka message with room to spare
+            headers += (("dlq-truncated", b"true"), ("dlq-original-bytes", str(len(value)).encode()))
+            value = value[:MAX_DLQ_VALUE]
         stub = CommandEnvelope(id=where, source=message.topic, type="oprunner.deadLetter", data=None)
         audit = {
             "op": None,

@@ -8,11 +8,19 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
 from faststream.kafka import KafkaBroker
 
 from ..store import OutboxRow, Publication, Store
 
 _log = logging.getLogger("oprunner.publisher")
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+)
+"""Kafka's answers that no retry will change."""
 
 
 class KafkaPublisher:
@@ -151,14 +159,35 @@ class OutboxRelay:
         self.interval = interval
         self.min_age = min_age
         self.published = 0
+        self.parked = 0
 
     async def sweep_once(self, limit: int = 500) -> int:
-        rows: Sequence[OutboxRow]
-        async with self.store.sweep(limit, self.min_age) as rows:
-            if rows:
+        async with self.store.sweep(limit, self.min_age) as sweep:
+            rows: Sequence[OutboxRow] = sweep.rows
+            if not rows:
+                return 0
+            try:
                 await self.publisher.publish([row.publication for row in rows])
-        self.published += len(rows)
+            except Exception:
+                await self._one_by_one(sweep)  # find the row(s) that cannot go, let the rest go
+        self.published += len(rows) - len(sweep.kept) - len(sweep.parked)
         return len(rows)
+
+    async def _one_by_one(self, sweep: Any) -> None:
+        for row in sweep.rows:
+            try:
+                await self.publisher.publish([row.publication])
+            except PERMANENT_ERRORS as exc:
+                _log.error(
+                    "outbox row %d to %s can never be published (%s); parked",
+                    row.id,
+                    row.publication.topic,
+                    exc,
+                )
+                sweep.parked[row.id] = f"{type(exc).__name__}: {exc}"
+                self.parked += 1
+            except Exception:
+                sweep.kept.add(row.id)  # Kafka unavailable: the next sweep tries again
 
     async def run(self) -> None:
         while True:

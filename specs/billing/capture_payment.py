@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from runner import IO, Meta, Model, Policy, Rule, define_command
+from runner import IO, Meta, Model, Policy, Retry, Rule, define_command
 from runner.types import CurrencyCode, NonEmptyString, PositiveAmount
 
 
@@ -57,4 +57,6 @@ CapturePayment = define_command(
         ],
     ),
     partition_key="invoice_id",
+    # Stripe unreachable: keep trying for about a minute (same idempotency keys every time).
+    retry=Retry(max_attempts=10, initial_backoff=0.5, max_backoff=10.0),
 )

@@ -2,7 +2,7 @@
 
 from pydantic import Field
 
-from runner import IO, Meta, Model, Policy, Rule, define_command
+from runner import IO, Meta, Model, Policy, Retry, Rule, define_command
 from runner.types import NonEmptyString, PositiveAmount
 
 
@@ -45,4 +45,5 @@ RefundPayment = define_command(
         ],
     ),
     partition_key="invoice_id",
+    retry=Retry(max_attempts=10, initial_backoff=0.5, max_backoff=10.0),
 )

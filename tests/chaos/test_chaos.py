@@ -1,0 +1,211 @@
+"""Crash and restart: the runner keeps working and loses nothing.
+
+Each test ends with the same ledger check: every command has a result, every effect happened
+exactly once. The CI profile is smaller than the full one (``--chaos-full``).
+Each test runs its own Postgres (or Stripe stand-in) so it can stop it without harming
+other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from infra.devservices import Postgres, StripeStandIn
+from infra.postgres import connect_pool, migrate
+from tests.apps.ledger import SCHEMA
+from tests.support import Reader, ServeProcess, Topics, auth, cloudevent, produce
+
+
+def credit_stream(
+    prefix: str, n: int, accounts: int = 100
+) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    headers = auth()
+    return [
+        (
+            f"acc-{i % accounts}".encode(),
+            cloudevent(
+                "ledger.credit", {"accountId": f"acc-{i % accounts}", "amount": "1"}, id=f"{prefix}-{i}"
+            ),
+            headers,
+        )
+        for i in range(n)
+    ]
+
+
+async def ledger_check(db: asyncpg.Pool, results: Reader, ids: set[str]) -> None:
+    """Every command has a result; every effect happened exactly once."""
+    answered = {e["causationid"] for e in results.events()}
+    assert not ids - answered, f"{len(ids - answered)} commands have no result"
+    rows = await db.fetch("SELECT idempotency_key, count(*) AS n FROM ledger_effects GROUP BY 1")
+    effects = {r["idempotency_key"]: r["n"] for r in rows}
+    assert set(effects) == ids, f"{len(ids - set(effects))} effects missing"
+    assert all(n == 1 for n in effects.values()), {k: n for k, n in effects.items() if n != 1}
+    assert await db.fetchval("SELECT sum(balance) FROM ledger_accounts") == len(ids)
+
+
+def caused(messages: list[Any]) -> set[str]:
+    return {orjson.loads(m.value)["causationid"] for m in messages}
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[tuple[Postgres, asyncpg.Pool]]:
+    server = Postgres().start()
+    pool = await connect_pool(server.dsn, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+        await conn.execute(SCHEMA)
+        await conn.executemany(
+            "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, 'alice', 't1')",
+            [(f"acc-{i}",) for i in range(100)],
+        )
+    yield server, pool
+    await pool.close()
+    server.stop()
+
+
+@pytest.fixture
+def serving(kafka_bootstrap: str) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(topics: Topics, dsn: str, *, wait: bool = True, **extra: str) -> ServeProcess:
+        proc = ServeProcess(topics.env(kafka_bootstrap, dsn, **extra)).start()
+        started.append(proc)
+        if wait:
+            proc.wait_serving()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+async def test_five_sigkills_across_two_processes(
+    kafka_bootstrap: str, own_postgres: tuple[Postgres, asyncpg.Pool], serving: Any, chaos_full: bool
+) -> None:
+    server, db = own_postgres
+    total, kills = (10_000, 5) if chaos_full else (3_000, 3)
+    topics = Topics()
+    await topics.create(kafka_bootstrap)
+    procs = [serving(topics, server.dsn), serving(topics, server.dsn)]
+    ids = {f"k-{i}" for i in range(total)}
+    await produce(kafka_bootstrap, topics.commands, credit_stream("k", total))
+    rng = random.Random(7)
+    async with Reader(kafka_bootstrap, topics.results) as results:
+        for kill in range(kills):
+            target = len(ids) * (kill + 1) // (kills + 2)
+            await results.until(lambda ms, t=target: len(caused(ms)) >= t, timeout=180)
+            victim = rng.randrange(len(procs))
+            procs[victim].signal(9)
+            procs[victim].wait(10)
+            procs[victim] = serving(topics, server.dsn, wait=False)
+        await results.until(lambda ms: caused(ms) >= ids, timeout=300)
+    await ledger_check(db, results, ids)
+
+
+async def test_postgres_down_for_a_while_mid_stream(
+    kafka_bootstrap: str, own_postgres: tuple[Postgres, asyncpg.Pool], serving: Any, chaos_full: bool
+) -> None:
+    server, db = own_postgres
+    total, outage = (5_000, 10.0) if chaos_full else (1_500, 4.0)
+    topics = Topics()
+    await topics.create(kafka_bootstrap)
+    proc = serving(topics, server.dsn)
+    ids = {f"p-{i}" for i in range(total)}
+    await produce(kafka_bootstrap, topics.commands, credit_stream("p", total))
+    async with (
+        Reader(kafka_bootstrap, topics.results) as results,
+        httpx.AsyncClient(base_url=proc.url) as http,
+    ):
+        await results.until(lambda ms: len(ms) >= total // 5, timeout=120)
+        server.stop(remove=False)
+        deadline = time.monotonic() + 30
+        while (await http.get("/readyz", timeout=10)).status_code != 503:
+            assert time.monotonic() < deadline, "readyz never said not ready"
+            await asyncio.sleep(0.1)
+        answered_during = len(results.messages)
+        await asyncio.sleep(outage)  # the outage itself: the scenario, not a wait for readiness
+        await results.until(lambda ms: True, timeout=1)
+        assert len(results.messages) - answered_during < 300  # at most what was already committed
+        server.start_existing()
+        assert proc.proc is not None and proc.proc.poll() is None, "serve died during the outage"
+        await results.until(lambda ms: caused(ms) >= ids, timeout=240)
+        deadline = time.monotonic() + 30
+        while (await http.get("/readyz", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, "readyz never recovered"
+            await asyncio.sleep(0.1)
+    await db.close()
+    fresh = await connect_pool(server.dsn, min_size=1, max_size=2)
+    try:
+        await ledger_check(fresh, results, ids)
+    finally:
+        await fresh.close()
+
+
+@pytest.fixture
+async def billing_db(clean_db: asyncpg.Pool) -> asyncpg.Pool:
+    await clean_db.execute("TRUNCATE billing_refunds, billing_payments, billing_invoices")
+    return clean_db
+
+
+async def test_stripe_down_during_captures_then_back(
+    kafka_bootstrap: str, database_url: str, billing_db: asyncpg.Pool, serving: Any, chaos_full: bool
+) -> None:
+    from infra.stripe import make_client
+    from tests.integration.test_payments import API_KEY, capture, intents_for
+
+    stripe = StripeStandIn().start()
+    try:
+        topics = Topics()
+        await topics.create(kafka_bootstrap)
+        count = 10 if chaos_full else 4
+        invoices = [f"inv_chaos_{i}_{topics.suffix}" for i in range(count)]
+        await billing_db.executemany(
+            """INSERT INTO billing_invoices (id, owner_id, tenant_id, amount, currency)
+               VALUES ($1, 'alice', 't1', $2, 'eur')""",
+            [(inv, Decimal("25.00")) for inv in invoices],
+        )
+        proc = ServeProcess(
+            topics.env(
+                kafka_bootstrap,
+                database_url,
+                OPRUNNER_STRIPE_API_KEY=API_KEY,
+                OPRUNNER_STRIPE_API_BASE=stripe.url,
+            ),
+            app="handlers:registry",
+        ).start()
+        try:
+            proc.wait_serving()
+            stripe.stop()
+            await produce(
+                kafka_bootstrap,
+                topics.commands,
+                [(inv.encode(), capture(inv, id=f"cap-{inv}"), auth()) for inv in invoices],
+            )
+            await asyncio.sleep(3.0)  # the outage: captures are failing and retrying meanwhile
+            stripe.start()
+            ids = {f"cap-{inv}" for inv in invoices}
+            async with Reader(kafka_bootstrap, topics.results) as results:
+                await results.until(lambda ms: caused(ms) >= ids, timeout=120)
+            statuses = {e["causationid"]: e["data"]["status"] for e in results.events()}
+            assert all(statuses[i] == "succeeded" for i in ids), statuses
+            client = make_client(API_KEY, api_base=stripe.url)
+            for inv in invoices:
+                assert len(await intents_for(client, inv)) == 1
+            paid = await billing_db.fetchval(
+                "SELECT count(*) FROM billing_invoices WHERE id = ANY($1) AND status = 'paid'", invoices
+            )
+            assert paid == count
+        finally:
+            proc.stop()
+    finally:
+        stripe.stop()
