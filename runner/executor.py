@@ -268,8 +268,13 @@ class Executor:
         each of its commands runs on the per-command path instead (same claims, same external
         idempotency keys), so the outcome is what ``execute`` would have given.
         """
-        async with self._batch_reader(items) as db:
-            prepared = await asyncio.gather(*(self._prepare(c, self._strip(t), db) for c, t in items))
+        try:
+            async with self._batch_reader(items) as db:
+                prepared = await asyncio.gather(*(self._prepare(c, self._strip(t), db) for c, t in items))
+        except Exception as exc:
+            if isinstance(exc, self._transient):
+                raise StoreUnavailable(f"store unavailable: {exc!r}") from exc
+            raise
         outcomes: list[Outcome | None] = [None] * len(items)
         verdicts: list[tuple[int, _Verdict]] = []
         batch: list[tuple[int, Installed, _Call, Model]] = []

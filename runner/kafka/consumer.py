@@ -251,17 +251,27 @@ class CommandConsumer:
         return True
 
     async def _retrying(self, step: Callable[[], Any]) -> Any:
-        """Run ``step`` until the store takes it; None if told to stop first."""
+        """Run ``step`` until it succeeds; None if told to stop first.
+
+        Any error is retried, not just an unavailable store: giving up would leave the batch's
+        offsets unfinished and the partition's commits stalled until a restart, while running
+        it again is safe (claims make every effect happen once). A bug that fails every time
+        shows up as this error, logged on every try."""
         failures = 0
         while True:
             try:
                 return await step()
-            except StoreUnavailable as exc:
+            except Exception as exc:
                 if self._stopping.is_set():
                     return None
                 failures += 1
                 delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
-                _log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+                if isinstance(exc, StoreUnavailable):
+                    _log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+                else:
+                    _log.error(
+                        "batch failed (%s); retrying in %.1fs", type(exc).__name__, delay, exc_info=True
+                    )
                 await asyncio.sleep(delay)
 
     async def _dead_letter(self, message: Any, reason: str) -> tuple[tuple[Publication, ...], list[int]]:
