@@ -308,6 +308,55 @@ class StripeStandIn:
 
 
 @dataclass
+class ObjectStore:
+    """An S3 stand-in (moto's server) on loopback, so Tansu can keep topics and offsets across
+    a restart (``Broker(storage="s3://tansu/", env=store.broker_env())``)."""
+
+    port: int = field(default_factory=free_port)
+    bucket: str = "tansu"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def broker_env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "oprunner",
+            "AWS_SECRET_ACCESS_KEY": "oprunner",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.url,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def start(self, timeout: float = 30.0) -> ObjectStore:
+        binary = Path(sys.executable).parent / "moto_server"
+        command = [str(binary)] if binary.exists() else [sys.executable, "-m", "moto.server"]
+        self.proc = subprocess.Popen(
+            [*command, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(lambda: port_open(self.port), timeout=timeout, what="S3 stand-in")
+        import boto3
+
+        env = self.broker_env()
+        boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        ).create_bucket(Bucket=self.bucket)
+        return self
+
+    def stop(self) -> None:
+        _stop_pid(self.proc)
+        self.proc = None
+
+
+@dataclass
 class LocalServices:
     """The three together, for ``oprunner dev``, test sessions and benchmarks."""
 

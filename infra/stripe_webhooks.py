@@ -32,7 +32,9 @@ class StripeWebhookSource:
             event = stripe.Webhook.construct_event(body, signature, self.secret, tolerance=self.tolerance)
         except stripe.SignatureVerificationError as exc:
             raise WebhookRejected(f"signature verification failed: {exc.user_message or exc}") from None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError, KeyError):
+            # the SDK parses after verifying; JSON that is not an event object (a number, a
+            # list) fails inside it with AttributeError/TypeError rather than ValueError
             raise WebhookRejected("body is not a JSON event") from None
         # The SDK only bounds the past; a timestamp far in the future is as suspect.
         stamp = _timestamp(signature)
@@ -45,23 +47,27 @@ class StripeWebhookSource:
         return VerifiedEvent(event_id, event_type, payload)
 
     def map(self, event: VerifiedEvent) -> MappedCommand | None:
-        obj: dict[str, Any] = (event.payload.get("data") or {}).get("object") or {}
-        invoice_id = (obj.get("metadata") or {}).get("invoice_id")
-        if not invoice_id or obj.get("object") != "payment_intent":
+        """The billing command for a PaymentIntent event we created (it names its invoice in
+        ``metadata.invoice_id``); None for anything else, whatever its shape."""
+        obj = _dict(_dict(event.payload.get("data")).get("object"))
+        invoice_id = _dict(obj.get("metadata")).get("invoice_id")
+        if not isinstance(invoice_id, str) or not invoice_id or obj.get("object") != "payment_intent":
             return None
         if event.type == "payment_intent.succeeded":
             currency = str(obj.get("currency", "")).lower()
             minor = obj.get("amount_received") or obj.get("amount") or 0
+            if not isinstance(minor, int):
+                minor = 0  # the command will be rejected as invalid input, and audited
             data = {
                 "invoiceId": invoice_id,
                 "paymentIntentId": obj.get("id"),
-                "amount": str(from_minor(int(minor), currency)),
+                "amount": str(from_minor(minor, currency)),
                 "currency": currency,
                 "eventId": event.id,
             }
             return MappedCommand("billing.recordPayment", data, key=invoice_id)
         if event.type == "payment_intent.payment_failed":
-            error = obj.get("last_payment_error") or {}
+            error = _dict(obj.get("last_payment_error"))
             data = {
                 "invoiceId": invoice_id,
                 "paymentIntentId": obj.get("id"),
@@ -71,6 +77,10 @@ class StripeWebhookSource:
             }
             return MappedCommand("billing.recordPaymentFailure", data, key=invoice_id)
         return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _timestamp(header: str) -> int | None:

@@ -14,11 +14,18 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from infra.devservices import Broker, Postgres, StripeStandIn
 from infra.postgres import connect_pool, migrate
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="libcst")
+
+# Generated-input tests: a few hundred examples in CI, 10,000 in the full profile.
+settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+settings.register_profile("full", max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+_full = os.environ.get("OPRUNNER_HYPOTHESIS_PROFILE") == "full" or os.environ.get("OPRUNNER_CHAOS_FULL")
+settings.load_profile("full" if _full else "ci")
 
 TABLES = "oprunner_runs, oprunner_outbox, oprunner_audit, oprunner_webhook_inbox"
 
@@ -94,6 +101,11 @@ def pytest_addoption(parser: Any) -> None:
         default=False,
         help="run the chaos suite at full size (also OPRUNNER_CHAOS_FULL=1); CI runs a smaller profile",
     )
+
+
+def pytest_configure(config: Any) -> None:
+    if config.getoption("--chaos-full", default=False):
+        settings.load_profile("full")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from infra.devservices import Postgres, StripeStandIn
+from infra.devservices import Broker, ObjectStore, Postgres, StripeStandIn
 from infra.postgres import connect_pool, migrate
 from tests.apps.ledger import SCHEMA
 from tests.support import Reader, ServeProcess, Topics, auth, cloudevent, produce
@@ -209,3 +209,36 @@ async def test_stripe_down_during_captures_then_back(
             proc.stop()
     finally:
         stripe.stop()
+
+
+async def test_broker_restarted_mid_stream(
+    own_postgres: tuple[Postgres, asyncpg.Pool], chaos_full: bool
+) -> None:
+    """Tansu on persistent storage (S3 on a local moto server) so topics and committed offsets
+    survive; ``serve`` reconnects by itself."""
+    server, db = own_postgres
+    total, down = (5_000, 5.0) if chaos_full else (1_500, 2.0)
+    store = ObjectStore().start()
+    broker = Broker(storage=f"s3://{store.bucket}/", env=store.broker_env()).start()
+    proc: ServeProcess | None = None
+    try:
+        topics = Topics()
+        await topics.create(broker.bootstrap)
+        proc = ServeProcess(topics.env(broker.bootstrap, server.dsn)).start()
+        proc.wait_serving()
+        ids = {f"b-{i}" for i in range(total)}
+        await produce(broker.bootstrap, topics.commands, credit_stream("b", total))
+        async with Reader(broker.bootstrap, topics.results) as results:
+            await results.until(lambda ms: len(ms) >= total // 4, timeout=120)
+        broker.kill()
+        await asyncio.sleep(down)  # the outage itself
+        broker.start()
+        async with Reader(broker.bootstrap, topics.results) as results:
+            await results.until(lambda ms: caused(ms) >= ids, timeout=240)
+        assert proc.proc is not None and proc.proc.poll() is None, "serve died with the broker"
+        await ledger_check(db, results, ids)
+    finally:
+        if proc is not None:
+            proc.stop()
+        broker.stop()
+        store.stop()

@@ -89,7 +89,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_only_ever_raise_envelope_error(raw: bytes) -> None:
     try:
@@ -98,7 +98,7 @@ def test_arbitrary_bytes_only_ever_raise_envelope_error(raw: bytes) -> None:
         assert exc.reason
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(st.sampled_from([*VALID, "opversion", "idempotencykey", "x"]), json_values) | json_values
 )

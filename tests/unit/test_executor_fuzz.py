@@ -33,7 +33,7 @@ payloads = json_values | st.fixed_dictionaries(
 STATUSES = {"succeeded", "failed", "rejected", "denied"}
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     op=st.sampled_from(["docs.pay", "docs.view", "docs.missing"]),
     data=payloads,

@@ -1,0 +1,92 @@
+"""Generated webhook deliveries: the Stripe source only ever verifies, rejects or maps."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from infra.stripe_webhooks import StripeWebhookSource
+from runner.webhooks import VerifiedEvent, WebhookRejected
+
+SECRET = "whsec_fuzz_0123456789abcdef"
+SOURCE = StripeWebhookSource(SECRET)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+events = st.fixed_dictionaries(
+    {
+        "id": st.text(min_size=1, max_size=30) | json_values,
+        "type": st.sampled_from(
+            ["payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded"]
+        )
+        | json_values,
+        "data": st.fixed_dictionaries(
+            {
+                "object": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "object": st.sampled_from(["payment_intent", "charge"]) | json_values,
+                        "id": json_values,
+                        "amount": st.integers(-10, 10**12) | json_values,
+                        "currency": st.sampled_from(["eur", "usd", "jpy", "???"]) | json_values,
+                        "metadata": st.fixed_dictionaries({}, optional={"invoice_id": json_values})
+                        | json_values,
+                        "last_payment_error": json_values,
+                    },
+                )
+            }
+        )
+        | json_values,
+    }
+)
+
+
+def sign(body: bytes, at: int | None = None) -> str:
+    stamp = int(time.time()) if at is None else at
+    return (
+        f"t={stamp},v1={hmac.new(SECRET.encode(), f'{stamp}.'.encode() + body, hashlib.sha256).hexdigest()}"
+    )
+
+
+def _outcome(body: bytes, signature: str) -> Any:
+    try:
+        event = SOURCE.verify(body, {"stripe-signature": signature})
+    except WebhookRejected as exc:
+        assert exc.reason
+        return exc
+    assert isinstance(event, VerifiedEvent)
+    mapped = SOURCE.map(event)
+    assert mapped is None or mapped.op in ("billing.recordPayment", "billing.recordPaymentFailure")
+    return mapped
+
+
+@given(st.binary(max_size=2048), st.text(max_size=300))
+def test_arbitrary_bodies_and_signatures_are_only_rejected(body: bytes, signature: str) -> None:
+    assert isinstance(_outcome(body, signature), WebhookRejected)
+
+
+@given(events)
+def test_signed_arbitrary_events_verify_and_map_or_are_rejected(event: dict[str, Any]) -> None:
+    body = json.dumps(event).encode()  # the stdlib encoder: ints past 64 bits are JSON too
+    _outcome(body, sign(body))
+
+
+@given(st.binary(max_size=512), st.integers(min_value=-(10**10), max_value=10**10))
+def test_timestamps_far_from_now_are_rejected(body: bytes, offset: int) -> None:
+    if abs(offset) > 400:
+        assert isinstance(_outcome(body, sign(body, int(time.time()) + offset)), WebhookRejected)
