@@ -82,6 +82,16 @@ async def pg_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
+async def topics(kafka_bootstrap: str) -> Any:
+    """Topics and a consumer group of the test's own, created on the broker."""
+    from tests.support import Topics
+
+    names = Topics()
+    await names.create(kafka_bootstrap)
+    return names
+
+
+@pytest.fixture
 async def clean_db(pg_pool: asyncpg.Pool) -> asyncpg.Pool:
     """The session's database with every oprunner table emptied."""
     await pg_pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")

@@ -210,3 +210,31 @@ class Reader:
 
     def events(self) -> list[dict[str, Any]]:
         return [orjson.loads(m.value) for m in self.messages]
+
+
+def caused(messages: list[Any]) -> set[str]:
+    """The command ids the result messages answer."""
+    return {orjson.loads(m.value)["causationid"] for m in messages}
+
+
+async def seed_ledger(db: Any, accounts: list[tuple[str, str, str]]) -> None:
+    """The ledger app's tables, emptied, with ``(id, owner, tenant)`` accounts."""
+    from tests.apps.ledger import SCHEMA
+
+    await db.execute(SCHEMA)
+    await db.execute("TRUNCATE ledger_accounts, ledger_effects")
+    await db.executemany(
+        "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, $2, $3)", accounts
+    )
+
+
+async def ledger_check(db: Any, results: Reader, ids: set[str]) -> None:
+    """Every command has a result; every effect happened exactly once."""
+    answered = caused(results.messages)
+    assert not ids - answered, f"{len(ids - answered)} commands have no result"
+    rows = await db.fetch("SELECT idempotency_key, count(*) AS n FROM ledger_effects GROUP BY 1")
+    effects = {r["idempotency_key"]: r["n"] for r in rows}
+    assert set(effects) == ids, f"{len(ids - set(effects))} effects missing"
+    doubled = {k: n for k, n in effects.items() if n != 1}
+    assert not doubled, f"effects doubled: {doubled}"
+    assert await db.fetchval("SELECT sum(balance) FROM ledger_accounts") == len(ids)

@@ -10,6 +10,8 @@ from infra.stripe import to_minor
 from runner import OperationContext, OperationError, RetryableError
 from specs.billing import CapturePaymentInput, PaymentResult
 
+from .invoices import mark_paid
+
 
 async def receipt_url(client: stripe.StripeClient, latest_charge: Any) -> str | None:
     """Stripe returns ``latest_charge`` as an id or expanded; either way, its receipt URL."""
@@ -60,20 +62,7 @@ async def capture_payment(value: CapturePaymentInput, ctx: OperationContext) -> 
     except stripe.APIConnectionError as exc:
         raise RetryableError(f"Stripe unreachable: {exc.user_message or exc}") from exc
     if intent.status == "succeeded":
-        await ctx.db.execute(
-            """UPDATE billing_invoices SET status = 'paid', paid_at = now(), transaction_id = $2
-               WHERE id = $1""",
-            value.invoice_id,
-            intent.id,
-        )
-        await ctx.db.execute(
-            """INSERT INTO billing_payments (invoice_id, payment_intent_id, amount, currency, status, source)
-               VALUES ($1, $2, $3, $4, 'succeeded', 'capture') ON CONFLICT (payment_intent_id) DO NOTHING""",
-            value.invoice_id,
-            intent.id,
-            value.amount,
-            value.currency,
-        )
+        await mark_paid(ctx.db, value.invoice_id, intent.id, value.amount, value.currency, "capture")
     return PaymentResult(
         transaction_id=intent.id,
         status=intent.status,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from runner import OperationContext, OperationError
 from specs.billing import RecordPaymentFailureInput, RecordPaymentInput, RecordPaymentResult
 
+from .invoices import mark_paid
+
 
 async def record_payment(value: RecordPaymentInput, ctx: OperationContext) -> RecordPaymentResult:
     invoice = await ctx.db.fetchrow(
@@ -20,20 +22,8 @@ async def record_payment(value: RecordPaymentInput, ctx: OperationContext) -> Re
             f"invoice {value.invoice_id} was paid by {invoice['transaction_id']}; refund this payment",
             details={"paymentIntentId": value.payment_intent_id},
         )
-    await ctx.db.execute(
-        """UPDATE billing_invoices
-           SET status = 'paid', paid_at = now(), transaction_id = $2, last_failure = NULL
-           WHERE id = $1""",
-        value.invoice_id,
-        value.payment_intent_id,
-    )
-    await ctx.db.execute(
-        """INSERT INTO billing_payments (invoice_id, payment_intent_id, amount, currency, status, source)
-           VALUES ($1, $2, $3, $4, 'succeeded', 'webhook') ON CONFLICT (payment_intent_id) DO NOTHING""",
-        value.invoice_id,
-        value.payment_intent_id,
-        value.amount,
-        value.currency,
+    await mark_paid(
+        ctx.db, value.invoice_id, value.payment_intent_id, value.amount, value.currency, "webhook"
     )
     return RecordPaymentResult(invoice_id=value.invoice_id, status="paid", changed=True)
 

@@ -17,13 +17,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 import pytest
 
 from infra.devservices import Broker, ObjectStore, Postgres, StripeStandIn
 from infra.postgres import connect_pool, migrate
 from tests.apps.ledger import SCHEMA
-from tests.support import Reader, ServeProcess, Topics, auth, cloudevent, produce
+from tests.support import Reader, ServeProcess, Topics, auth, caused, cloudevent, ledger_check, produce
 
 
 def credit_stream(
@@ -40,21 +39,6 @@ def credit_stream(
         )
         for i in range(n)
     ]
-
-
-async def ledger_check(db: asyncpg.Pool, results: Reader, ids: set[str]) -> None:
-    """Every command has a result; every effect happened exactly once."""
-    answered = {e["causationid"] for e in results.events()}
-    assert not ids - answered, f"{len(ids - answered)} commands have no result"
-    rows = await db.fetch("SELECT idempotency_key, count(*) AS n FROM ledger_effects GROUP BY 1")
-    effects = {r["idempotency_key"]: r["n"] for r in rows}
-    assert set(effects) == ids, f"{len(ids - set(effects))} effects missing"
-    assert all(n == 1 for n in effects.values()), {k: n for k, n in effects.items() if n != 1}
-    assert await db.fetchval("SELECT sum(balance) FROM ledger_accounts") == len(ids)
-
-
-def caused(messages: list[Any]) -> set[str]:
-    return {orjson.loads(m.value)["causationid"] for m in messages}
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.apps.ledger import SCHEMA
-from tests.support import Reader, ServeProcess, Topics, auth, cloudevent, produce
+from tests.support import Reader, ServeProcess, Topics, auth, cloudevent, produce, seed_ledger
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -20,12 +19,7 @@ TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 @pytest.fixture
 async def ledger(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
-    await clean_db.execute(SCHEMA)
-    await clean_db.execute("TRUNCATE ledger_accounts, ledger_effects")
-    await clean_db.executemany(
-        "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, 'alice', 't1')",
-        [(f"o{i}",) for i in range(20)],
-    )
+    await seed_ledger(clean_db, [(f"o{i}", "alice", "t1") for i in range(20)])
     yield clean_db
 
 

@@ -16,25 +16,13 @@ import pytest
 from runner.client import OperationClient
 from tests.apps import ledger
 from tests.e2e.test_cli_errors import oprunner
-from tests.support import ServeProcess, Topics, token
+from tests.support import ServeProcess, Topics, seed_ledger, token
 
 
 @pytest.fixture
 async def accounts(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
-    await clean_db.execute(ledger.SCHEMA)
-    await clean_db.execute("TRUNCATE ledger_accounts, ledger_effects")
-    await clean_db.executemany(
-        "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, $2, 't1')",
-        [("a1", "alice"), ("a2", "alice"), ("b1", "bob")],
-    )
+    await seed_ledger(clean_db, [("a1", "alice", "t1"), ("a2", "alice", "t1"), ("b1", "bob", "t1")])
     yield clean_db
-
-
-@pytest.fixture
-async def topics(kafka_bootstrap: str) -> Topics:
-    names = Topics()
-    await names.create(kafka_bootstrap)
-    return names
 
 
 @pytest.fixture

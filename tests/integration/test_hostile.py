@@ -15,16 +15,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.apps.ledger import SCHEMA
-from tests.support import SECRET, Reader, ServeProcess, Topics, auth, cloudevent, token
+from tests.support import SECRET, Reader, ServeProcess, Topics, auth, cloudevent, seed_ledger, token
 
 
 @pytest.fixture
 async def accounts(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
-    await clean_db.execute(SCHEMA)
-    await clean_db.execute("TRUNCATE ledger_accounts, ledger_effects")
-    await clean_db.executemany(
-        "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, $2, $3)",
+    await seed_ledger(
+        clean_db,
         [("mine", "alice", "t1"), ("theirs", "mallory", "t2"), ("same-id-other-tenant", "alice", "t2")],
     )
     yield clean_db

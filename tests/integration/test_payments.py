@@ -61,13 +61,6 @@ async def intents_for(client: stripe.StripeClient, invoice_id: str) -> list[Any]
 
 
 @pytest.fixture
-async def topics(kafka_bootstrap: str) -> Topics:
-    names = Topics()
-    await names.create(kafka_bootstrap)
-    return names
-
-
-@pytest.fixture
 def server(
     topics: Topics, kafka_bootstrap: str, database_url: str, stripe_url: str, billing: Any
 ) -> Iterator[ServeProcess]:

@@ -8,29 +8,25 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
-import orjson
 import pytest
 
-from tests.apps.ledger import SCHEMA
-from tests.support import Reader, ServeProcess, Topics, auth, cloudevent, produce
+from tests.support import (
+    Reader,
+    ServeProcess,
+    Topics,
+    auth,
+    caused,
+    cloudevent,
+    ledger_check,
+    produce,
+    seed_ledger,
+)
 
 
 @pytest.fixture
 async def ledger(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
-    await clean_db.execute(SCHEMA)
-    await clean_db.execute("TRUNCATE ledger_accounts, ledger_effects")
-    await clean_db.executemany(
-        "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, $2, 't1')",
-        [(f"acc-{i}", "alice") for i in range(50)] + [("bobs", "bob")],
-    )
+    await seed_ledger(clean_db, [(f"acc-{i}", "alice", "t1") for i in range(50)] + [("bobs", "bob", "t1")])
     yield clean_db
-
-
-@pytest.fixture
-async def topics(kafka_bootstrap: str) -> Topics:
-    names = Topics()
-    await names.create(kafka_bootstrap)
-    return names
 
 
 @pytest.fixture
@@ -198,18 +194,6 @@ def _stream(
     ]
 
 
-async def _ledger_check(db: asyncpg.Pool, results: Reader, ids: set[str]) -> None:
-    """Every command has a result, and every effect happened exactly once."""
-    answered = {e["causationid"] for e in results.events()}
-    assert ids <= answered, f"{len(ids - answered)} commands without a result"
-    done = await effects(db)
-    assert set(done) == ids, f"missing effects: {len(ids - set(done))}"
-    doubled = {k: n for k, n in done.items() if n != 1}
-    assert not doubled, f"effects doubled: {doubled}"
-    total = await db.fetchval("SELECT sum(balance) FROM ledger_accounts")
-    assert total == len(ids)
-
-
 async def test_two_processes_in_one_group_run_each_effect_once(
     serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool
 ) -> None:
@@ -218,8 +202,8 @@ async def test_two_processes_in_one_group_run_each_effect_once(
     await produce(kafka_bootstrap, topics.commands, messages)
     ids = {f"pair-{i}" for i in range(1000)}
     async with Reader(kafka_bootstrap, topics.results) as results:
-        await results.until(lambda m: {orjson.loads(x.value)["causationid"] for x in m} >= ids, timeout=120)
-    await _ledger_check(ledger, results, ids)
+        await results.until(lambda m: caused(m) >= ids, timeout=120)
+    await ledger_check(ledger, results, ids)
     assert first.proc.poll() is None and second.proc.poll() is None
 
 
@@ -235,5 +219,5 @@ async def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
         proc.signal(signal.SIGKILL)
         proc.wait(10)
         serve()  # the replacement, same group: it picks up from the last committed offsets
-        await results.until(lambda m: {orjson.loads(x.value)["causationid"] for x in m} >= ids, timeout=120)
-    await _ledger_check(ledger, results, ids)
+        await results.until(lambda m: caused(m) >= ids, timeout=120)
+    await ledger_check(ledger, results, ids)
