@@ -92,6 +92,34 @@ async def topics(kafka_bootstrap: str) -> Any:
 
 
 @pytest.fixture
+def serving(kafka_bootstrap: str) -> Iterator[Any]:
+    """Start ``oprunner serve`` processes for one test: ``serving(topics, dsn, app=...,
+    bootstrap=..., wait=True, **OPRUNNER_settings)``; every one is killed by PID at the end."""
+    from tests.support import ServeProcess
+
+    started: list[ServeProcess] = []
+
+    def start(
+        topics: Any,
+        dsn: str,
+        *,
+        app: str = "tests.apps.ledger:registry",
+        bootstrap: str | None = None,
+        wait: bool = True,
+        **extra: str,
+    ) -> ServeProcess:
+        proc = ServeProcess(topics.env(bootstrap or kafka_bootstrap, dsn, **extra), app=app).start()
+        started.append(proc)
+        if wait:
+            proc.wait_serving()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
 async def clean_db(pg_pool: asyncpg.Pool) -> asyncpg.Pool:
     """The session's database with every oprunner table emptied."""
     await pg_pool.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -55,22 +55,6 @@ async def own_postgres() -> AsyncIterator[tuple[Postgres, asyncpg.Pool]]:
     yield server, pool
     await pool.close()
     server.stop()
-
-
-@pytest.fixture
-def serving(kafka_bootstrap: str) -> Iterator[Callable[..., ServeProcess]]:
-    started: list[ServeProcess] = []
-
-    def start(topics: Topics, dsn: str, *, wait: bool = True, **extra: str) -> ServeProcess:
-        proc = ServeProcess(topics.env(kafka_bootstrap, dsn, **extra)).start()
-        started.append(proc)
-        if wait:
-            proc.wait_serving()
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 async def test_five_sigkills_across_two_processes(
@@ -158,15 +142,14 @@ async def test_stripe_down_during_captures_then_back(
                VALUES ($1, 'alice', 't1', $2, 'eur')""",
             [(inv, Decimal("25.00")) for inv in invoices],
         )
-        proc = ServeProcess(
-            topics.env(
-                kafka_bootstrap,
-                database_url,
-                OPRUNNER_STRIPE_API_KEY=API_KEY,
-                OPRUNNER_STRIPE_API_BASE=stripe.url,
-            ),
+        proc = serving(
+            topics,
+            database_url,
             app="handlers:registry",
-        ).start()
+            wait=False,
+            OPRUNNER_STRIPE_API_KEY=API_KEY,
+            OPRUNNER_STRIPE_API_BASE=stripe.url,
+        )
         try:
             proc.wait_serving()
             stripe.stop()
@@ -196,7 +179,7 @@ async def test_stripe_down_during_captures_then_back(
 
 
 async def test_broker_restarted_mid_stream(
-    own_postgres: tuple[Postgres, asyncpg.Pool], chaos_full: bool
+    own_postgres: tuple[Postgres, asyncpg.Pool], serving: Any, chaos_full: bool
 ) -> None:
     """Tansu on persistent storage (S3 on a local moto server) so topics and committed offsets
     survive; ``serve`` reconnects by itself."""
@@ -208,8 +191,7 @@ async def test_broker_restarted_mid_stream(
     try:
         topics = Topics()
         await topics.create(broker.bootstrap)
-        proc = ServeProcess(topics.env(broker.bootstrap, server.dsn)).start()
-        proc.wait_serving()
+        proc = serving(topics, server.dsn, bootstrap=broker.bootstrap)
         ids = {f"b-{i}" for i in range(total)}
         await produce(broker.bootstrap, topics.commands, credit_stream("b", total))
         async with Reader(broker.bootstrap, topics.results) as results:

@@ -24,15 +24,8 @@ async def ledger(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def server(
-    kafka_bootstrap: str, database_url: str, ledger: Any
-) -> AsyncIterator[tuple[ServeProcess, Topics]]:
-    topics = Topics()
-    await topics.create(kafka_bootstrap)
-    proc = ServeProcess(topics.env(kafka_bootstrap, database_url)).start()
-    proc.wait_serving()
-    yield proc, topics
-    proc.stop()
+def server(topics: Topics, database_url: str, ledger: Any, serving: Any) -> tuple[ServeProcess, Topics]:
+    return serving(topics, database_url), topics
 
 
 async def test_metrics_traces_and_logs(server: tuple[ServeProcess, Topics], kafka_bootstrap: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,8 @@ async def accounts(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def server(topics: Topics, kafka_bootstrap: str, database_url: str, accounts: Any) -> Iterator[ServeProcess]:
-    proc = ServeProcess(topics.env(kafka_bootstrap, database_url)).start()
-    proc.wait_serving()
-    yield proc
-    proc.stop()
+def server(topics: Topics, database_url: str, accounts: Any, serving: Any) -> ServeProcess:
+    return serving(topics, database_url)
 
 
 def bearer(sub: str = "alice", **claims: Any) -> dict[str, str]:

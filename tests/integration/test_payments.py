@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -61,20 +61,15 @@ async def intents_for(client: stripe.StripeClient, invoice_id: str) -> list[Any]
 
 
 @pytest.fixture
-def server(
-    topics: Topics, kafka_bootstrap: str, database_url: str, stripe_url: str, billing: Any
-) -> Iterator[ServeProcess]:
-    env = topics.env(
-        kafka_bootstrap,
+def server(topics: Topics, database_url: str, stripe_url: str, billing: Any, serving: Any) -> ServeProcess:
+    return serving(
+        topics,
         database_url,
+        app="handlers:registry",
         OPRUNNER_STRIPE_API_KEY=API_KEY,
         OPRUNNER_STRIPE_API_BASE=stripe_url,
         OPRUNNER_STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
     )
-    proc = ServeProcess(env, app="handlers:registry").start()
-    proc.wait_serving()
-    yield proc
-    proc.stop()
 
 
 def capture(

@@ -4,7 +4,7 @@ aiokafka producer sending raw CloudEvents JSON."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -12,7 +12,6 @@ import pytest
 
 from tests.support import (
     Reader,
-    ServeProcess,
     Topics,
     auth,
     caused,
@@ -30,18 +29,9 @@ async def ledger(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def serve(topics: Topics, kafka_bootstrap: str, database_url: str) -> Iterator[Any]:
-    started: list[ServeProcess] = []
-
-    def start(**extra: str) -> ServeProcess:
-        proc = ServeProcess(topics.env(kafka_bootstrap, database_url, **extra)).start()
-        started.append(proc)
-        proc.wait_serving()
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
+def serve(topics: Topics, database_url: str, serving: Any) -> Any:
+    """``serve(**OPRUNNER_settings)`` starts one more process on this test's topics."""
+    return lambda **extra: serving(topics, database_url, **extra)
 
 
 def credit(account: str, amount: str = "1", **ext: Any) -> bytes:
