@@ -75,6 +75,10 @@ async def follow(
 
 
 async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool) -> int:
+    """Replay what is in the DLQ now (up to its end offsets at the start), at most ``limit``.
+
+    Stopping at the start's end offsets matters: a replayed message that is still malformed
+    is dead-lettered again, and must not be replayed again by this same run."""
     consumer = AIOKafkaConsumer(
         settings.dlq_topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -88,12 +92,21 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool) -> int:
     await producer.start()
     count = 0
     try:
-        while count < limit:
+        partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
+        end = await consumer.end_offsets([TopicPartition(settings.dlq_topic, p) for p in partitions])
+        done: set[TopicPartition] = set()
+        while count < limit and len(done) < len(end):
             batches = await consumer.getmany(timeout_ms=3000, max_records=limit - count)
             if not batches:
                 break
-            for messages in batches.values():
+            for tp, messages in batches.items():
                 for message in messages:
+                    if message.offset >= end.get(tp, 0) or count >= limit:
+                        done.add(tp)
+                        break
                     headers = [(k, v) for k, v in (message.headers or ()) if not k.startswith("dlq-")]
                     if dry_run:
                         typer.echo(_row("dlq", message))
@@ -101,9 +114,11 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool) -> int:
                         await producer.send_and_wait(
                             settings.commands_topic, message.value, key=message.key, headers=headers
                         )
+                        await consumer.commit({tp: message.offset + 1})
                     count += 1
-            if not dry_run:
-                await consumer.commit()
+                    if message.offset + 1 >= end.get(tp, 0):
+                        done.add(tp)
+            done |= {tp for tp, offset in end.items() if offset == 0}
     finally:
         await producer.stop()
         await consumer.stop()

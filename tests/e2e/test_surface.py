@@ -172,3 +172,26 @@ def test_cli_commands(server: ServeProcess, topics: Topics, kafka_bootstrap: str
 def test_every_command_has_help(command: list[str]) -> None:
     result = oprunner(*command, "--help")
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+async def test_dlq_replay_sends_dead_letters_back_once(
+    server: ServeProcess, topics: Topics, kafka_bootstrap: str
+) -> None:
+    from tests.support import Reader, produce
+
+    await produce(kafka_bootstrap, topics.commands, [(b"a1", b"not a command", [])])
+    async with Reader(kafka_bootstrap, topics.dlq) as dlq:
+        await dlq.until(lambda ms: len(ms) >= 1)
+    env = {k: v for k, v in server.env.items() if k.startswith("OPRUNNER_")}
+    listed = await asyncio.to_thread(oprunner, "dlq", "replay", "--dry-run", **env)
+    assert (
+        listed.returncode == 0
+        and "would replay 1 message(s)" in listed.stdout
+        and "not JSON" in listed.stdout
+    )
+    replayed = await asyncio.to_thread(oprunner, "dlq", "replay", **env)
+    assert replayed.returncode == 0 and "replayed 1 message(s)" in replayed.stdout
+    async with Reader(kafka_bootstrap, topics.dlq) as dlq:  # still malformed: dead-lettered again
+        await dlq.until(lambda ms: len(ms) >= 2)
+    again = await asyncio.to_thread(oprunner, "dlq", "replay", **env)
+    assert again.returncode == 0 and "replayed 1 message(s)" in again.stdout  # only the new one
