@@ -31,18 +31,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 """asyncpg errors after which the same work may succeed on another try."""
 
-_CLAIM = """
-INSERT INTO oprunner_runs AS r
-    (idempotency_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
-     actor_id, tenant_id)
-VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, now() + make_interval(secs => $7), $8, $9)
-ON CONFLICT (idempotency_key) DO UPDATE
-    SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
-    WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
-      AND (r.lease_owner = EXCLUDED.lease_owner OR r.lease_until < now())
-RETURNING attempts
-"""
-
 _CLAIM_MANY = """
 INSERT INTO oprunner_runs AS r
     (idempotency_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
@@ -88,57 +76,6 @@ au AS (
 SELECT (SELECT count(*) FROM done) AS completed, array(SELECT id FROM ob ORDER BY id) AS ids
 """
 
-_CLAIM_LOST = """
-SELECT input_hash, status, result, attempts,
-       greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
-FROM oprunner_runs WHERE idempotency_key = $1
-"""
-
-_OUTBOX_AND_AUDIT = """
-ob AS (
-    INSERT INTO oprunner_outbox (topic, key, value, headers)
-    SELECT t, k, v, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS x(t, k, v, h)
-    WHERE EXISTS (SELECT 1 FROM done)
-    RETURNING id
-),
-au AS (
-    INSERT INTO oprunner_audit (command_id, op, version, status, decision, actor_id, data)
-    SELECT $5, $6, $7, $8, $9, $10, $11::jsonb WHERE EXISTS (SELECT 1 FROM done)
-)
-SELECT EXISTS (SELECT 1 FROM done) AS ok, array(SELECT id FROM ob ORDER BY id) AS ids
-"""
-
-_COMPLETE = (
-    """
-WITH done AS (
-    UPDATE oprunner_runs SET status = 'completed', outcome = $8, result = $13::jsonb,
-           completed_at = now(), lease_owner = NULL, lease_until = NULL
-    WHERE idempotency_key = $12 AND status = 'running' AND lease_owner = $14
-    RETURNING 1
-),"""
-    + _OUTBOX_AND_AUDIT
-)
-
-_RECORD = "WITH done AS (SELECT 1)," + _OUTBOX_AND_AUDIT
-
-
-def _args(record: OutcomeRecord) -> list[Any]:
-    pubs = record.publications
-    actor = record.audit.get("actor") or {}
-    return [
-        [p.topic for p in pubs],
-        [p.key for p in pubs],
-        [p.value for p in pubs],
-        [orjson.dumps([[k, v.decode("latin-1")] for k, v in p.headers]).decode() for p in pubs],
-        record.command_id,
-        record.op,
-        record.version,
-        record.status,
-        record.audit.get("decision"),
-        actor.get("id"),
-        orjson.dumps(record.audit).decode(),
-    ]
-
 
 class PostgresTransaction:
     def __init__(self, conn: asyncpg.Connection) -> None:
@@ -180,15 +117,12 @@ class PostgresTransaction:
         return per_record[: len(completions)], per_record[len(completions) :]
 
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
-        result = orjson.dumps(record.result).decode()
-        row = await self._conn.fetchrow(_COMPLETE, *_args(record), key, result, owner)
-        if not row["ok"]:
-            raise LeaseLost(key)
-        return list(row["ids"])
+        completed, _ = await self.complete_many([(key, owner, record)], [])
+        return completed[0]
 
     async def record(self, record: OutcomeRecord) -> list[int]:
-        row = await self._conn.fetchrow(_RECORD, *_args(record))
-        return list(row["ids"])
+        _, recorded = await self.complete_many([], [record])
+        return recorded[0]
 
 
 def _claim_from(row: Any, request: ClaimRequest) -> Claim:
@@ -210,29 +144,7 @@ class PostgresStore:
         self.pool = pool
 
     async def claim(self, request: ClaimRequest) -> Claim:
-        async with self.pool.acquire() as conn:
-            attempts = await conn.fetchval(
-                _CLAIM,
-                request.key,
-                request.op,
-                request.version,
-                request.input_hash,
-                request.command_id,
-                request.owner,
-                request.lease_seconds,
-                request.actor_id,
-                request.tenant_id,
-            )
-            if attempts is not None:
-                return Claim(ClaimStatus.ACQUIRED, attempts)
-            row = await conn.fetchrow(_CLAIM_LOST, request.key)
-        if row is None:  # deleted between the two statements (retention): claim afresh
-            return await self.claim(request)
-        if row["input_hash"] != request.input_hash:
-            return Claim(ClaimStatus.CONFLICT, row["attempts"])
-        if row["status"] == "completed":
-            return Claim(ClaimStatus.COMPLETED, row["attempts"], result=orjson.loads(row["result"]))
-        return Claim(ClaimStatus.BUSY, row["attempts"], retry_after=row["lease_left"])
+        return (await self.claim_many([request]))[0]
 
     async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
         status = await self.pool.execute(
