@@ -183,6 +183,3 @@ class InMemoryStore:
     def outbox(self) -> list[OutboxRow]:
         """Every committed outbox row, published or not."""
         return list(self._outbox.rows)
-
-    def run_count(self, op: str) -> int:
-        return sum(1 for run in self.runs.values() if run.op == op)

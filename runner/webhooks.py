@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from . import _json
 from .envelope import CommandEnvelope, now_iso
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
@@ -138,7 +137,3 @@ class WebhookIngress:
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
-
-
-def json_body(body: bytes) -> Any:
-    return _json.loads(body)
