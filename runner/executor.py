@@ -19,7 +19,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -105,10 +105,11 @@ def _bounded(value: Any) -> Any:
     return value if size <= MAX_AUDIT_INPUT else {"omitted": True, "bytes": size}
 
 
-def fingerprint(op: str, actor: Actor | None, value: Model) -> str:
-    """What must match for a repeated idempotency key to be a replay rather than a conflict."""
+def fingerprint(op: str, actor: Actor | None, wire: dict[str, Any]) -> str:
+    """What must match for a repeated idempotency key to be a replay rather than a conflict.
+    ``wire`` is the validated input as it goes on the wire (``Model.to_wire()``)."""
     who = None if actor is None else [actor.kind, actor.user_id, actor.tenant_id]
-    body = _json.dumps({"op": op, "actor": who, "input": value.to_wire()})
+    body = _json.dumps({"op": op, "actor": who, "input": wire})
     return hashlib.sha256(body).hexdigest()
 
 
@@ -179,6 +180,7 @@ class _Call:
     partition: str | None = None
     span: Any = None
     traceparent: str | None = None
+    wire: dict[str, Any] = field(default_factory=dict)  # the validated input, dumped once
 
 
 class Executor:
@@ -405,18 +407,20 @@ class Executor:
         except UnknownOperation as exc:
             return _Verdict(call, "rejected", "reject", _error("UNKNOWN_OPERATION", str(exc)))
         spec = call.spec = installed.spec
-        call.input = redact(spec.io.input, command.data)
         if not isinstance(command.data, dict):
+            call.input = command.data
             message = f"data must be a JSON object, got {type(command.data).__name__}"
             return _Verdict(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=[]))
         try:
             value = spec.io.input.model_validate(command.data)
         except ValidationError as exc:
+            call.input = redact(spec.io.input, command.data)  # audited as sent, secrets hidden
             fields = field_errors(exc)
             message = "invalid input: " + ", ".join(sorted({f["field"] for f in fields}))
             return _Verdict(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=fields))
         call.partition = spec.partition_value(value)
-        call.input = redact(spec.io.input, value.to_wire())
+        call.wire = value.to_wire()
+        call.input = redact(spec.io.input, call.wire)
         if auth_failure is None and actor is None and spec.policy.auth != "public":
             auth_failure = "a bearer token is required"
         if auth_failure is not None:
@@ -460,7 +464,7 @@ class Executor:
             key=command.idempotency_key,
             op=spec.key,
             version=spec.version,
-            input_hash=fingerprint(spec.key, call.actor, value),
+            input_hash=fingerprint(spec.key, call.actor, call.wire),
             command_id=command.id,
             owner=owner,
             lease_seconds=self.lease_seconds,
