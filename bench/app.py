@@ -1,10 +1,14 @@
 """The operation the benchmark runs through oprunner: a ledger credit, one row update, an
 owner policy, JWT-authenticated — the same work as the hand-written consumer's, plus what
-oprunner adds (claim, policy, result and audit events)."""
+oprunner adds (claim, policy, result and audit events).
+
+``credit_many`` is its batch form: the rows of a whole batch of credits in one statement.
+``BENCH_NO_BATCH_HANDLER=1`` installs the plain handler alone, to compare."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runner import (
@@ -49,8 +53,19 @@ async def credit(value: CreditInput, ctx: OperationContext) -> CreditOutput:
     return CreditOutput(account_id=value.account_id)
 
 
+async def credit_many(items: Sequence[tuple[CreditInput, OperationContext]]) -> list[CreditOutput]:
+    db = items[0][1].db
+    await db.execute(
+        """UPDATE ledger_accounts AS a SET balance = a.balance + x.amount
+           FROM unnest($1::text[], $2::numeric[]) AS x(id, amount) WHERE a.id = x.id""",
+        [value.account_id for value, _ in items],
+        [value.amount for value, _ in items],
+    )
+    return [CreditOutput(account_id=value.account_id) for value, _ in items]
+
+
 registry = OperationRegistry()
-install_op(registry, Credit, credit)
+install_op(registry, Credit, credit, batch=None if os.environ.get("BENCH_NO_BATCH_HANDLER") else credit_many)
 
 
 @registry.resources("account")

@@ -28,6 +28,7 @@ BOOTSTRAP = os.environ["OPRUNNER_KAFKA_BOOTSTRAP"]
 COMMANDS = os.environ["OPRUNNER_COMMANDS_TOPIC"]
 RESULTS = os.environ["OPRUNNER_RESULTS_TOPIC"]
 GROUP = os.environ["OPRUNNER_GROUP_ID"]
+FETCH_WAIT = int(os.environ.get("OPRUNNER_FETCH_MAX_WAIT_MS", "500"))
 
 
 async def bare() -> None:
@@ -37,6 +38,7 @@ async def bare() -> None:
         group_id=GROUP,
         auto_offset_reset="earliest",
         session_timeout_ms=6000,
+        fetch_max_wait_ms=FETCH_WAIT,
     )
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=2)
     await consumer.start()
@@ -88,7 +90,13 @@ def handwritten() -> None:
     async def ready() -> None:
         print("ready", flush=True)
 
-    @broker.subscriber(COMMANDS, group_id=GROUP, auto_offset_reset="earliest", session_timeout_ms=6000)
+    @broker.subscriber(
+        COMMANDS,
+        group_id=GROUP,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        fetch_max_wait_ms=FETCH_WAIT,
+    )
     async def handle(command: Command) -> None:  # FastStream parses JSON and validates with pydantic
         async with state["pool"].acquire() as conn, conn.transaction():
             fresh = await conn.fetchval(

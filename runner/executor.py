@@ -331,8 +331,12 @@ class Executor:
         verdicts: list[tuple[int, _Verdict]],
     ) -> list[tuple[int, Outcome]]:
         async with self.store.transaction() as tx:
-            completions = []
-            for _, installed, call, value, request, attempt in acquired:
+            outputs: dict[int, dict[str, Any]] = {}  # index in ``acquired`` -> result data
+            groups: dict[int, list[int]] = {}  # operations with a batch handler -> their commands
+            for n, (_, installed, call, value, _, attempt) in enumerate(acquired):
+                if installed.batch is not None:
+                    groups.setdefault(id(installed), []).append(n)
+                    continue
                 try:
                     data = await self._invoke(installed, call, value, tx.db, attempt)
                 except Exception as exc:
@@ -341,9 +345,15 @@ class Executor:
                     raise
                 if data["status"] != "succeeded":
                     raise _BatchAbort(call)  # its writes must not commit: everyone takes the slow path
-                completions.append(
-                    (request.key, request.owner, self._record(call, "succeeded", "allow", data, attempt))
-                )
+                outputs[n] = data
+            for members in groups.values():
+                items = [acquired[n] for n in members]
+                for n, data in zip(members, await self._invoke_batch(items, tx.db), strict=True):
+                    outputs[n] = data
+            completions = [
+                (request.key, request.owner, self._record(call, "succeeded", "allow", outputs[n], attempt))
+                for n, (_, _, call, _, request, attempt) in enumerate(acquired)
+            ]
             records = [self._verdict_record(v) for _, v in verdicts]
             completed_ids, record_ids = await tx.complete_many(completions, records)
         out = [
@@ -525,17 +535,9 @@ class Executor:
                 ids = await tx.complete(key, owner, record)
         return self._outcome(record, ids)
 
-    async def _invoke(
-        self,
-        installed: Installed,
-        call: _Call,
-        value: Model,
-        db: Any,
-        attempt: int,
-    ) -> dict[str, Any]:
-        """Run the handler; return the result data. Transient errors propagate."""
-        spec, command = installed.spec, call.command
-        ctx = OperationContext(
+    def _context(self, spec: OperationSpec, call: _Call, db: Any, attempt: int) -> OperationContext:
+        command = call.command
+        return OperationContext(
             db=db,
             actor=call.actor,
             idempotency_key=command.idempotency_key,
@@ -553,6 +555,18 @@ class Executor:
             ),
             clients=self.clients,
         )
+
+    async def _invoke(
+        self,
+        installed: Installed,
+        call: _Call,
+        value: Model,
+        db: Any,
+        attempt: int,
+    ) -> dict[str, Any]:
+        """Run the handler; return the result data. Transient errors propagate."""
+        spec = installed.spec
+        ctx = self._context(spec, call, db, attempt)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(spec.timeout):
@@ -573,6 +587,41 @@ class Executor:
             if self.metrics is not None:
                 self.metrics.handler_seconds.labels(spec.key).observe(time.perf_counter() - started)
         return {"status": "succeeded", "output": output}
+
+    async def _invoke_batch(
+        self, items: list[tuple[int, Installed, _Call, Model, ClaimRequest, int]], db: Any
+    ) -> list[dict[str, Any]]:
+        """Run one operation's batch handler for ``items``; the result data of each, or
+        ``_BatchAbort`` when anything at all goes wrong (each command then runs alone)."""
+        installed = items[0][1]
+        spec, batch = installed.spec, installed.batch
+        assert batch is not None
+        contexts = [(value, self._context(spec, call, db, n)) for _, _, call, value, _, n in items]
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(spec.timeout):
+                raws = await batch(contexts)
+            if len(raws) != len(items):
+                raise _OutputInvalid(f"batch handler returned {len(raws)} outputs for {len(items)} inputs")
+            outputs = [_validate_output(spec.io.output, raw) for raw in raws]
+        except Exception as exc:
+            first = items[0][2]
+            if self._is_transient(exc, spec):
+                raise _BatchAbort(first, exc) from exc
+            _log.warning(
+                "batch handler of %s raised %s; running its %d commands one by one",
+                spec.key,
+                type(exc).__name__,
+                len(items),
+                exc_info=not isinstance(exc, (OperationError, _OutputInvalid)),
+            )
+            raise _BatchAbort() from exc
+        finally:
+            if self.metrics is not None:
+                share = (time.perf_counter() - started) / len(items)
+                for _ in items:
+                    self.metrics.handler_seconds.labels(spec.key).observe(share)
+        return [{"status": "succeeded", "output": output} for output in outputs]
 
     async def _run_query(self, installed: Installed, call: _Call, value: Model) -> Outcome:
         failures = 0

@@ -10,6 +10,7 @@ SDK configured the API creates no spans but still passes the incoming context on
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from typing import Any
@@ -94,13 +95,21 @@ def end_span(span: Span, status: str, error_code: str | None) -> None:
 
 def configure_tracing() -> None:
     """Install the OpenTelemetry SDK's tracer provider (real span ids) when none is set.
-    Exporters are the deployment's choice: add one to ``trace.get_tracer_provider()``."""
+    Exporters are the deployment's choice: add one to ``trace.get_tracer_provider()``.
+
+    Sampling follows ``OTEL_TRACES_SAMPLER`` when it is set. Otherwise a command's span is
+    recorded when its producer sampled the trace it continues (``traceparent`` flag ``01``)
+    and not when it starts a trace: recording a span costs ~15 µs, 3% of a command, wasted
+    on traces nobody collects. Unrecorded spans still get their own span id and pass the
+    trace on."""
     try:
         from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
     except ImportError:
         return
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
+        sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(ALWAYS_OFF)
+        trace.set_tracer_provider(TracerProvider(sampler=sampler))
 
 
 # Attributes a LogRecord has of its own; anything else on it came from ``extra=``.

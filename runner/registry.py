@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,12 @@ from .errors import RegistryError, UnknownOperation
 from .spec import OperationSpec, parse_version
 
 Handler = Callable[[Any, OperationContext], Awaitable[Any]]
+
+BatchHandler = Callable[[Sequence[tuple[Any, OperationContext]]], Awaitable[Sequence[Any]]]
+"""``[(input, ctx), ...] -> [output, ...]``: the handler's work for many commands at once (one
+statement for all their rows, say), in the batch's transaction. It must do exactly what the
+handler would do for each, in any order. If it raises anything, the batch is rolled back and
+every command runs the plain handler instead, so a batch handler never decides a failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ class _Coalescing:
 class Installed:
     spec: OperationSpec
     handler: Handler
+    batch: BatchHandler | None = None
 
 
 class OperationRegistry:
@@ -82,12 +89,14 @@ class OperationRegistry:
         self._ops: dict[str, dict[tuple[int, int, int], Installed]] = {}
         self._resolvers: dict[str, Resolver] = {}
 
-    def install(self, spec: OperationSpec, handler: Handler) -> None:
+    def install(self, spec: OperationSpec, handler: Handler, batch: BatchHandler | None = None) -> None:
         versions = self._ops.setdefault(spec.key, {})
         version = parse_version(spec.version)
         if version in versions:
             raise RegistryError(f"{spec.key} {spec.version} is installed already")
-        versions[version] = Installed(spec, handler)
+        if batch is not None and spec.kind == "query":
+            raise RegistryError(f"{spec.key}: queries run alone; a batch handler is for commands")
+        versions[version] = Installed(spec, handler, batch)
 
     def get(self, key: str, version: str | None = None) -> Installed:
         versions = self._ops.get(key)
@@ -153,6 +162,11 @@ class OperationRegistry:
             raise RegistryError("; ".join(found))
 
 
-def install_op(registry: OperationRegistry, spec: OperationSpec, handler: Handler) -> None:
-    """Install one operation: the one line a new operation adds to the app's registry module."""
-    registry.install(spec, handler)
+def install_op(
+    registry: OperationRegistry, spec: OperationSpec, handler: Handler, *, batch: BatchHandler | None = None
+) -> None:
+    """Install one operation: the one line a new operation adds to the app's registry module.
+
+    ``batch`` optionally gives the same work for many commands at once (see ``BatchHandler``),
+    used when commands of this operation run together in one transaction."""
+    registry.install(spec, handler, batch)

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=30.0, gt=0)
     session_timeout_ms: int = Field(default=10_000, ge=1000)
+    fetch_max_wait_ms: int = Field(default=500, ge=0)
+    """How long a fetch may wait for data. Kafka answers as soon as data arrives, so its default
+    costs no latency there; a broker that holds every fetch to this deadline (the local Tansu
+    broker does) adds up to this much to each command: ``dev`` and the benchmark use 5."""
     topic_partitions: int = Field(default=4, ge=1)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -86,6 +86,7 @@ class Topics:
             "OPRUNNER_DLQ_TOPIC": self.dlq,
             "OPRUNNER_GROUP_ID": self.group,
             "OPRUNNER_SESSION_TIMEOUT_MS": "6000",
+            "OPRUNNER_FETCH_MAX_WAIT_MS": "5",
             "OPRUNNER_SHUTDOWN_TIMEOUT": "20",
             **extra,
         }

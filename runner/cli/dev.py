@@ -63,6 +63,7 @@ def _settings(services: Any) -> Settings:
         stripe_webhook_secret=DEV_WEBHOOK_SECRET,
         http_port=free_port(),
         session_timeout_ms=6000,
+        fetch_max_wait_ms=5,  # the local broker holds each fetch to its deadline
         shutdown_timeout=10,
         log_level="WARNING",
     )

@@ -291,6 +291,7 @@ async def serve(
         max_batches=settings.max_batches,
         max_message_bytes=settings.max_message_bytes,
         session_timeout_ms=settings.session_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         drain_timeout=settings.shutdown_timeout,
         metrics=metrics,
     )

@@ -97,6 +97,7 @@ class CommandConsumer:
         max_batches: int = 4,
         max_message_bytes: int = 1024 * 1024,
         session_timeout_ms: int = 10_000,
+        fetch_max_wait_ms: int = 500,
         commit_interval: float = 0.2,
         drain_timeout: float = 30.0,
         metrics: Metrics | None = None,
@@ -121,7 +122,7 @@ class CommandConsumer:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(session_timeout_ms // 5, 100),
             max_poll_records=max_in_flight,
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=fetch_max_wait_ms,
             max_partition_fetch_bytes=max(max_message_bytes + 65536, 1048576),
         )
         self._slots = asyncio.Semaphore(max_in_flight)

@@ -272,6 +272,76 @@ async def test_a_failing_handler_sends_its_batch_down_the_single_path(app: App) 
     assert all(o.replayed for o in again)
 
 
+def _with_batch(app: App, batch: Any) -> None:
+    object.__setattr__(app.registry.get("docs.pay"), "batch", batch)
+
+
+async def test_a_batch_handler_does_a_batchs_work_in_one_call(app: App) -> None:
+    calls: list[list[tuple[str, str, int]]] = []
+
+    async def pay_many(items: Any) -> list[dict[str, str]]:
+        calls.append([(value.doc_id, ctx.idempotency_key, ctx.attempt) for value, ctx in items])
+        assert len({id(ctx.db) for _, ctx in items}) == 1  # one transaction for all of them
+        return [{"receipt": f"many-{value.doc_id}", "charged": str(value.amount)} for value, _ in items]
+
+    _with_batch(app, pay_many)
+    items = [
+        (command("docs.pay", GOOD, id="m1"), app.token("alice")),
+        (command("docs.pay", {**GOOD, "docId": "d2"}, id="m2"), app.token("bob")),
+        (command("docs.pay", {**GOOD, "docId": "d2"}, id="m3"), app.token("alice")),  # denied
+    ]
+    outcomes = await app.executor.execute_many(items)
+    assert [(o.status, o.output) for o in outcomes] == [
+        ("succeeded", {"receipt": "many-d1", "charged": "12.50"}),
+        ("succeeded", {"receipt": "many-d2", "charged": "12.50"}),
+        ("denied", None),
+    ]
+    assert calls == [[("d1", "m1", 1), ("d2", "m2", 1)]] and app.behaviour.calls == 0
+    assert all(o.replayed for o in (await app.executor.execute_many(items))[:2])
+    assert len(calls) == 1  # replays run nothing
+    single = await app.run("docs.pay", {**GOOD, "docId": "d3"}, token=app.token("alice", tenant="t2"))
+    assert single.status == "succeeded" and app.behaviour.calls == 1  # alone: the plain handler
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OperationError("TOO_MUCH", "no"), ConnectionError("flaky"), "wrong count", "bad output"],
+)
+async def test_a_failing_batch_handler_leaves_each_command_to_the_plain_handler(
+    app: App, failure: Any
+) -> None:
+    async def pay_many(items: Any) -> list[Any]:
+        if isinstance(failure, Exception):
+            raise failure
+        if failure == "wrong count":
+            return [{"receipt": "x", "charged": "1"}]
+        return [{"receipt": 42} for _ in items]
+
+    _with_batch(app, pay_many)
+    items = [
+        (command("docs.pay", GOOD, id="f1"), app.token("alice")),
+        (command("docs.pay", {**GOOD, "docId": "d2"}, id="f2"), app.token("bob")),
+    ]
+    outcomes = await app.executor.execute_many(items)
+    got = [(o.status, o.output["receipt"]) for o in outcomes]
+    assert got == [("succeeded", "r-d1"), ("succeeded", "r-d2")]
+    assert app.behaviour.effects == ["f1", "f2"]
+
+
+def test_queries_take_no_batch_handler() -> None:
+    from runner import OperationRegistry, RegistryError, install_op
+
+    from .conftest import VIEW
+
+    async def view(value: Any, ctx: Any) -> Any: ...
+
+    async def view_many(items: Any) -> list[Any]:
+        return []
+
+    with pytest.raises(RegistryError, match="queries run alone"):
+        install_op(OperationRegistry(), VIEW, view, batch=view_many)
+
+
 async def test_logs_are_json_with_ids_and_never_carry_input_values(app: App) -> None:
     import io
     import json
