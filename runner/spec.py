@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,14 +87,18 @@ class Rule:
     id_field: str | None = None
     if_missing: Literal["deny", "allow"] = "deny"
 
-    @property
+    @functools.cached_property
     def conditions(self) -> tuple[Condition, ...]:
         if isinstance(self.condition, str) or callable(self.condition):
             return (self.condition,)
         return tuple(self.condition)
 
-    def needs_resource(self) -> bool:
+    @functools.cached_property
+    def _needs_resource(self) -> bool:
         return any(callable(c) or c in ("owner", "tenant") for c in self.conditions)
+
+    def needs_resource(self) -> bool:
+        return self._needs_resource
 
     def __post_init__(self) -> None:
         for cond in self.conditions:

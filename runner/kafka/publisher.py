@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 
 from ..store import OutboxRow, Publication, Store
@@ -23,6 +24,10 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 """Kafka's answers that no retry will change."""
 
 
+BATCHED_BYTES = 8 * 1024
+"""Larger messages are sent one by one (a record batch holds 16 KB by default)."""
+
+
 class KafkaPublisher:
     """Publishes with every send in flight at once, then waits for all acks.
 
@@ -31,6 +36,7 @@ class KafkaPublisher:
 
     def __init__(self, broker: KafkaBroker) -> None:
         self.broker = broker
+        self._partitioner = DefaultPartitioner()
 
     def _raw_producer(self) -> Any:
         """The aiokafka producer inside FastStream's (None if FastStream's layout changed).
@@ -45,19 +51,55 @@ class KafkaPublisher:
     async def publish(self, publications: Sequence[Publication]) -> None:
         producer = self._raw_producer()
         futures = []
-        for pub in publications:
-            if producer is not None:
-                futures.append(
-                    await producer.send(pub.topic, pub.value, key=pub.key, headers=list(pub.headers))
-                )
-            else:
+        if producer is not None:
+            futures = await self._send_batched(producer, publications)
+        else:
+            for pub in publications:
                 headers = {k: v.decode("latin-1") for k, v in pub.headers}
+                sent = await self.broker.publish(
+                    pub.value, pub.topic, key=pub.key, headers=headers, no_confirm=True
+                )
+                futures.append(sent)
+        await asyncio.gather(*futures)
+
+    async def _send_batched(self, producer: Any, publications: Sequence[Publication]) -> list[Any]:
+        """Append to one record batch per partition, as aiokafka's ``send`` would per message
+        but without its per-message futures and lookups (~8% of a command's CPU). Partitions
+        come from Kafka's default partitioner (murmur2 of the key), as for any other producer.
+        Messages over ``BATCHED_BYTES`` go through ``send``, which checks their size."""
+        batches: dict[tuple[str, int], Any] = {}
+        futures = []
+        known: dict[str, list[int]] = {}  # per call: aiokafka keeps the metadata fresh
+        for pub in publications:
+            partitions = known.get(pub.topic)
+            if partitions is None:
+                partitions = known[pub.topic] = sorted(await producer.partitions_for(pub.topic))
+            partition = self._partitioner(pub.key, partitions, partitions)
+            where = (pub.topic, partition)
+            if len(pub.value) > BATCHED_BYTES:
+                headers = list(pub.headers)  # send() checks it against the largest request
                 futures.append(
-                    await self.broker.publish(
-                        pub.value, pub.topic, key=pub.key, headers=headers, no_confirm=True
+                    await producer.send(
+                        pub.topic, pub.value, key=pub.key, headers=headers, partition=partition
                     )
                 )
-        await asyncio.gather(*futures)
+                continue
+            if where not in batches:
+                batches[where] = producer.create_batch()
+            if _append(batches[where], pub):
+                continue
+            futures.append(await producer.send_batch(batches[where], pub.topic, partition=partition))
+            batches[where] = producer.create_batch()  # that one was full: start the next
+            if not _append(batches[where], pub):
+                raise RuntimeError("a message that fits no empty batch")  # not for one <= BATCHED_BYTES
+        for (topic, partition), batch in batches.items():
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
+
+
+def _append(batch: Any, pub: Publication) -> bool:
+    return batch.append(key=pub.key, value=pub.value, timestamp=None, headers=list(pub.headers)) is not None
 
 
 class OutboxCleaner:
