@@ -605,15 +605,16 @@ class Executor:
                 raise _OutputInvalid(f"batch handler returned {len(raws)} outputs for {len(items)} inputs")
             outputs = [_validate_output(spec.io.output, raw) for raw in raws]
         except Exception as exc:
-            first = items[0][2]
-            if self._is_transient(exc, spec):
-                raise _BatchAbort(first, exc) from exc
-            _log.warning(
+            # Not a retry of any one command (which one failed is unknown): each runs alone
+            # next, where its own failures and retries are counted.
+            transient = self._is_transient(exc, spec)
+            _log.log(
+                logging.INFO if transient else logging.WARNING,
                 "batch handler of %s raised %s; running its %d commands one by one",
                 spec.key,
                 type(exc).__name__,
                 len(items),
-                exc_info=not isinstance(exc, (OperationError, _OutputInvalid)),
+                exc_info=not transient and not isinstance(exc, (OperationError, _OutputInvalid)),
             )
             raise _BatchAbort() from exc
         finally:

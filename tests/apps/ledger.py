@@ -3,10 +3,12 @@
 ``ledger.credit`` adds to an account's balance and appends one row to ``ledger_effects`` in
 the handler's transaction, so "exactly once" is checked by counting rows per idempotency key.
 The handler fails transiently on the first attempts of commands whose ``flaky`` is set.
+``batched`` is the same app with ``credit_many``, the batch form of ``credit``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from runner import (
@@ -71,10 +73,37 @@ async def credit(value: CreditInput, ctx: OperationContext) -> CreditOutput:
     return CreditOutput(account_id=value.account_id, balance=str(balance))
 
 
-registry = OperationRegistry()
-install_op(registry, Credit, credit)
+async def credit_many(items: Sequence[tuple[CreditInput, OperationContext]]) -> list[CreditOutput]:
+    """``credit`` for a batch in one statement. Raises (the batch falls back to ``credit``)
+    when any command is flaky, or when an amount is 13 — after writing, to show the batch's
+    writes roll back."""
+    if any(ctx.attempt <= value.flaky for value, ctx in items):
+        raise ConnectionError("a flaky command in the batch")
+    rows = await items[0][1].db.fetch(
+        """WITH x AS (SELECT * FROM unnest($1::text[], $2::numeric[], $3::text[]) AS x(id, amount, key)),
+                up AS (UPDATE ledger_accounts AS a SET balance = a.balance + x.amount
+                       FROM x WHERE a.id = x.id RETURNING a.id, a.balance),
+                ef AS (INSERT INTO ledger_effects (idempotency_key, account_id, amount)
+                       SELECT key, id, amount FROM x)
+           SELECT id, balance FROM up""",
+        [value.account_id for value, _ in items],
+        [value.amount for value, _ in items],
+        [ctx.idempotency_key for _, ctx in items],
+    )
+    if any(value.amount == 13 for value, _ in items):
+        raise ValueError("unlucky")
+    balances = {row["id"]: row["balance"] for row in rows}
+    return [CreditOutput(account_id=v.account_id, balance=str(balances[v.account_id])) for v, _ in items]
 
 
-@registry.resource("account")
 async def load_account(account_id: str, ctx: PolicyContext) -> Any:
     return await ctx.db.fetchrow("SELECT owner_id, tenant_id FROM ledger_accounts WHERE id = $1", account_id)
+
+
+registry = OperationRegistry()
+install_op(registry, Credit, credit)
+registry.add_resource("account", load_account)
+
+batched = OperationRegistry()
+install_op(batched, Credit, credit, batch=credit_many)
+batched.add_resource("account", load_account)

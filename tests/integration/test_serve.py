@@ -184,16 +184,19 @@ def _stream(
     ]
 
 
+@pytest.mark.parametrize("app", ["registry", "batched"])
 async def test_two_processes_in_one_group_run_each_effect_once(
-    serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool
+    serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool, app: str
 ) -> None:
-    first, second = serve(), serve()
+    first, second = serve(app=f"tests.apps.ledger:{app}"), serve(app=f"tests.apps.ledger:{app}")
     messages = _stream("pair", 1000)
+    messages[500] = (b"acc-0", credit("acc-0", "13", id="pair-500"), auth())  # batch form raises
+    messages[501] = (b"acc-1", credit("acc-1", id="pair-501", data={"flaky": 1}), auth())
     await produce(kafka_bootstrap, topics.commands, messages)
     ids = {f"pair-{i}" for i in range(1000)}
     async with Reader(kafka_bootstrap, topics.results) as results:
         await results.until(lambda m: caused(m) >= ids, timeout=120)
-    await ledger_check(ledger, results, ids)
+    await ledger_check(ledger, results, ids, total=1000 + 12)  # pair-500 credits 13
     assert first.proc.poll() is None and second.proc.poll() is None
 
 
