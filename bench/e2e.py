@@ -8,6 +8,11 @@ results/s between the first and the last result), then open-loop latency at a fi
 (produce -> result, p50/p95/p99). Prints one table and the ratios, writes JSON to
 ``bench/results/``. Local services are started unless OPRUNNER_KAFKA_BOOTSTRAP and
 OPRUNNER_DATABASE_URL are set.
+
+The ``broker`` row is the latency floor: the same commands at the same rate, read back from
+the commands topic by the benchmark itself (one hop, no pipeline). On the local broker it
+is far from flat: its in-memory storage gets slower as a partition grows, so latency over a
+20 s run rises second by second for every pipeline alike (a pipeline has two hops).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from tests.apps.ledger import SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
-PIPELINES = ("bare", "handwritten", "oprunner")
+PIPELINES = ("broker", "bare", "handwritten", "oprunner")
 
 
 @dataclass
@@ -173,6 +178,8 @@ def causation(kind: str, message: Any) -> str:
     try:
         if kind == "bare":
             return str(orjson.loads(bytes(dict(message.headers)["causation"]))["id"])
+        if kind == "broker":  # the command itself, read back
+            return str(orjson.loads(message.value)["id"])
         return str(orjson.loads(message.value)["causationid"])
     except (KeyError, ValueError):
         return ""
@@ -246,10 +253,11 @@ async def latency(
     batch = commands(total, accounts, f"lat-{uuid.uuid4().hex[:6]}")
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    consumer = await reader(bootstrap, pipe.results)
+    consumer = await reader(bootstrap, pipe.commands if kind == "broker" else pipe.results)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
-    pipe.start()
+    if kind != "broker":
+        pipe.start()
     warm = batch_for(kind, 200, accounts, f"warm-{uuid.uuid4().hex[:6]}")
     await produce(bootstrap, pipe.commands, warm, headers)
     await collect(consumer, kind, {c for _, _, c in warm}, 60)
@@ -377,8 +385,11 @@ async def main(args: argparse.Namespace) -> int:
         await prepare(dsn, args.accounts)
         rows = []
         for kind in chosen:
-            print(f"[{kind}] throughput: {args.commands} commands ...", flush=True)
-            figures = await throughput(kind, bootstrap, dsn, args.commands, args.accounts, headers)
+            if kind == "broker":  # latency only: what the broker alone adds, one hop
+                figures = Figures(kind)
+            else:
+                print(f"[{kind}] throughput: {args.commands} commands ...", flush=True)
+                figures = await throughput(kind, bootstrap, dsn, args.commands, args.accounts, headers)
             if kind in args.latency.split(","):
                 print(f"[{kind}] latency: {args.rate}/s for {args.seconds}s ...", flush=True)
                 lat = await latency(kind, bootstrap, dsn, args.rate, args.seconds, args.accounts, headers)
@@ -425,6 +436,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--only", default=",".join(PIPELINES), help="comma-separated pipelines to run")
-    parser.add_argument("--latency", default="bare,oprunner", help="pipelines whose latency is measured")
+    parser.add_argument(
+        "--latency", default="broker,bare,oprunner", help="pipelines whose latency is measured"
+    )
     parser.add_argument("--json", default="", help="where to write the figures")
     sys.exit(asyncio.run(main(parser.parse_args())))
