@@ -66,7 +66,9 @@ class KafkaPublisher:
         """Append to one record batch per partition, as aiokafka's ``send`` would per message
         but without its per-message futures and lookups (~8% of a command's CPU). Partitions
         come from Kafka's default partitioner (murmur2 of the key), as for any other producer.
-        Messages over ``BATCHED_BYTES`` go through ``send``, which checks their size."""
+        Messages over ``BATCHED_BYTES`` go through ``send``, which checks their size (an empty
+        batch takes a record of any size); a partition's open batch is sent before them, so
+        each partition keeps the order of ``publications``."""
         batches: dict[tuple[str, int], Any] = {}
         futures = []
         known: dict[str, list[int]] = {}  # per call: aiokafka keeps the metadata fresh
@@ -76,22 +78,21 @@ class KafkaPublisher:
                 partitions = known[pub.topic] = sorted(await producer.partitions_for(pub.topic))
             partition = self._partitioner(pub.key, partitions, partitions)
             where = (pub.topic, partition)
-            if len(pub.value) > BATCHED_BYTES:
-                headers = list(pub.headers)  # send() checks it against the largest request
-                futures.append(
-                    await producer.send(
-                        pub.topic, pub.value, key=pub.key, headers=headers, partition=partition
-                    )
-                )
+            batch = batches.pop(where, None)
+            small = len(pub.value) <= BATCHED_BYTES
+            if small and batch is not None and _append(batch, pub):
+                batches[where] = batch
                 continue
-            if where not in batches:
-                batches[where] = producer.create_batch()
-            if _append(batches[where], pub):
-                continue
-            futures.append(await producer.send_batch(batches[where], pub.topic, partition=partition))
-            batches[where] = producer.create_batch()  # that one was full: start the next
-            if not _append(batches[where], pub):
-                raise RuntimeError("a message that fits no empty batch")  # not for one <= BATCHED_BYTES
+            if batch is not None and batch.record_count():  # full, or a large message follows
+                futures.append(await producer.send_batch(batch, pub.topic, partition=partition))
+            if small:
+                batches[where] = batch = producer.create_batch()
+                if _append(batch, pub):
+                    continue
+            headers = list(pub.headers)
+            futures.append(
+                await producer.send(pub.topic, pub.value, key=pub.key, headers=headers, partition=partition)
+            )
         for (topic, partition), batch in batches.items():
             if batch.record_count():
                 futures.append(await producer.send_batch(batch, topic, partition=partition))

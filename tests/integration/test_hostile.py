@@ -162,6 +162,37 @@ async def test_bad_tokens_and_smuggled_actors_get_nowhere(
     assert peak_rss_mb(proc) < 250
 
 
+async def test_published_events_keep_their_order_per_key_whatever_their_size(kafka_bootstrap: str) -> None:
+    from faststream.kafka import KafkaBroker
+
+    from runner.kafka import KafkaPublisher
+    from runner.store import Publication
+
+    topics = Topics()
+    await topics.create(kafka_bootstrap)
+    sizes = [10, 20_000, 10, 10, 30_000, 10]  # small ones share a record batch; large go alone
+    pubs = [
+        Publication(topics.results, b"k", f"{n:02d}".encode() + b" " * size) for n, size in enumerate(sizes)
+    ]
+    pubs.insert(2, Publication(topics.results, b"other", b"x"))
+    broker = KafkaBroker(kafka_bootstrap, acks="all", logger=None)
+    await broker.connect()
+    try:
+        await KafkaPublisher(broker).publish(pubs)
+    finally:
+        await broker.stop()
+    async with Reader(kafka_bootstrap, topics.results) as reader:
+        await reader.until(lambda ms: len(ms) >= len(pubs))
+    assert [m.value[:2] for m in reader.messages if m.key == b"k"] == [
+        b"00",
+        b"01",
+        b"02",
+        b"03",
+        b"04",
+        b"05",
+    ]
+
+
 async def test_an_unpublishable_outbox_row_is_parked_and_blocks_nothing(
     clean_db: asyncpg.Pool, kafka_bootstrap: str
 ) -> None:
