@@ -61,3 +61,7 @@ class LeaseLost(Exception):
 
 class StoreUnavailable(Exception):
     """The store could not record an outcome: the command must be retried, not acknowledged."""
+
+
+class StartupError(Exception):
+    """Something the operator must fix before serving; the message is one clear line."""

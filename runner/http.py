@@ -64,6 +64,14 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
+# A response sent before the request body was read ends the connection: the unread rest of
+# the body would otherwise be where the client's next request on it is expected. The server
+# drains what the client still sends before closing (runner/cli/http_server.py), so the
+# client reads this answer rather than a reset.
+def _too_large(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=413, headers={"Connection": "close"})
+
+
 @dataclass
 class OpsApi:
     """``POST /ops/{key}`` and ``GET /ops/runs/{id}``: the same pipeline as the Kafka path."""
@@ -78,7 +86,8 @@ class OpsApi:
         try:
             body = await read_body(request, self.max_bytes)
         except BodyTooLarge:
-            return _error(413, "TOO_LARGE", f"body larger than {self.max_bytes} bytes")
+            message = f"body larger than {self.max_bytes} bytes"
+            return _too_large({"status": "rejected", "error": {"code": "TOO_LARGE", "message": message}})
         try:
             data = _json.loads(body) if body.strip() else {}
         except ValueError as exc:
@@ -193,7 +202,7 @@ def build_app(
         try:
             body = await read_body(request, webhooks.max_bytes)
         except BodyTooLarge:
-            return JSONResponse({"error": f"body larger than {webhooks.max_bytes} bytes"}, status_code=413)
+            return _too_large({"error": f"body larger than {webhooks.max_bytes} bytes"})
         headers = {k.lower(): v for k, v in request.headers.items()}
         status, payload = await webhooks.handle(provider, body, headers)
         return JSONResponse(payload, status_code=status)

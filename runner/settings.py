@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     service_token: SecretStr | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_max_header_bytes: int = Field(default=128 * 1024, ge=8 * 1024)
+    """A request's header block past this is answered 400 and its connection closed."""
     max_in_flight: int = Field(default=256, ge=1)
     batch_size: int = Field(default=32, ge=1)
     max_batches: int = Field(default=8, ge=1)

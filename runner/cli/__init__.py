@@ -128,7 +128,7 @@ def serve(
     Configured by OPRUNNER_* variables (see the README). Stops on SIGTERM/SIGINT after
     finishing in-flight commands and committing their offsets.
     """
-    from .serve import StartupError
+    from ..errors import StartupError
     from .serve import serve as run_serve
 
     settings = _settings()
@@ -143,7 +143,8 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Apply the database migrations (serve also does this at start)."""
-    from .serve import StartupError, open_database
+    from ..errors import StartupError
+    from .serve import open_database
 
     settings = _settings()
     _configure_logging("WARNING", "text")

@@ -21,9 +21,10 @@ from typing import Any
 import typer
 
 from ..auth import mint_token
+from ..errors import StartupError
 from ..registry import OperationRegistry
 from ..settings import Settings
-from .serve import Running, StartupError, serve
+from .serve import Running, serve
 
 DEV_SECRET = "oprunner-dev-secret-not-for-production-0123456789"
 DEV_WEBHOOK_SECRET = "whsec_oprunner_dev_0123456789abcdef"

@@ -15,18 +15,16 @@ from urllib.parse import urlsplit
 from faststream.kafka import KafkaBroker
 
 from ..auth import JwtAuthenticator
+from ..errors import StartupError
 from ..executor import Executor, Outcome
 from ..http import OpsApi
 from ..kafka import CommandConsumer, KafkaPublisher, OutboxRelay
 from ..observability import Metrics, configure_tracing
 from ..registry import OperationRegistry
 from ..settings import Settings
+from .http_server import HttpServer
 
 _log = logging.getLogger("oprunner.serve")
-
-
-class StartupError(Exception):
-    """Something the operator must fix before serving; the message is one clear line."""
 
 
 def _where(dsn: str) -> str:
@@ -191,39 +189,6 @@ def build_http_app(
     )
 
 
-class HttpServer:
-    """uvicorn in this event loop; signals stay with ``serve`` (uvicorn would take them)."""
-
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
-        )
-        self.server = _Server(config)
-        self.port = port
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name="oprunner-http")
-        while not self.server.started:
-            if self._task.done():  # uvicorn exits (SystemExit) when it cannot bind
-                with contextlib.suppress(BaseException):
-                    self._task.result()
-                raise StartupError(f"HTTP server could not listen on {self.server.config.host}:{self.port}")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
 @dataclass
 class Running:
     """What ``serve`` started, for tests and ``dev`` to look at."""
@@ -318,6 +283,7 @@ async def serve(
         build_http_app(settings, pool, broker, ops, extra=[("/metrics", scrape)]),
         settings.http_host,
         settings.http_port,
+        max_header_bytes=settings.http_max_header_bytes,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

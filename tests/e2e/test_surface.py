@@ -93,6 +93,47 @@ async def test_http_operations(server: ServeProcess) -> None:
         assert seen.status_code == 200 and seen.json()["status"] == "denied"
 
 
+async def _raw_request(port: int, head: bytes, rest: bytes) -> bytes:
+    """Send ``head``, wait for the server's answer to begin, send ``rest``, read the whole answer.
+
+    Writing after the server answered is what a client mid-upload does; a server that closed
+    without draining resets the connection then, and the read below fails."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.read(12), 20)
+        writer.write(rest)
+        await writer.drain()
+        return first + await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+
+
+async def test_answers_sent_before_the_request_was_read_reach_the_client(server: ServeProcess) -> None:
+    """A 413 before the body, or a 400 for a header block past the limit, is read by the client,
+    never a reset: the server drains what the client still sends before it closes."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for _ in range(5):  # on one kept-alive client: the connection after a 413 is not reused dead
+            huge = await http.post("/ops/ledger.credit", content=b"x" * (1024 * 1024 + 1), headers=bearer())
+            assert huge.status_code == 413 and huge.headers["connection"] == "close"
+            assert huge.json()["error"]["code"] == "TOO_LARGE"
+            ok = await http.post(
+                "/ops/ledger.credit", json={"accountId": "a1", "amount": "1"}, headers=bearer()
+            )
+            assert ok.status_code == 200
+    filler = b"x-filler: " + b"f" * 8000 + b"\r\n"
+    head = b"POST /ops/ledger.credit HTTP/1.1\r\nhost: test\r\n" + filler * 20  # 160 KB > 128 KiB
+    for _ in range(5):
+        answer = await _raw_request(server.http_port, head, filler * 20 + b"content-length: 2\r\n\r\n{}")
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    body = b"x" * (2 * 1024 * 1024)
+    start = b"POST /ops/ledger.credit HTTP/1.1\r\nhost: test\r\ncontent-length: %d\r\n\r\n" % len(body)
+    for _ in range(5):
+        answer = await _raw_request(server.http_port, start + body[:1024], body[1024:])
+        assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower(), answer[:200]
+
+
 async def test_python_client(server: ServeProcess, topics: Topics, kafka_bootstrap: str) -> None:
     async with OperationClient(
         kafka_bootstrap,

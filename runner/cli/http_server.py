@@ -1,0 +1,144 @@
+"""uvicorn for ``serve``: in the caller's event loop, and closing connections without resets.
+
+When a server closes a socket whose receive buffer still holds unread bytes, the kernel
+answers with a TCP reset, and the client may lose the response it was about to read: a 413
+sent before a large body was read, or uvicorn's own 400 for a header block past the limit,
+then shows up at the client as ``ReadError``/``ECONNRESET`` instead of a status code. So,
+like nginx's ``lingering_close``, a connection closed while the client is still mid-request
+is only half-closed: our side sends its FIN after the response, reads and drops what the
+client still sends (up to a byte and time bound), and closes when the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any, cast
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..errors import StartupError
+
+LINGER_SECONDS = 5.0
+LINGER_BYTES = 8 * 1024 * 1024
+
+
+class _Drain(asyncio.Protocol):
+    """Takes over a half-closed connection: drops what arrives, closes at the peer's end or a bound."""
+
+    def __init__(self, transport: asyncio.Transport, inner: asyncio.Protocol) -> None:
+        self._transport, self._inner, self._left = transport, inner, LINGER_BYTES
+        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left <= 0:
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self._inner.connection_lost(exc)  # uvicorn forgets the connection only here
+
+
+class _LingeringTransport:
+    """The transport uvicorn's protocol sees: ``close()`` lingers when the peer is mid-request."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: LingeringH11Protocol) -> None:
+        self._transport, self._protocol, self._closed = transport, protocol, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._closed or self._transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self._closed:
+            self._transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self._closed:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._closed:
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        transport = self._transport
+        if transport.is_closing() or not self._protocol.peer_mid_request() or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()  # flushes the response first, then sends our FIN
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        transport.set_protocol(_Drain(transport, self._protocol))
+        with contextlib.suppress(RuntimeError):
+            transport.resume_reading()
+
+
+class LingeringH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, with a transport whose ``close()`` drains a mid-request peer."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        lingering = _LingeringTransport(cast(asyncio.Transport, transport), self)
+        super().connection_made(cast(asyncio.Transport, lingering))
+
+    def peer_mid_request(self) -> bool:
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            return bool(self.conn.trailing_data[0])  # part of a request line or header block
+        return state in (h11.SEND_BODY, h11.ERROR)
+
+
+class HttpServer:
+    """uvicorn in this event loop; signals stay with ``serve`` (uvicorn would take them).
+
+    ``max_header_bytes`` bounds a request's header block (h11 enforces it on what it has
+    buffered); past it uvicorn answers 400 and closes, which lingering makes readable.
+    """
+
+    def __init__(self, app: Any, host: str, port: int, *, max_header_bytes: int = 128 * 1024) -> None:
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            http=LingeringH11Protocol,
+            h11_max_incomplete_event_size=max_header_bytes,
+        )
+        self.server = _Server(config)
+        self.port = port
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve(), name="oprunner-http")
+        while not self.server.started:
+            if self._task.done():  # uvicorn exits (SystemExit) when it cannot bind
+                with contextlib.suppress(BaseException):
+                    self._task.result()
+                raise StartupError(f"HTTP server could not listen on {self.server.config.host}:{self.port}")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
