@@ -229,6 +229,16 @@ async def seed_ledger(db: Any, accounts: list[tuple[str, str, str]]) -> None:
     )
 
 
+async def store_state(db: Any) -> str:
+    """What the store holds, for a failure message: runs by state, outbox rows, effects."""
+    runs = await db.fetch("SELECT status, outcome, count(*) AS n FROM oprunner_runs GROUP BY 1, 2")
+    outbox = await db.fetchval("SELECT count(*) FROM oprunner_outbox")
+    parked = await db.fetchval("SELECT count(*) FROM oprunner_outbox WHERE failed_at IS NOT NULL")
+    effects = await db.fetchval("SELECT count(*) FROM ledger_effects")
+    by_state = {f"{r['status']}/{r['outcome']}": r["n"] for r in runs}
+    return f"runs {by_state}, outbox rows {outbox} ({parked} parked), ledger effects {effects}"
+
+
 async def ledger_check(db: Any, results: Reader, ids: set[str], total: int | None = None) -> None:
     """Every command has a result; every effect happened exactly once (``total``: the sum of
     all amounts, when not one per command)."""

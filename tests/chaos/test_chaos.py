@@ -22,7 +22,17 @@ import pytest
 from infra.devservices import Broker, ObjectStore, Postgres, StripeStandIn
 from infra.postgres import connect_pool, migrate
 from tests.apps.ledger import SCHEMA
-from tests.support import Reader, ServeProcess, Topics, auth, caused, cloudevent, ledger_check, produce
+from tests.support import (
+    Reader,
+    ServeProcess,
+    Topics,
+    auth,
+    caused,
+    cloudevent,
+    ledger_check,
+    produce,
+    store_state,
+)
 
 
 def credit_stream(
@@ -182,7 +192,11 @@ async def test_broker_restarted_mid_stream(
     own_postgres: tuple[Postgres, asyncpg.Pool], serving: Any, chaos_full: bool
 ) -> None:
     """Tansu on persistent storage (S3 on a local moto server) so topics and committed offsets
-    survive; ``serve`` reconnects by itself."""
+    survive; ``serve`` reconnects by itself.
+
+    Fetches wait Kafka's default 500 ms here: at 5 ms, every empty fetch is a round of S3
+    requests, the single-threaded S3 stand-in saturates a core and the broker answers nothing
+    (0 results in 120 s, every run)."""
     server, db = own_postgres
     total, down = (5_000, 5.0) if chaos_full else (1_500, 2.0)
     store = ObjectStore().start()
@@ -191,7 +205,7 @@ async def test_broker_restarted_mid_stream(
     try:
         topics = Topics()
         await topics.create(broker.bootstrap)
-        proc = serving(topics, server.dsn, bootstrap=broker.bootstrap)
+        proc = serving(topics, server.dsn, bootstrap=broker.bootstrap, OPRUNNER_FETCH_MAX_WAIT_MS="500")
         ids = {f"b-{i}" for i in range(total)}
         await produce(broker.bootstrap, topics.commands, credit_stream("b", total))
         async with Reader(broker.bootstrap, topics.results) as results:
@@ -200,7 +214,11 @@ async def test_broker_restarted_mid_stream(
         await asyncio.sleep(down)  # the outage itself
         broker.start()
         async with Reader(broker.bootstrap, topics.results) as results:
-            await results.until(lambda ms: caused(ms) >= ids, timeout=240)
+            try:
+                await results.until(lambda ms: caused(ms) >= ids, timeout=240)
+            except AssertionError as exc:
+                missing = sorted(ids - caused(results.messages))
+                raise AssertionError(f"{exc}; missing {missing[:10]}…; {await store_state(db)}") from None
         assert proc.proc is not None and proc.proc.poll() is None, "serve died with the broker"
         await ledger_check(db, results, ids)
     finally:
