@@ -152,6 +152,8 @@ def actor_from_claims(claims: dict[str, Any]) -> Actor:
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise AuthError("token 'roles' must be a list of strings")
+    if any("\x00" in text for text in (sub, tenant or "", *roles)):
+        raise AuthError("token claims must not contain U+0000")  # no store can hold it
     return Actor(kind=kind, user_id=sub, tenant_id=tenant, roles=frozenset(roles))
 
 

@@ -65,6 +65,70 @@ class CommandEnvelope:
         return _json.dumps(self.to_json())
 
 
+NUL = "\x00"
+"""U+0000: valid JSON, refused by Postgres in ``text`` and ``jsonb``; a command carrying it
+is refused at the door (DLQ or ``rejected``) so that it never fails a batch's store write."""
+
+
+def nul_paths(value: Any, path: str = "", limit: int = 100) -> list[str]:
+    """Where U+0000 occurs in JSON data (in keys or strings), as dotted paths; at most ``limit``."""
+    found: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(node, str):
+            if NUL in node:
+                found.append(where or "data")
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                name = str(key)
+                here = f"{where}.{name}" if where else name
+                if NUL in name:
+                    found.append(here)
+                walk(item, here)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{where}.{i}" if where else str(i))
+
+    walk(value, path)
+    return [visible(p)[:200] for p in found]
+
+
+def visible(text: str) -> str:
+    """``text`` with U+0000 written out, so it can be stored and shown."""
+    return text.replace(NUL, "\\u0000")
+
+
+def without_nul(value: Any) -> Any:
+    """A copy of JSON data with U+0000 written out in keys and strings (for the audit)."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {visible(str(k)): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def valid_traceparent(value: str | bytes | None) -> str | None:
+    """A W3C ``traceparent`` as sent, or None when it is not one (the spec says: ignore it)."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value if value is not None and _TRACEPARENT.match(value) else None
+
+
+def check_attributes(command: CommandEnvelope) -> None:
+    """Refuse a command whose attributes no store can hold (U+0000 anywhere in them)."""
+    for name in ("id", "source", "type", *_OPTIONAL, "traceparent"):
+        value = getattr(command, name, None)
+        if isinstance(value, str) and NUL in value:
+            raise EnvelopeError(f"attribute {name!r} contains U+0000, which cannot be stored")
+
+
 def _text(doc: dict[str, Any], name: str, *, required: bool) -> str | None:
     value = doc.get(name)
     if value is None:
@@ -107,6 +171,9 @@ def parse_command(
         raise EnvelopeError(f"datacontenttype {content_type!r} is not JSON")
     if "data" not in doc:
         raise EnvelopeError("missing 'data'")
+    for name, value in doc.items():  # extensions too: none may hide what the store refuses
+        if name != "data" and isinstance(value, str) and NUL in value:
+            raise EnvelopeError(f"attribute {name!r} contains U+0000, which cannot be stored")
     fields = {name: _text(doc, name, required=False) for name in _OPTIONAL}
     return CommandEnvelope(
         id=_text(doc, "id", required=True) or "",

@@ -27,7 +27,16 @@ from pydantic import BaseModel, ValidationError
 from . import _json
 from .auth import Actor, Authenticator
 from .context import OperationContext, PolicyContext
-from .envelope import AUDIT_TYPE, CONTENT_TYPE, CommandEnvelope, build_event, now_iso, parse_command
+from .envelope import (
+    AUDIT_TYPE,
+    CONTENT_TYPE,
+    CommandEnvelope,
+    build_event,
+    now_iso,
+    nul_paths,
+    parse_command,
+    without_nul,
+)
 from .errors import (
     AuthError,
     LeaseLost,
@@ -418,9 +427,14 @@ class Executor:
             return _Verdict(call, "rejected", "reject", _error("UNKNOWN_OPERATION", str(exc)))
         spec = call.spec = installed.spec
         if not isinstance(command.data, dict):
-            call.input = command.data
+            call.input = without_nul(command.data)
             message = f"data must be a JSON object, got {type(command.data).__name__}"
             return _Verdict(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=[]))
+        if nul := nul_paths(command.data):  # valid JSON that no store can hold
+            call.input = redact(spec.io.input, without_nul(command.data))
+            fields = [{"field": f, "message": "contains U+0000", "type": "nul_character"} for f in nul]
+            message = "invalid input: " + ", ".join(sorted(set(nul))) + " (U+0000 cannot be stored)"
+            return _Verdict(call, "rejected", "reject", _error("INVALID_INPUT", message, fields=fields))
         try:
             value = spec.io.input.model_validate(command.data)
         except ValidationError as exc:

@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from . import _json
 from .auth import bearer
-from .envelope import MAX_ID_LENGTH, CommandEnvelope, new_id, now_iso
-from .errors import AuthError, StoreUnavailable
+from .envelope import MAX_ID_LENGTH, CommandEnvelope, check_attributes, new_id, now_iso, valid_traceparent
+from .errors import AuthError, EnvelopeError, StoreUnavailable
 from .executor import Executor, Outcome
 from .webhooks import WebhookIngress
 
@@ -106,8 +106,12 @@ class OpsApi:
             idempotencykey=key,
             correlationid=(request.headers.get("x-correlation-id") or None),
             time=now_iso(),
-            traceparent=request.headers.get("traceparent"),
+            traceparent=valid_traceparent(request.headers.get("traceparent")),
         )
+        try:
+            check_attributes(command)
+        except EnvelopeError as exc:
+            return _error(400, "INVALID_COMMAND", exc.reason)
         token = bearer(request.headers.get("authorization"))
         if "respond-async" in request.headers.get("prefer", ""):
             self.pending[command.id] = self._actor_id(token)

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from runner import _json
 from runner.errors import LeaseLost
 from runner.store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, Publication, RunView
 
@@ -96,7 +97,7 @@ class PostgresTransaction:
             [key for key, _, _ in completions],
             [owner for _, owner, _ in completions],
             [record.status for _, _, record in completions],
-            [orjson.dumps(record.result).decode() for _, _, record in completions],
+            [_json.dumps(record.result).decode() for _, _, record in completions],
             [p.topic for _, p in pubs],
             [p.key for _, p in pubs],
             [p.value for _, p in pubs],
@@ -108,7 +109,7 @@ class PostgresTransaction:
             [r.status for r in everything],
             [r.audit.get("decision") for r in everything],
             actors,
-            [orjson.dumps(r.audit).decode() for r in everything],
+            [_json.dumps(r.audit).decode() for r in everything],
         )
         if row["completed"] != len(completions):
             raise LeaseLost(f"{len(completions) - row['completed']} of {len(completions)} claims")

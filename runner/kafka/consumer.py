@@ -33,7 +33,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from .. import _json
 from ..auth import bearer
-from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command
+from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command, valid_traceparent
 from ..errors import EnvelopeError, StoreUnavailable
 from ..executor import Executor
 from ..observability import Metrics
@@ -234,9 +234,9 @@ class CommandConsumer:
             except EnvelopeError as exc:
                 dead.append((message, exc.reason))
                 continue
-            traceparent = headers.get("traceparent")
+            traceparent = valid_traceparent(headers.get("traceparent"))
             if traceparent:
-                command = replace(command, traceparent=traceparent.decode("latin-1")[:128])
+                command = replace(command, traceparent=traceparent)
             commands.append((command, bearer(headers.get("authorization"))))
         for message, reason in dead:
             lettered = await self._retrying(functools.partial(self._dead_letter, message, reason))

@@ -1,4 +1,6 @@
-"""The executor suite of tests/unit, run again on the Postgres store: same outcomes, real SQL."""
+"""The executor suite of tests/unit, run again on the Postgres store: same outcomes, real SQL.
+
+The fuzz test runs here too: only a real Postgres refuses what it cannot hold (U+0000)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from infra.postgres import PostgresStore
 from runner import Executor, JwtAuthenticator
 from tests.unit.conftest import SECRET, App, Behaviour, _no_sleep, build_app
 from tests.unit.test_executor import *  # noqa: F403  (the suite itself)
+from tests.unit.test_executor_fuzz import test_any_json_gets_a_documented_outcome  # noqa: F401  (and its fuzzing)
 
 
 @pytest.fixture

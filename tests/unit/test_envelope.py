@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner import EnvelopeError, command, parse_command
+from runner.envelope import check_attributes
 
 VALID: dict[str, Any] = {
     "specversion": "1.0",
@@ -109,3 +110,13 @@ def test_arbitrary_json_only_ever_raises_envelope_error(doc: Any) -> None:
         assert exc.reason
     else:
         assert env.id and env.source and env.type
+        check_attributes(env)  # whatever parses, a store can hold
+
+
+@pytest.mark.parametrize(
+    "name", ["id", "source", "type", "idempotencykey", "correlationid", "opversion", "x"]
+)
+def test_nul_in_any_attribute_is_refused_with_the_reason(name: str) -> None:
+    doc = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": {}, name: "a\x00b"}
+    with pytest.raises(EnvelopeError, match=f"attribute '{name}' contains U\\+0000"):
+        parse_command(json.dumps(doc).encode())

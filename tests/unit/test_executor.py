@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from runner import EnvelopeError, OperationError, RetryableError, command
+from runner.envelope import nul_paths
 from runner.model import REDACTED
 
 from .conftest import GOOD, App
@@ -362,3 +363,31 @@ async def test_logs_are_json_with_ids_and_never_carry_input_values(app: App) -> 
     assert GOOD["card"] not in output
     [entry] = [json.loads(line) for line in output.splitlines() if "handler of" in line]
     assert entry["command_id"] == "logged-1" and entry["op"] == "docs.pay" and entry["error"] == "ValueError"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({**GOOD, "docId": "d1\x00"}, "docId"),
+        ({**GOOD, "card": "\x00"}, "card"),
+        ({**GOOD, "no\x00te": 1}, "no\\u0000te"),
+        ({**GOOD, "meta": {"tags": ["ok", "b\x00d"]}}, "meta.tags.1"),
+    ],
+)
+async def test_nul_anywhere_in_the_input_is_rejected_naming_the_field(
+    app: App, data: Any, field: str
+) -> None:
+    """U+0000 is valid JSON that Postgres refuses in text and jsonb: it is answered before
+    it reaches the store, and the audit records the input with it written out."""
+    out = await app.run("docs.pay", data)
+    assert (out.status, out.error_code) == ("rejected", "INVALID_INPUT")
+    assert [f["field"] for f in out.result["data"]["error"]["fields"]] == [field]
+    assert not nul_paths(out.result) and not nul_paths(out.audit)
+    assert app.behaviour.calls == 0
+    assert (await app.run("docs.pay", GOOD)).status == "succeeded"  # the store is still fine
+
+
+async def test_a_token_with_nul_in_its_claims_is_denied(app: App) -> None:
+    out = await app.run("docs.pay", GOOD, token=app.token("ali\x00ce"))
+    assert (out.status, out.error_code) == ("denied", "UNAUTHENTICATED")
+    assert "U+0000" in out.result["data"]["error"]["message"]
