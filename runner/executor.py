@@ -18,7 +18,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -151,12 +151,7 @@ class _InTurn:
 
 
 class _BatchAbort(Exception):
-    """A handler in a batch did not succeed: roll the batch back, run its commands one by one.
-    ``transient`` is set when it failed transiently (the per-command path retries it)."""
-
-    def __init__(self, call: _Call | None = None, transient: BaseException | None = None) -> None:
-        self.call = call
-        self.transient = transient
+    """A batch handler did not succeed: its commands run one by one, on the plain handler."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,13 +312,14 @@ class Executor:
             else:
                 alone.append(i)  # a live worker holds it: wait for it on the per-command path
         try:
-            done = await self._run_batch(acquired, verdicts)
+            async with self._heartbeat_many([a[4].key for a in acquired], owner):
+                done, again = await self._run_batch(acquired, verdicts)
         except Exception as exc:
-            if isinstance(exc, _BatchAbort) and exc.call is not None and exc.transient is not None:
-                self._note_retry(exc.call, exc.transient)
-            elif not isinstance(exc, (_BatchAbort, LeaseLost)) and not isinstance(exc, self._transient):
+            if not isinstance(exc, LeaseLost) and not isinstance(exc, self._transient):
                 _log.exception("batch of %d failed; running its commands one by one", len(acquired))
             done = await self._unbatch(acquired, verdicts)
+        else:
+            done += await self._gather_all(self._next_attempt(acquired[n], exc) for n, exc in again)
         calls = {i: p.call if isinstance(p, _Verdict) else p[1] for i, p in enumerate(prepared)}
         for i, outcome in done:
             outcomes[i] = outcome
@@ -338,7 +334,13 @@ class Executor:
         self,
         acquired: list[tuple[int, Installed, _Call, Model, ClaimRequest, int]],
         verdicts: list[tuple[int, _Verdict]],
-    ) -> list[tuple[int, Outcome]]:
+    ) -> tuple[list[tuple[int, Outcome]], list[tuple[int, BaseException | None]]]:
+        """One transaction for the batch, one savepoint per command (or per batch-handler
+        call): a command that fails rolls back only its own writes, and its failure is
+        recorded with the rest. Returns the outcomes, and the commands (index in
+        ``acquired``) whose attempt must be run again alone, with the transient error that
+        ended it (None when their batch form failed: each then runs the plain handler)."""
+        again: list[tuple[int, BaseException | None]] = []
         async with self.store.transaction() as tx:
             outputs: dict[int, dict[str, Any]] = {}  # index in ``acquired`` -> result data
             groups: dict[int, list[int]] = {}  # operations with a batch handler -> their commands
@@ -347,33 +349,72 @@ class Executor:
                     groups.setdefault(id(installed), []).append(n)
                     continue
                 try:
-                    data = await self._invoke(installed, call, value, tx.db, attempt)
+                    async with tx.savepoint():
+                        data = await self._invoke(installed, call, value, tx.db, attempt)
+                        if data["status"] != "succeeded":
+                            raise _Rollback(data)  # undo its writes; record its failure
+                except _Rollback as rollback:
+                    data = rollback.data
                 except Exception as exc:
-                    if self._is_transient(exc, installed.spec):
-                        raise _BatchAbort(call, exc) from exc
-                    raise
-                if data["status"] != "succeeded":
-                    raise _BatchAbort(call)  # its writes must not commit: everyone takes the slow path
+                    if not self._is_transient(exc, installed.spec):
+                        raise
+                    again.append((n, exc))
+                    continue
                 outputs[n] = data
             for members in groups.values():
-                items = [acquired[n] for n in members]
-                for n, data in zip(members, await self._invoke_batch(items, tx.db), strict=True):
-                    outputs[n] = data
+                try:
+                    async with tx.savepoint():
+                        datas = await self._invoke_batch([acquired[n] for n in members], tx.db)
+                except _BatchAbort:
+                    again += [(n, None) for n in members]
+                    continue
+                outputs.update(zip(members, datas, strict=True))
             completions = [
-                (request.key, request.owner, self._record(call, "succeeded", "allow", outputs[n], attempt))
+                (
+                    request.key,
+                    request.owner,
+                    self._record(call, outputs[n]["status"], "allow", outputs[n], attempt),
+                )
                 for n, (_, _, call, _, request, attempt) in enumerate(acquired)
+                if n in outputs
             ]
             records = [self._verdict_record(v) for _, v in verdicts]
             completed_ids, record_ids = await tx.complete_many(completions, records)
+        ran = [a for n, a in enumerate(acquired) if n in outputs]
         out = [
             (a[0], self._outcome(c[2], ids))
-            for a, c, ids in zip(acquired, completions, completed_ids, strict=True)
+            for a, c, ids in zip(ran, completions, completed_ids, strict=True)
         ]
         out += [
             (i, self._outcome(r, ids, replayed=v.replay is not None))
             for (i, v), r, ids in zip(verdicts, records, record_ids, strict=True)
         ]
-        return out
+        return out, [(n, exc) for n, exc in again]
+
+    async def _next_attempt(
+        self, item: tuple[int, Installed, _Call, Model, ClaimRequest, int], exc: BaseException | None
+    ) -> tuple[int, Outcome]:
+        """A command whose attempt in a batch did not finish: on alone, as ``execute`` would.
+
+        After a transient failure that is its next attempt, after backoff (or the end, if it
+        had its last); after its batch form failed, the plain handler at once."""
+        i, installed, call, value, request, attempt = item
+        if exc is None:
+            return i, await self._run_once(installed, call, value, request)
+        if attempt >= installed.spec.retry.max_attempts:
+            return i, await self._give_up(call, request, attempt, exc)
+        self._note_retry(call, exc)
+        await self._sleep(backoff(attempt, installed.spec.retry))
+        return i, await self._run_once(installed, call, value, request, failures=attempt)
+
+    @staticmethod
+    async def _gather_all(runs: Iterable[Awaitable[tuple[int, Outcome]]]) -> list[tuple[int, Outcome]]:
+        """Every run to its end, then the first error if any: none is left running unseen."""
+        results = await asyncio.gather(*runs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if not isinstance(r, BaseException)]
 
     async def _unbatch(
         self,
@@ -387,7 +428,7 @@ class Executor:
 
         runs = [one(i, inst, call, value, req) for i, inst, call, value, req, _ in acquired]
         settles = [self._settle_verdict(i, v) for i, v in verdicts]
-        return list(await asyncio.gather(*runs, *settles))
+        return await self._gather_all([*runs, *settles])
 
     async def _settle_verdict(self, i: int, v: _Verdict) -> tuple[int, Outcome]:
         return i, await self._settle(v.call, v.status, v.decision, v.error, replay=v.replay)
@@ -497,16 +538,22 @@ class Executor:
         )
 
     async def _run_once(
-        self, installed: Installed, call: _Call, value: Model, request: ClaimRequest | None = None
+        self,
+        installed: Installed,
+        call: _Call,
+        value: Model,
+        request: ClaimRequest | None = None,
+        *,
+        failures: int = 0,
     ) -> Outcome:
-        """Claim, run, record; ``request`` carries a claim this execution may already hold."""
+        """Claim, run, record; ``request`` carries a claim this execution may already hold,
+        ``failures`` the transient failures its attempts have had so far."""
         # One execution owns the lease, not the process: two deliveries of one key in the
         # same process (a rebalance, HTTP and Kafka at once) must not both hold it.
         request = request or self._claim_request(
             installed, call, value, f"{self.worker_id}/{uuid.uuid4().hex[:12]}"
         )
         spec = installed.spec
-        failures = 0
         while True:
             claim = await self._with_store_retries(lambda: self.store.claim(request))
             if claim.status is ClaimStatus.COMPLETED:
@@ -692,6 +739,32 @@ class Executor:
                 except Exception:
                     _log.warning("lease renewal of %s failed", request.key, exc_info=True)
 
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat_many(self, keys: Sequence[str], owner: str) -> AsyncIterator[None]:
+        """Keep renewing a batch's claims while it runs: one statement for all its keys. A
+        claim lost anyway fails the batch's ``complete_many`` (``LeaseLost``) before commit."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                try:
+                    held = await self.store.renew_many(keys, owner, self.lease_seconds)
+                    if held < len(keys):
+                        _log.warning("batch lost %d of %d claims", len(keys) - held, len(keys))
+                except Exception:
+                    _log.warning("lease renewal of a batch of %d failed", len(keys), exc_info=True)
+
+        if not keys:
+            yield
+            return
         task = asyncio.create_task(beat())
         try:
             yield

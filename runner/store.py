@@ -89,6 +89,11 @@ class Transaction(Protocol):
         """Write the outbox rows and audit entry of an outcome that owns no run."""
         ...
 
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested transaction: an exception rolls back only what ran inside it, so one
+        command of a batch can fail without undoing its batch-mates' work."""
+        ...
+
     async def complete_many(
         self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
     ) -> tuple[list[list[int]], list[list[int]]]:
@@ -113,6 +118,11 @@ class Store(Protocol):
 
     async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
         """Extend ``owner``'s lease on run ``key``; False if it is no longer the owner."""
+        ...
+
+    async def renew_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> int:
+        """``renew`` for every key ``owner`` claimed together (a batch), in one statement;
+        how many it still held."""
         ...
 
     def reader(self) -> AbstractAsyncContextManager[Any]:

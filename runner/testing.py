@@ -63,6 +63,16 @@ class _MemoryTransaction:
     async def record(self, record: OutcomeRecord) -> list[int]:
         return self._stage(None, record)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """Rolls back the outcomes staged inside it; ``db`` (a plain dict) is not transactional."""
+        mark = len(self._staged)
+        try:
+            yield
+        except BaseException:
+            del self._staged[mark:]
+            raise
+
     async def complete_many(
         self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
     ) -> tuple[list[list[int]], list[list[int]]]:
@@ -126,6 +136,9 @@ class InMemoryStore:
             return False
         run.lease_until = time.monotonic() + lease_seconds
         return True
+
+    async def renew_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> int:
+        return sum([await self.renew(key, owner, lease_seconds) for key in keys])
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         return [await self.claim(request) for request in requests]

@@ -117,6 +117,11 @@ class PostgresTransaction:
         per_record = [[next(ids) for _ in record.publications] for record in everything]
         return per_record[: len(completions)], per_record[len(completions) :]
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        async with self._conn.transaction():  # nested in the open transaction: a SAVEPOINT
+            yield
+
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
         completed, _ = await self.complete_many([(key, owner, record)], [])
         return completed[0]
@@ -148,14 +153,17 @@ class PostgresStore:
         return (await self.claim_many([request]))[0]
 
     async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
+        return await self.renew_many([key], owner, lease_seconds) == 1
+
+    async def renew_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> int:
         status = await self.pool.execute(
             """UPDATE oprunner_runs SET lease_until = now() + make_interval(secs => $3)
-               WHERE idempotency_key = $1 AND lease_owner = $2 AND status = 'running'""",
-            key,
+               WHERE idempotency_key = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'""",
+            list(keys),
             owner,
             lease_seconds,
         )
-        return bool(status == "UPDATE 1")
+        return int(status.split()[-1])
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         if not requests:

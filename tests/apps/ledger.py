@@ -2,7 +2,8 @@
 
 ``ledger.credit`` adds to an account's balance and appends one row to ``ledger_effects`` in
 the handler's transaction, so "exactly once" is checked by counting rows per idempotency key.
-The handler fails transiently on the first attempts of commands whose ``flaky`` is set.
+The handler fails transiently on the first attempts of commands whose ``flaky`` is set, and
+with the domain error ``fail`` names, after writing, when that is set.
 ``batched`` is the same app with ``credit_many``, the batch form of ``credit``.
 """
 
@@ -16,6 +17,7 @@ from runner import (
     Meta,
     Model,
     OperationContext,
+    OperationError,
     OperationRegistry,
     Policy,
     PolicyContext,
@@ -38,6 +40,7 @@ class CreditInput(Model):
     account_id: NonEmptyString
     amount: PositiveAmount
     flaky: int = 0
+    fail: str | None = None
 
 
 class CreditOutput(Model):
@@ -70,6 +73,8 @@ async def credit(value: CreditInput, ctx: OperationContext) -> CreditOutput:
         value.account_id,
         value.amount,
     )
+    if value.fail:
+        raise OperationError(value.fail, "asked to fail after writing")
     return CreditOutput(account_id=value.account_id, balance=str(balance))
 
 
