@@ -572,6 +572,7 @@ class Executor:
                 continue  # someone else finished or holds it now: claim again to find out
             except Exception as exc:
                 if not self._is_transient(exc, spec):
+                    await self._release(request)  # the next try may claim at once
                     raise
                 failures += 1
                 if failures >= spec.retry.max_attempts:
@@ -746,6 +747,12 @@ class Executor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _release(self, request: ClaimRequest) -> None:
+        """Let the lease of a claim whose attempt failed unrecorded run out now (a lease of
+        zero), so the command's next try, here or elsewhere, need not wait for it."""
+        with contextlib.suppress(Exception):
+            await self.store.renew(request.key, request.owner, 0)
 
     @contextlib.asynccontextmanager
     async def _heartbeat_many(self, keys: Sequence[str], owner: str) -> AsyncIterator[None]:

@@ -55,6 +55,22 @@ class Metrics:
             "oprunner_outbox_backlog", "Outbox rows not yet published", registry=self.registry
         )
         self.batches = Counter("oprunner_batches", "Batches run in one transaction", registry=self.registry)
+        self.parked = Counter(
+            "oprunner_parked",
+            "Commands dead-lettered after failing past their retry budget",
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "oprunner_consumer_lag",
+            "Messages in a partition past what this process has committed",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.oldest_unfinished = Gauge(
+            "oprunner_oldest_unfinished_seconds",
+            "Age of the oldest fetched command whose outcome is not yet durable",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_batches: int = Field(default=8, ge=1)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    park_after_attempts: int = Field(default=5, ge=0)
+    """A command failing for a reason other than an unavailable store is dead-lettered
+    (``RETRIES_EXHAUSTED``) after this many tries, or ``park_after_seconds``, whichever
+    comes first; 0 for both retries it forever and stalls its partition's commits."""
+    park_after_seconds: float = Field(default=60.0, ge=0)
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     fetch_max_wait_ms: int = Field(default=500, ge=0)
     """How long a fetch may wait for data. Kafka answers as soon as data arrives, so its default

@@ -258,6 +258,8 @@ async def serve(
         session_timeout_ms=settings.session_timeout_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         drain_timeout=settings.shutdown_timeout,
+        park_after_attempts=settings.park_after_attempts,
+        park_after_seconds=settings.park_after_seconds,
         metrics=metrics,
     )
     relay = OutboxRelay(store, publisher)

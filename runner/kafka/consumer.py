@@ -12,7 +12,12 @@ outcome is durable. So this loop drives FastStream's aiokafka consumer directly 
   run; when idle, a message runs as soon as it arrives;
 * a partition's committed offset only moves past a message once its outcome is committed in
   the store (a watermark over out-of-order completions);
-* a message the store cannot take yet is retried in place, never skipped;
+* a message the store cannot take yet (``StoreUnavailable``: the database is away) is retried
+  in place, never skipped. A batch that fails for any other reason is split, and each of its
+  commands is retried alone with backoff; one still failing past ``park_after_attempts``
+  tries or ``park_after_seconds`` is parked: dead-lettered with ``RETRIES_EXHAUSTED`` and
+  its last error in headers, and audited, so its partition moves on (0 for both: retry
+  forever, stalling the partition, as a strict-order deployment may prefer);
 * on revocation, the in-flight work of the revoked partitions is finished and committed first.
 """
 
@@ -23,6 +28,7 @@ import contextlib
 import functools
 import logging
 import random
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,7 +39,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from .. import _json
 from ..auth import bearer
-from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command, valid_traceparent
+from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command, valid_traceparent, visible
 from ..errors import EnvelopeError, StoreUnavailable
 from ..executor import Executor
 from ..observability import Metrics
@@ -46,17 +52,24 @@ MAX_DLQ_VALUE = 512 * 1024
 """Dead-lettered values are cut to this (the original size is in a header)."""
 
 
+def _error_text(exc: BaseException) -> str:
+    """An error as one storable line: type and message, U+0000 written out, bounded."""
+    return visible(f"{type(exc).__name__}: {exc}")[:500]
+
+
 @dataclass
 class _Partition:
     """Offsets fetched from one partition and which of them are done."""
 
     pending: dict[int, bool] = field(default_factory=dict)  # offset -> done, in fetch order
+    fetched_at: dict[int, float] = field(default_factory=dict)  # offset -> when, for pending ones
     committable: int | None = None  # next offset to commit
     committed: int | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def add(self, offset: int) -> None:
         self.pending[offset] = False
+        self.fetched_at[offset] = time.monotonic()
 
     def done(self, offset: int) -> None:
         if offset in self.pending:
@@ -66,7 +79,12 @@ class _Partition:
             if not self.pending[first]:
                 break
             del self.pending[first]
+            self.fetched_at.pop(first, None)
             self.committable = first + 1
+
+    def oldest_unfinished(self) -> float | None:
+        """When the oldest fetched message not yet done was fetched (the watermark's head)."""
+        return self.fetched_at.get(next(iter(self.pending))) if self.pending else None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -100,6 +118,8 @@ class CommandConsumer:
         fetch_max_wait_ms: int = 500,
         commit_interval: float = 0.2,
         drain_timeout: float = 30.0,
+        park_after_attempts: int = 5,
+        park_after_seconds: float = 60.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.executor = executor
@@ -113,6 +133,8 @@ class CommandConsumer:
         self.metrics = metrics
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
+        self.park_after_attempts = park_after_attempts
+        self.park_after_seconds = park_after_seconds
         self.cleaner = OutboxCleaner(executor.store)
         self.outgoing = PublishQueue(publisher, self.cleaner, max_pending=max_in_flight * 4)
         self.consumer = consumer_factory(
@@ -134,6 +156,7 @@ class CommandConsumer:
         self._stopping = asyncio.Event()
         self.processed = 0
         self.dead_lettered = 0
+        self.parked = 0
         self.batches = 0
 
     @property
@@ -225,7 +248,7 @@ class CommandConsumer:
 
     async def _process(self, messages: list[Any]) -> bool:
         """Take a batch to durable outcomes; False if stopping first (offsets not done)."""
-        commands: list[tuple[CommandEnvelope, str | None]] = []
+        commands: list[tuple[Any, CommandEnvelope, str | None]] = []
         dead: list[tuple[Any, str]] = []
         for message in messages:
             headers = dict(message.headers or ())
@@ -237,27 +260,107 @@ class CommandConsumer:
             traceparent = valid_traceparent(headers.get("traceparent"))
             if traceparent:
                 command = replace(command, traceparent=traceparent)
-            commands.append((command, bearer(headers.get("authorization"))))
+            commands.append((message, command, bearer(headers.get("authorization"))))
         for message, reason in dead:
             lettered = await self._retrying(functools.partial(self._dead_letter, message, reason))
             if lettered is None:
                 return False
             await self.outgoing.submit(*lettered)
-        if commands:
-            outcomes = await self._retrying(lambda: self.executor.execute_many(commands))
-            if outcomes is None:
-                return False
-            for outcome in outcomes:
-                await self.outgoing.submit(outcome.publications, outcome.outbox_ids)
+        if not commands:
+            return True
+        batch = [(c, t) for _, c, t in commands]
+        where = ", ".join(f"{m.topic}/{m.partition}/{m.offset}" for m, _, _ in commands[:3])
+        unavailable = 0
+        while True:
+            try:
+                outcomes = await self.executor.execute_many(batch)
+                break
+            except StoreUnavailable as exc:  # the database is away: wait for it, skip nothing
+                if self._stopping.is_set():
+                    return False
+                unavailable += 1
+                delay = min(5.0, 0.2 * 2 ** min(unavailable, 5)) * random.uniform(0.5, 1.0)
+                _log.warning("store unavailable (%s); retrying %s… in %.1fs", exc, where, delay)
+                await asyncio.sleep(delay)
+            except Exception:
+                # Which command fails is unknown: each goes alone, with a failure budget of its own.
+                _log.exception("a batch of %d (%s…) failed; running it one by one", len(batch), where)
+                for item in commands:
+                    if not await self._alone(*item):
+                        return False
+                return True
+        for outcome in outcomes:
+            await self.outgoing.submit(outcome.publications, outcome.outbox_ids)
         return True
+
+    async def _alone(self, message: Any, command: CommandEnvelope, token: str | None) -> bool:
+        """One command to an outcome, or parked past its failure budget; False if stopping."""
+        where = f"{message.topic}/{message.partition}/{message.offset}"
+        failures, since = 0, time.monotonic()
+        while True:
+            try:
+                outcomes = await self.executor.execute_many([(command, token)])
+            except StoreUnavailable as exc:  # the database is away: no command's fault
+                _log.warning("store unavailable (%s); retrying %s", exc, where)
+            except Exception as exc:
+                failures += 1
+                failing = time.monotonic() - since
+                _log.warning(
+                    "command %s at %s failed %d times over %.1fs: %s",
+                    command.id[:100],
+                    where,
+                    failures,
+                    failing,
+                    _error_text(exc),
+                    exc_info=failures == 1,
+                    extra={"topic": message.topic, "partition": message.partition, "offset": message.offset},
+                )
+                if self._budget_spent(failures, failing):
+                    parked = await self._retrying(functools.partial(self._park, message, failures, exc))
+                    if parked is None:
+                        return False
+                    await self.outgoing.submit(*parked)
+                    return True
+            else:
+                for outcome in outcomes:
+                    await self.outgoing.submit(outcome.publications, outcome.outbox_ids)
+                return True
+            if self._stopping.is_set():
+                return False
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
+
+    def _budget_spent(self, failures: int, seconds: float) -> bool:
+        by_count = self.park_after_attempts > 0 and failures >= self.park_after_attempts
+        by_time = self.park_after_seconds > 0 and seconds >= self.park_after_seconds
+        return by_count or by_time
+
+    async def _park(
+        self, message: Any, failures: int, exc: BaseException
+    ) -> tuple[tuple[Publication, ...], list[int]]:
+        """Dead-letter a command that kept failing: the partition moves on, nothing is lost."""
+        reason = f"gave up after {failures} failed attempts"
+        lettered = await self._dead_letter(
+            message, reason, code="RETRIES_EXHAUSTED", last_error=_error_text(exc), attempts=failures
+        )
+        self.parked += 1
+        if self.metrics is not None:
+            self.metrics.parked.inc()
+        _log.error(
+            "parked %s/%s/%s in %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            self.dlq_topic,
+            _error_text(exc),
+        )
+        return lettered
 
     async def _retrying(self, step: Callable[[], Any]) -> Any:
         """Run ``step`` until it succeeds; None if told to stop first.
 
-        Any error is retried, not just an unavailable store: giving up would leave the batch's
-        offsets unfinished and the partition's commits stalled until a restart, while running
-        it again is safe (claims make every effect happen once). A bug that fails every time
-        shows up as this error, logged on every try."""
+        For steps that only fail while the store or broker is away (recording a dead letter,
+        a whole batch whose store is unavailable): running them again is safe, since claims
+        make every effect happen once."""
         failures = 0
         while True:
             try:
@@ -271,21 +374,38 @@ class CommandConsumer:
                     _log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
                 else:
                     _log.error(
-                        "batch failed (%s); retrying in %.1fs", type(exc).__name__, delay, exc_info=True
+                        "%s failed; retrying in %.1fs",
+                        getattr(step, "__name__", "step"),
+                        delay,
+                        exc_info=True,
                     )
                 await asyncio.sleep(delay)
 
-    async def _dead_letter(self, message: Any, reason: str) -> tuple[tuple[Publication, ...], list[int]]:
+    async def _dead_letter(
+        self,
+        message: Any,
+        reason: str,
+        *,
+        code: str = "MALFORMED",
+        last_error: str | None = None,
+        attempts: int = 0,
+    ) -> tuple[tuple[Publication, ...], list[int]]:
         """Record the DLQ message and an audit event through the outbox, like any outcome."""
         where = f"{message.topic}/{message.partition}/{message.offset}"
         value: bytes = message.value or b""
         headers: tuple[tuple[str, bytes], ...] = (
             *((k, v) for k, v in (message.headers or ()) if k.lower() != "authorization"),
             ("dlq-reason", reason.encode()[:1000]),
+            ("dlq-code", code.encode()),
             ("dlq-topic", message.topic.encode()),
             ("dlq-partition", str(message.partition).encode()),
             ("dlq-offset", str(message.offset).encode()),
         )
+        if last_error is not None:
+            headers += (
+                ("dlq-last-error", last_error.encode()[:1000]),
+                ("dlq-attempts", str(attempts).encode()),
+            )
         if len(value) > MAX_DLQ_VALUE:  # must fit a Kafka message with room to spare
             headers += (("dlq-truncated", b"true"), ("dlq-original-bytes", str(len(value)).encode()))
             value = value[:MAX_DLQ_VALUE]
@@ -296,11 +416,11 @@ class CommandConsumer:
             "actor": None,
             "decision": "reject",
             "status": "rejected",
-            "attempt": 0,
+            "attempt": attempts,
             "duration_ms": 0,
             "input": None,
-            "error": "MALFORMED",
-            "reason": reason,
+            "error": code,
+            "reason": reason if last_error is None else f"{reason}: {last_error}",
             "deadLetter": where,
         }
         event = build_event(
@@ -333,6 +453,23 @@ class CommandConsumer:
         while True:
             await asyncio.sleep(self.commit_interval)
             await self._commit()
+            if self.metrics is not None:
+                self._observe(self.metrics)
+
+    def _observe(self, metrics: Metrics) -> None:
+        """Consumer lag per partition and the age of the oldest unfinished command."""
+        now, oldest = time.monotonic(), None
+        for tp, part in self._parts.items():
+            highwater = self.consumer.highwater(tp)
+            done = part.committed if part.committed is not None else part.committable
+            if highwater is not None:
+                first = next(iter(part.pending), highwater)
+                lag = highwater - (done if done is not None else first)
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+            started = part.oldest_unfinished()
+            if started is not None and (oldest is None or started < oldest):
+                oldest = started
+        metrics.oldest_unfinished.set(0.0 if oldest is None else now - oldest)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         offsets = {
@@ -375,3 +512,6 @@ class CommandConsumer:
         await self._commit(partitions)
         for tp in partitions:
             self._parts.pop(tp, None)
+            if self.metrics is not None:
+                with contextlib.suppress(KeyError):
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))

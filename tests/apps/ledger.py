@@ -3,7 +3,8 @@
 ``ledger.credit`` adds to an account's balance and appends one row to ``ledger_effects`` in
 the handler's transaction, so "exactly once" is checked by counting rows per idempotency key.
 The handler fails transiently on the first attempts of commands whose ``flaky`` is set, and
-with the domain error ``fail`` names, after writing, when that is set.
+with the domain error ``fail`` names, after writing, when that is set; ``fail="NUL_OUTPUT"``
+instead returns an output no Postgres can store (U+0000), a poison for the store write.
 ``batched`` is the same app with ``credit_many``, the batch form of ``credit``.
 """
 
@@ -73,6 +74,8 @@ async def credit(value: CreditInput, ctx: OperationContext) -> CreditOutput:
         value.account_id,
         value.amount,
     )
+    if value.fail == "NUL_OUTPUT":
+        return CreditOutput(account_id=value.account_id, balance="\x00")
     if value.fail:
         raise OperationError(value.fail, "asked to fail after writing")
     return CreditOutput(account_id=value.account_id, balance=str(balance))

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.support import SECRET, Reader, ServeProcess, Topics, auth, cloudevent, seed_ledger, token
+from tests.support import SECRET, Reader, ServeProcess, Topics, auth, caused, cloudevent, seed_ledger, token
 
 
 @pytest.fixture
@@ -223,3 +223,51 @@ async def test_an_unpublishable_outbox_row_is_parked_and_blocks_nothing(
         await reader.until(lambda ms: {m.value for m in ms} >= {b'{"n": 1}', b'{"n": 3}'})
     # both good rows arrived (row 1 may arrive twice: the failed batch had sent it already)
     assert {m.value for m in reader.messages} == {b'{"n": 1}', b'{"n": 3}'}
+
+
+async def test_poison_and_nul_messages_get_an_answer_each_and_the_partition_moves_on(
+    topics: Topics, database_url: str, accounts: asyncpg.Pool, serving: Any, kafka_bootstrap: str
+) -> None:
+    """U+0000 in each attribute, key and data; eight commands whose store write fails every
+    time (an output Postgres refuses), all on one key; then valid commands on that key."""
+    serving(topics, database_url, OPRUNNER_PARK_AFTER_ATTEMPTS="2")
+    nul = "\x00"
+    hostile = {
+        f"nul-{name}": cloudevent("ledger.credit", {"accountId": "mine", "amount": "1"}, **{name: f"a{nul}b"})
+        for name in ("source", "idempotencykey", "correlationid", "opversion", "subject")
+    }
+    hostile["nul-id"] = cloudevent("ledger.credit", {"accountId": "mine", "amount": "1"}, id=f"x{nul}")
+    hostile["nul-type"] = cloudevent(f"ledger.cre{nul}dit", {"accountId": "mine", "amount": "1"})
+    messages = [(b"mine", value, auth()) for value in hostile.values()]
+    messages.append((f"mi{nul}ne".encode(), credit("mine", "nul-kafka-key"), auth()))
+    messages.append((b"mine", credit(f"mi{nul}ne", "nul-data"), auth()))
+    messages.append((b"mine", credit("mine", "nul-data-key", **{f"k{nul}": 1}), auth()))
+    messages += [(b"mine", credit("mine", f"poison-{i}", fail="NUL_OUTPUT"), auth()) for i in range(8)]
+    messages += [(b"mine", credit("mine", f"after-{i}"), auth()) for i in range(5)]
+    await send_raw(kafka_bootstrap, topics.commands, messages)
+
+    after = {f"after-{i}" for i in range(5)} | {"nul-kafka-key"}
+    async with (
+        Reader(kafka_bootstrap, topics.results) as results,
+        Reader(kafka_bootstrap, topics.dlq) as dlq,
+        Reader(kafka_bootstrap, topics.audit) as audit,
+    ):
+        await results.until(lambda ms: after | {"nul-data", "nul-data-key"} <= caused(ms), timeout=120)
+        await dlq.until(lambda ms: len(ms) >= 7 + 8, timeout=60)
+        await audit.until(lambda ms: len(ms) >= len(messages), timeout=60)
+    answers = {e["causationid"]: e["data"] for e in results.events()}
+    assert all(answers[i]["status"] == "succeeded" for i in after)
+    for rejected in ("nul-data", "nul-data-key"):
+        assert answers[rejected]["status"] == "rejected"
+        assert answers[rejected]["error"]["code"] == "INVALID_INPUT"
+    headers = [dict(m.headers) for m in dlq.messages]
+    malformed = [h for h in headers if h["dlq-code"] == b"MALFORMED"]
+    parked = [h for h in headers if h["dlq-code"] == b"RETRIES_EXHAUSTED"]
+    assert len(malformed) == 7 and all(b"U+0000" in h["dlq-reason"] for h in malformed)
+    assert len(parked) == 8 and all(b"Untranslatable" in h["dlq-last-error"] for h in parked)
+    codes = [e["data"]["error"] for e in audit.events()]
+    assert codes.count("RETRIES_EXHAUSTED") == 8 and codes.count("MALFORMED") == 7
+    assert not any(
+        r["idempotency_key"].startswith("poison")
+        for r in await accounts.fetch("SELECT idempotency_key FROM ledger_effects")
+    )
