@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ class OperationContext:
     attempt: int
     logger: logging.LoggerAdapter[logging.Logger]
     clients: Mapping[str, Any] = field(default_factory=dict)
+    run_key: str = ""
+    """The idempotency key scoped to its caller (``runner.store.run_key``): what the run is
+    stored under, and what ``external_key`` derives from, so two callers that chose the same
+    key never share an outside API's idempotency key either."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -38,8 +43,11 @@ class OperationContext:
             raise AttributeError(f"no client {name!r} configured for this app") from None
 
     def external_key(self, purpose: str) -> str:
-        """An idempotency key for an outside API, derived from the command's (stable on retry)."""
-        return f"oprunner:{self.spec.key}:{purpose}:{self.idempotency_key}"
+        """An idempotency key for an outside API, derived from the run's (stable on retry):
+        readable where it fits Stripe's 255 characters, a digest of the run key where not."""
+        scope = hashlib.sha256((self.run_key or self.idempotency_key).encode()).hexdigest()
+        readable = f"oprunner:{self.spec.key}:{purpose}:{scope[:16]}:{self.idempotency_key}"
+        return readable if len(readable) <= 255 else f"oprunner:{self.spec.key}:{purpose}:{scope}"
 
 
 @dataclass(frozen=True, slots=True)

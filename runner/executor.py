@@ -50,7 +50,7 @@ from .observability import Metrics, end_span, start_span, traceparent_of
 from .policy import Decision, authorize
 from .registry import Installed, OperationRegistry
 from .spec import OperationSpec, Retry
-from .store import ClaimRequest, ClaimStatus, OutcomeRecord, Publication, Store
+from .store import ClaimRequest, ClaimStatus, OutcomeRecord, Publication, Store, run_key
 
 Status = Literal["succeeded", "failed", "rejected", "denied"]
 AuditDecision = Literal["allow", "deny", "reject"]
@@ -289,10 +289,10 @@ class Executor:
         for i, p in enumerate(prepared):
             if isinstance(p, _Verdict):
                 verdicts.append((i, p))
-            elif p[0].spec.kind == "query" or p[1].command.idempotency_key in keys:
+            elif p[0].spec.kind == "query" or self._run_key(p[1]) in keys:
                 alone.append(i)
             else:
-                keys.add(p[1].command.idempotency_key)
+                keys.add(self._run_key(p[1]))
                 batch.append((i, *p))
         owner = f"{self.worker_id}/{uuid.uuid4().hex[:12]}"
         requests = [self._claim_request(installed, call, value, owner) for _, installed, call, value in batch]
@@ -523,10 +523,18 @@ class Executor:
             _log.exception("policy check of %s failed", spec.key)
             return Decision(False, f"policy check failed ({type(exc).__name__})")
 
+    @staticmethod
+    def _run_key(call: _Call) -> str:
+        actor = call.actor
+        return run_key(
+            actor.tenant_id if actor else None, actor.user_id if actor else None, call.command.idempotency_key
+        )
+
     def _claim_request(self, installed: Installed, call: _Call, value: Model, owner: str) -> ClaimRequest:
         spec, command = installed.spec, call.command
         return ClaimRequest(
-            key=command.idempotency_key,
+            key=self._run_key(call),
+            idempotency_key=command.idempotency_key,
             op=spec.key,
             version=spec.version,
             input_hash=fingerprint(spec.key, call.actor, call.wire),
@@ -567,7 +575,7 @@ class Executor:
                 continue
             try:
                 async with self._heartbeat(request):
-                    return await self._attempt(installed, call, value, request.owner, claim.attempts)
+                    return await self._attempt(installed, call, value, request, claim.attempts)
             except LeaseLost:
                 continue  # someone else finished or holds it now: claim again to find out
             except Exception as exc:
@@ -581,9 +589,9 @@ class Executor:
                 await self._sleep(backoff(failures, spec.retry))
 
     async def _attempt(
-        self, installed: Installed, call: _Call, value: Model, owner: str, attempt: int
+        self, installed: Installed, call: _Call, value: Model, request: ClaimRequest, attempt: int
     ) -> Outcome:
-        key = call.command.idempotency_key
+        key, owner = request.key, request.owner
         try:
             async with self.store.transaction() as tx:
                 data = await self._invoke(installed, call, value, tx.db, attempt)
@@ -603,6 +611,7 @@ class Executor:
             db=db,
             actor=call.actor,
             idempotency_key=command.idempotency_key,
+            run_key=self._run_key(call),
             spec=spec,
             command_id=command.id,
             correlation_id=command.correlation_id,

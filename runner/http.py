@@ -22,6 +22,7 @@ from .auth import bearer
 from .envelope import MAX_ID_LENGTH, CommandEnvelope, check_attributes, new_id, now_iso, valid_traceparent
 from .errors import AuthError, EnvelopeError, StoreUnavailable
 from .executor import Executor, Outcome
+from .store import run_key
 from .webhooks import WebhookIngress
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -166,7 +167,7 @@ class OpsApi:
             if actor.kind != "admin" and self.pending[run_id] != actor.user_id:
                 return not_found
             return JSONResponse({"commandId": run_id, "status": "pending"})
-        run = await self.executor.store.find_run(run_id)
+        run = await self.executor.store.find_run(run_id, run_key(actor.tenant_id, actor.user_id, run_id))
         if run is None:
             return not_found
         own = run.actor_id == actor.user_id and (run.tenant_id is None or run.tenant_id == actor.tenant_id)

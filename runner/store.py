@@ -28,9 +28,21 @@ class Claim:
     retry_after: float = 0.0  # seconds until the other worker's lease runs out, when BUSY
 
 
+def run_key(tenant_id: str | None, subject: str | None, idempotency_key: str) -> str:
+    """Where a caller's idempotency key is stored: scoped by the caller's tenant and subject,
+    each length-prefixed (``n`` for none), so one caller's key never meets another's, whatever
+    either contains. Not by operation: like Stripe's, a key names one intended effect, and its
+    reuse for another operation is reported to its owner as a conflict."""
+
+    def part(value: str | None) -> str:
+        return "n" if value is None else f"{len(value)}:{value}"
+
+    return f"{part(tenant_id)}/{part(subject)}/{idempotency_key}"
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    key: str
+    key: str  # the run key (``run_key``): the caller's scope and its idempotency key
     op: str
     version: str
     input_hash: str
@@ -39,6 +51,7 @@ class ClaimRequest:
     lease_seconds: float
     actor_id: str | None = None
     tenant_id: str | None = None
+    idempotency_key: str = ""  # as the caller sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +156,8 @@ class Store(Protocol):
 
     async def mark_published(self, ids: Sequence[int]) -> None: ...
 
-    async def find_run(self, id: str) -> RunView | None:
-        """A run by command id or idempotency key; else the latest audit entry of that command."""
+    async def find_run(self, id: str, key: str | None = None) -> RunView | None:
+        """A run by command id, or by run key ``key`` (the asking caller's own)."""
         ...
 
 

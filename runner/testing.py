@@ -37,6 +37,7 @@ class MemoryRun:
     result: dict[str, Any] | None = None
     actor_id: str | None = None
     tenant_id: str | None = None
+    idempotency_key: str = ""
 
 
 @dataclass(slots=True)
@@ -124,6 +125,7 @@ class InMemoryStore:
                 0,
                 actor_id=request.actor_id,
                 tenant_id=request.tenant_id,
+                idempotency_key=request.idempotency_key,
             )
         run.owner = request.owner
         run.lease_until = now + request.lease_seconds
@@ -169,12 +171,18 @@ class InMemoryStore:
     async def mark_published(self, ids: Sequence[int]) -> None:
         self._outbox.published.update(ids)
 
-    async def find_run(self, id: str) -> RunView | None:
+    async def find_run(self, id: str, key: str | None = None) -> RunView | None:
         for run in self.runs.values():
-            if id in (run.command_id, run.key):
+            if id == run.command_id or key == run.key:
                 status = run.result["status"] if run.result else "running"
                 return RunView(
-                    run.command_id, run.op, status, run.result, run.actor_id, run.tenant_id, run.key
+                    run.command_id,
+                    run.op,
+                    status,
+                    run.result,
+                    run.actor_id,
+                    run.tenant_id,
+                    run.idempotency_key,
                 )
         return None
 

@@ -34,22 +34,23 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 _CLAIM_MANY = """
 INSERT INTO oprunner_runs AS r
-    (idempotency_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
-     actor_id, tenant_id)
-SELECT k, o, v, h, c, 'running', 1, w, now() + make_interval(secs => $7), a, t
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], $9::text[])
-     AS x(k, o, v, h, c, w, a, t)
-ON CONFLICT (idempotency_key) DO UPDATE
+    (run_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
+     actor_id, tenant_id, idempotency_key)
+SELECT k, o, v, h, c, 'running', 1, w, now() + make_interval(secs => $7), a, t, i
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], $9::text[],
+            $10::text[])
+     AS x(k, o, v, h, c, w, a, t, i)
+ON CONFLICT (run_key) DO UPDATE
     SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
     WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
       AND (r.lease_owner = EXCLUDED.lease_owner OR r.lease_until < now())
-RETURNING idempotency_key, attempts
+RETURNING run_key, attempts
 """
 
 _CLAIMS_LOST = """
-SELECT idempotency_key, input_hash, status, result, attempts,
+SELECT run_key, input_hash, status, result, attempts,
        greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
-FROM oprunner_runs WHERE idempotency_key = ANY($1::text[])
+FROM oprunner_runs WHERE run_key = ANY($1::text[])
 """
 
 # Every outcome of a batch at once: the runs it completes, then the outbox and audit rows of
@@ -59,7 +60,7 @@ WITH done AS (
     UPDATE oprunner_runs AS r SET status = 'completed', outcome = x.outcome, result = x.result::jsonb,
            completed_at = now(), lease_owner = NULL, lease_until = NULL
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(key, owner, outcome, result)
-    WHERE r.idempotency_key = x.key AND r.status = 'running' AND r.lease_owner = x.owner
+    WHERE r.run_key = x.key AND r.status = 'running' AND r.lease_owner = x.owner
     RETURNING 1
 ),
 ob AS (
@@ -158,7 +159,7 @@ class PostgresStore:
     async def renew_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> int:
         status = await self.pool.execute(
             """UPDATE oprunner_runs SET lease_until = now() + make_interval(secs => $3)
-               WHERE idempotency_key = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'""",
+               WHERE run_key = ANY($1::text[]) AND lease_owner = $2 AND status = 'running'""",
             list(keys),
             owner,
             lease_seconds,
@@ -171,7 +172,7 @@ class PostgresStore:
         lease = max(r.lease_seconds for r in requests)
         async with self.pool.acquire() as conn:
             acquired = {
-                row["idempotency_key"]: row["attempts"]
+                row["run_key"]: row["attempts"]
                 for row in await conn.fetch(
                     _CLAIM_MANY,
                     [r.key for r in requests],
@@ -183,14 +184,11 @@ class PostgresStore:
                     lease,
                     [r.actor_id for r in requests],
                     [r.tenant_id for r in requests],
+                    [r.idempotency_key for r in requests],
                 )
             }
             missed = [r.key for r in requests if r.key not in acquired]
-            rows = (
-                {row["idempotency_key"]: row for row in await conn.fetch(_CLAIMS_LOST, missed)}
-                if missed
-                else {}
-            )
+            rows = {row["run_key"]: row for row in await conn.fetch(_CLAIMS_LOST, missed)} if missed else {}
         return [
             Claim(ClaimStatus.ACQUIRED, acquired[r.key])
             if r.key in acquired
@@ -249,11 +247,12 @@ class PostgresStore:
                     error[:500],
                 )
 
-    async def find_run(self, id: str) -> RunView | None:
+    async def find_run(self, id: str, key: str | None = None) -> RunView | None:
         row = await self.pool.fetchrow(
             """SELECT command_id, idempotency_key, op, status, outcome, result, actor_id, tenant_id
-               FROM oprunner_runs WHERE command_id = $1 OR idempotency_key = $1 LIMIT 1""",
+               FROM oprunner_runs WHERE command_id = $1 OR run_key = $2 LIMIT 1""",
             id,
+            key,
         )
         if row is not None:
             status = row["outcome"] if row["status"] == "completed" else "running"

@@ -4,6 +4,8 @@ The fuzz test runs here too: only a real Postgres refuses what it cannot hold (U
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 import pytest
 
@@ -33,3 +35,46 @@ async def test_outcomes_are_durable_rows(app: App, clean_db: asyncpg.Pool) -> No
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await clean_db.execute("DELETE FROM oprunner_audit")
     assert set(out.outbox_ids) == {r["id"] for r in await clean_db.fetch("SELECT id FROM oprunner_outbox")}
+
+
+async def test_existing_runs_move_to_their_callers_scope(database_url: str) -> None:
+    """Migration 0005 on a database holding runs from before it: each keeps its key, now under
+    its caller's scope, and the runner finds it there."""
+    from infra.postgres import migrate
+    from infra.postgres.migrate import migration_files
+    from runner.store import run_key
+
+    admin = await asyncpg.connect(database_url)
+    name = f"scoping_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        conn = await asyncpg.connect(database_url.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            await conn.execute(
+                "CREATE TABLE oprunner_schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for number, file, sql in migration_files():
+                if number < 5:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO oprunner_schema_migrations VALUES ($1, $2)", number, file)
+            await conn.executemany(
+                """INSERT INTO oprunner_runs
+                   (idempotency_key, op, version, input_hash, command_id, status, actor_id, tenant_id)
+                   VALUES ($1, 'op', '1', 'h', $1, 'completed', $2, $3)""",
+                [("k/1", "alice", "t1"), ("k:2", "bob", None), ("k3", None, None)],
+            )
+            assert await migrate(conn) == ["0005_scoped_keys.sql"]
+            stored = {
+                r["idempotency_key"]: r["run_key"] for r in await conn.fetch("SELECT * FROM oprunner_runs")
+            }
+            assert stored == {
+                "k/1": run_key("t1", "alice", "k/1"),
+                "k:2": run_key(None, "bob", "k:2"),
+                "k3": run_key(None, None, "k3"),
+            }
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {name}")
+        await admin.close()

@@ -391,3 +391,25 @@ async def test_a_token_with_nul_in_its_claims_is_denied(app: App) -> None:
     out = await app.run("docs.pay", GOOD, token=app.token("ali\x00ce"))
     assert (out.status, out.error_code) == ("denied", "UNAUTHENTICATED")
     assert "U+0000" in out.result["data"]["error"]["message"]
+
+
+async def test_an_idempotency_key_belongs_to_its_caller(app: App) -> None:
+    """Bob using Alice's key first (the README's ``order-991-pay``, or a ``stripe:evt_`` one)
+    neither blocks her command, nor replays his result to her, nor tells him hers exists."""
+    bob = app.token("bob")
+    squat = await app.run("docs.pay", {**GOOD, "docId": "d2"}, token=bob, idempotency_key="order-991-pay")
+    assert squat.status == "succeeded"
+    alice = await app.run("docs.pay", GOOD, idempotency_key="order-991-pay")
+    assert (alice.status, alice.replayed, alice.output["receipt"]) == ("succeeded", False, "r-d1")
+    again = await app.run("docs.pay", GOOD, idempotency_key="order-991-pay")
+    assert again.replayed and again.output == alice.output
+    other_tenant = await app.run(
+        "docs.pay",
+        {**GOOD, "docId": "d3"},
+        token=app.token("alice", tenant="t2"),
+        idempotency_key="order-991-pay",
+    )
+    assert other_tenant.status == "succeeded" and not other_tenant.replayed
+    conflict = await app.run("docs.pay", {**GOOD, "amount": "1"}, idempotency_key="order-991-pay")
+    assert conflict.error_code == "IDEMPOTENCY_CONFLICT"  # her own key, her own conflict
+    assert app.behaviour.effects == ["order-991-pay"] * 3
