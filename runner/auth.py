@@ -139,6 +139,18 @@ class JwtAuthenticator:
         return actor
 
 
+def actor_from_audit(data: dict[str, Any] | None) -> Actor | None:
+    """The actor ``Actor.audit()`` wrote (kept by this runner, never taken from a message)."""
+    if data is None:
+        return None
+    return Actor(
+        kind=data["kind"],
+        user_id=data["id"],
+        tenant_id=data.get("tenant"),
+        roles=frozenset(data.get("roles", [])),
+    )
+
+
 def actor_from_claims(claims: dict[str, Any]) -> Actor:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:

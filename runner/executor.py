@@ -232,17 +232,19 @@ class Executor:
         command: CommandEnvelope | bytes | str | Mapping[str, Any],
         *,
         token: str | None = None,
+        actor: Actor | None = None,
     ) -> Outcome:
         """Take one command to an outcome recorded in the store (steps 2-7).
 
         ``command`` may be raw CloudEvents JSON or a dict, parsed here (an ``EnvelopeError``
         then means it belongs on the dead-letter topic). ``token`` is the bearer token, with
-        or without its ``Bearer `` prefix.
+        or without its ``Bearer `` prefix. ``actor`` instead is an actor this process verified
+        earlier (a command it accepted to run later): never one taken from a message.
         """
         if not isinstance(command, CommandEnvelope):
             raw = _json.dumps(dict(command)) if isinstance(command, Mapping) else command
             command = parse_command(raw)
-        return await self._execute_prepared(await self._prepare(command, token))
+        return await self._execute_prepared(await self._prepare(command, token, verified=actor))
 
     async def _execute_prepared(self, prepared: _Verdict | tuple[Installed, _Call, Model]) -> Outcome:
         if isinstance(prepared, _Verdict):
@@ -453,14 +455,14 @@ class Executor:
             yield _InTurn(db)
 
     async def _prepare(
-        self, command: CommandEnvelope, token: str | None, db: Any = None
+        self, command: CommandEnvelope, token: str | None, db: Any = None, *, verified: Actor | None = None
     ) -> _Verdict | tuple[Installed, _Call, Model]:
         """Steps 2-4: find the spec, validate, authenticate, authorize."""
         token = self._strip(token)
         call = _Call(command=command, started=time.monotonic())
         call.span = start_span(command.type, command.id, command.correlation_id, command.traceparent)
         call.traceparent = traceparent_of(call.span) or command.traceparent
-        actor, auth_failure = self._authenticate(token)
+        actor, auth_failure = (verified, None) if verified is not None else self._authenticate(token)
         call.actor = actor
         try:
             installed = self.registry.get(command.type, command.opversion)

@@ -7,6 +7,7 @@ costs at most the cap in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,11 +19,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import _json
-from .auth import bearer
-from .envelope import MAX_ID_LENGTH, CommandEnvelope, check_attributes, new_id, now_iso, valid_traceparent
-from .errors import AuthError, EnvelopeError, StoreUnavailable
+from .auth import Actor, actor_from_audit, bearer
+from .envelope import (
+    MAX_ID_LENGTH,
+    CommandEnvelope,
+    check_attributes,
+    new_id,
+    now_iso,
+    parse_command,
+    valid_traceparent,
+)
+from .errors import AuthError, EnvelopeError, StoreUnavailable, UnknownOperation
 from .executor import Executor, Outcome
-from .store import run_key
+from .store import Accepted, run_key
 from .webhooks import WebhookIngress
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -80,8 +89,9 @@ class OpsApi:
     executor: Executor
     deliver: Callable[[Outcome], Awaitable[None]]  # publish the outcome's events
     max_bytes: int = 1024 * 1024
-    pending: dict[str, str | None] = field(default_factory=dict)  # async command id -> actor id
+    accept_lease: float = 10.0  # how long the accepting process alone may run what it accepted
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _running: set[str] = field(default_factory=set)  # ids of accepted commands running here
 
     async def run(self, request: Request) -> Response:
         try:
@@ -114,11 +124,15 @@ class OpsApi:
         except EnvelopeError as exc:
             return _error(400, "INVALID_COMMAND", exc.reason)
         token = bearer(request.headers.get("authorization"))
-        if "respond-async" in request.headers.get("prefer", ""):
-            self.pending[command.id] = self._actor_id(token)
-            task = asyncio.create_task(self._run_async(command, token))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        accept, actor = self._acceptable(command, token)
+        if accept and "respond-async" in request.headers.get("prefer", ""):
+            try:
+                kept = Accepted(command.id, command.encode(), actor.audit() if actor else None)
+                await self.executor.store.accept(kept, self.accept_lease)
+            except Exception:
+                _log.warning("could not accept async command %s", command.id, exc_info=True)
+                return _error(503, "UNAVAILABLE", "the store is unavailable; send it again")
+            self._start(command, actor)
             return JSONResponse(
                 {"status": "accepted", "commandId": command.id},
                 status_code=202,
@@ -136,22 +150,59 @@ class OpsApi:
         body = {**data, "commandId": command.id, "idempotencyKey": command.idempotency_key}
         return JSONResponse(body, status_code=http_status(data), headers={"Oprunner-Command-Id": command.id})
 
-    async def _run_async(self, command: CommandEnvelope, token: str | None) -> None:
+    def _acceptable(self, command: CommandEnvelope, token: str | None) -> tuple[bool, Actor | None]:
+        """Whether a command is worth keeping to run later, and its verified actor (None for
+        a public operation called without a token). Not when it will only be rejected or
+        denied: that is answered at once, so unauthenticated callers cannot fill the table."""
         try:
-            outcome = await self.executor.execute(command, token=token)
-            await self.deliver(outcome)
-        except Exception:
-            _log.exception("async command %s did not complete", command.id)
-        finally:
-            self.pending.pop(command.id, None)
-
-    def _actor_id(self, token: str | None) -> str | None:
+            spec = self.executor.registry.get(command.type, command.opversion).spec
+        except UnknownOperation:
+            return False, None
         if token is None or self.executor.authenticator is None:
-            return None
+            return token is None and spec.policy.auth == "public", None
         try:
-            return self.executor.authenticator.authenticate(token).user_id
+            return True, self.executor.authenticator.authenticate(token)
         except AuthError:
-            return None
+            return False, None
+
+    def _start(self, command: CommandEnvelope, actor: Actor | None) -> None:
+        if command.id in self._running:
+            return  # still running here: its lease ran out under a long handler
+        self._running.add(command.id)
+        task = asyncio.create_task(self._run_accepted(command, actor))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._running.discard(command.id))
+
+    async def _run_accepted(self, command: CommandEnvelope, actor: Actor | None) -> None:
+        """Run an accepted command to its outcome; on any failure it stays accepted, and a
+        sweep (here or in another process) runs it once its claim runs out."""
+        try:
+            outcome = await self.executor.execute(command, actor=actor)
+            await self.deliver(outcome)
+            await self.executor.store.finish_accepted(command.id)
+        except Exception:
+            _log.warning("accepted command %s did not complete; it will be swept", command.id, exc_info=True)
+
+    async def sweep(self, stop: asyncio.Event, interval: float = 1.0) -> None:
+        """Run accepted commands whose process went away (their claim ran out)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+            try:
+                taken = await self.executor.store.take_accepted(32, self.accept_lease)
+            except Exception:
+                _log.warning("could not sweep accepted commands", exc_info=True)
+                continue
+            for accepted in taken:
+                try:
+                    command = parse_command(accepted.command)
+                except EnvelopeError:  # accepted by this code, so never: but never stall on it
+                    await self.executor.store.finish_accepted(accepted.command_id)
+                    continue
+                self._start(command, actor_from_audit(accepted.actor))
 
     async def show(self, request: Request) -> Response:
         token = bearer(request.headers.get("authorization"))
@@ -163,10 +214,6 @@ class OpsApi:
             return JSONResponse({"error": exc.reason}, status_code=401)
         run_id = request.path_params["id"]
         not_found = JSONResponse({"error": f"no run {run_id!r} visible to you"}, status_code=404)
-        if run_id in self.pending:
-            if actor.kind != "admin" and self.pending[run_id] != actor.user_id:
-                return not_found
-            return JSONResponse({"commandId": run_id, "status": "pending"})
         run = await self.executor.store.find_run(run_id, run_key(actor.tenant_id, actor.user_id, run_id))
         if run is None:
             return not_found

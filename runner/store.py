@@ -80,6 +80,15 @@ class OutcomeRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Accepted:
+    """A command accepted for later (HTTP ``respond-async``), with the actor verified then."""
+
+    command_id: str
+    command: bytes
+    actor: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int
     publication: Publication
@@ -157,7 +166,20 @@ class Store(Protocol):
     async def mark_published(self, ids: Sequence[int]) -> None: ...
 
     async def find_run(self, id: str, key: str | None = None) -> RunView | None:
-        """A run by command id, or by run key ``key`` (the asking caller's own)."""
+        """A run by command id, or by run key ``key`` (the asking caller's own); else the
+        latest audit entry of that command; else its acceptance (status ``pending``)."""
+        ...
+
+    async def accept(self, accepted: Accepted, lease_seconds: float) -> None:
+        """Keep a command to run later; this process holds it for ``lease_seconds``."""
+        ...
+
+    async def take_accepted(self, limit: int, lease_seconds: float) -> Sequence[Accepted]:
+        """Accepted commands no process holds (their lease ran out), now held by this one."""
+        ...
+
+    async def finish_accepted(self, command_id: str) -> None:
+        """Forget an accepted command: its outcome is recorded."""
         ...
 
 

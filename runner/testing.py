@@ -19,7 +19,7 @@ from typing import Any
 from .auth import mint_token
 from .envelope import command
 from .errors import LeaseLost
-from .store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, RunView
+from .store import Accepted, Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, RunView
 
 __all__ = ["InMemoryStore", "MemoryRun", "command", "mint_token"]
 
@@ -102,6 +102,7 @@ class InMemoryStore:
         self._outbox = _Outbox()
         self._next_id = 1
         self._done: dict[str, asyncio.Event] = {}
+        self.accepted: dict[str, tuple[Accepted, float]] = {}  # command id -> it, held until
 
     # -- the protocol ---------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ settings.register_profile("full", max_examples=10_000, deadline=None, suppress_h
 _full = os.environ.get("OPRUNNER_HYPOTHESIS_PROFILE") == "full" or os.environ.get("OPRUNNER_CHAOS_FULL")
 settings.load_profile("full" if _full else "ci")
 
-TABLES = "oprunner_runs, oprunner_outbox, oprunner_audit, oprunner_webhook_inbox"
+TABLES = "oprunner_runs, oprunner_outbox, oprunner_audit, oprunner_webhook_inbox, oprunner_accepted"
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,16 @@ import orjson
 
 from runner import _json
 from runner.errors import LeaseLost
-from runner.store import Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, Publication, RunView
+from runner.store import (
+    Accepted,
+    Claim,
+    ClaimRequest,
+    ClaimStatus,
+    OutboxRow,
+    OutcomeRecord,
+    Publication,
+    RunView,
+)
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -272,12 +281,47 @@ class PostgresStore:
             id,
         )
         if audit is None:
-            return None
+            accepted = await self.pool.fetchrow(
+                "SELECT actor_id, tenant_id FROM oprunner_accepted WHERE command_id = $1", id
+            )
+            if accepted is None:
+                return None
+            return RunView(id, "", "pending", None, accepted["actor_id"], accepted["tenant_id"])
         data = orjson.loads(audit["data"])
         error = {"code": data.get("error"), "message": data.get("reason")} if data.get("error") else None
         result = {"status": audit["status"], **({"error": error} if error else {})}
         tenant = (data.get("actor") or {}).get("tenant")
         return RunView(id, audit["op"], audit["status"], result, audit["actor_id"], tenant)
+
+    async def accept(self, accepted: Accepted, lease_seconds: float) -> None:
+        actor = accepted.actor or {}
+        await self.pool.execute(
+            """INSERT INTO oprunner_accepted (command_id, command, actor, actor_id, tenant_id, claimed_until)
+               VALUES ($1, $2, $3::jsonb, $4, $5, now() + make_interval(secs => $6))""",
+            accepted.command_id,
+            accepted.command,
+            None if accepted.actor is None else _json.dumps(accepted.actor).decode(),
+            actor.get("id"),
+            actor.get("tenant"),
+            lease_seconds,
+        )
+
+    async def take_accepted(self, limit: int, lease_seconds: float) -> Sequence[Accepted]:
+        rows = await self.pool.fetch(
+            """UPDATE oprunner_accepted SET claimed_until = now() + make_interval(secs => $2)
+               WHERE command_id IN (SELECT command_id FROM oprunner_accepted WHERE claimed_until < now()
+                                    ORDER BY accepted_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+               RETURNING command_id, command, actor""",
+            limit,
+            lease_seconds,
+        )
+        return [
+            Accepted(r["command_id"], bytes(r["command"]), orjson.loads(r["actor"]) if r["actor"] else None)
+            for r in rows
+        ]
+
+    async def finish_accepted(self, command_id: str) -> None:
+        await self.pool.execute("DELETE FROM oprunner_accepted WHERE command_id = $1", command_id)
 
     async def backlog(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM oprunner_outbox WHERE failed_at IS NULL"))

@@ -291,10 +291,12 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     relay_task: asyncio.Task[None] | None = None
+    sweep_task: asyncio.Task[None] | None = None
     try:
         await http.start()
         await consumer.start()
         relay_task = asyncio.create_task(relay.run(), name="oprunner-relay")
+        sweep_task = asyncio.create_task(ops.sweep(stop), name="oprunner-accepted-sweep")
         if on_ready is not None:
             maybe = on_ready(Running(executor, consumer, relay, store))
             if maybe is not None:
@@ -312,9 +314,10 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if relay_task is not None:
-            relay_task.cancel()
-            await asyncio.gather(relay_task, return_exceptions=True)
+        for task in (relay_task, sweep_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await http.stop()
         await broker.stop()
         await pool.close()

@@ -10,6 +10,7 @@ instead returns an output no Postgres can store (U+0000), a poison for the store
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ class CreditInput(Model):
     amount: PositiveAmount
     flaky: int = 0
     fail: str | None = None
+    delay: float = 0.0  # seconds the handler takes, for tests that crash mid-command
 
 
 class CreditOutput(Model):
@@ -61,6 +63,8 @@ Credit = define_command(
 
 
 async def credit(value: CreditInput, ctx: OperationContext) -> CreditOutput:
+    if value.delay:
+        await asyncio.sleep(value.delay)
     if ctx.attempt <= value.flaky:
         raise ConnectionError(f"flaky attempt {ctx.attempt}")
     balance = await ctx.db.fetchval(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.support import (
@@ -19,6 +20,7 @@ from tests.support import (
     ledger_check,
     produce,
     seed_ledger,
+    token,
 )
 
 
@@ -214,3 +216,28 @@ async def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
         serve()  # the replacement, same group: it picks up from the last committed offsets
         await results.until(lambda m: caused(m) >= ids, timeout=120)
     await ledger_check(ledger, results, ids)
+
+
+async def test_a_202_survives_the_process_that_gave_it(
+    serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool
+) -> None:
+    """``Prefer: respond-async`` answers 202 only once the command is written down: killed
+    right after, the process's successor runs it, and GET says ``pending`` until then."""
+    first = serve()
+    headers = {"authorization": f"Bearer {token('alice', tenant='t1')}", "prefer": "respond-async"}
+    body = {"accountId": "acc-3", "amount": "2", "delay": 5}  # still running when killed
+    async with httpx.AsyncClient(timeout=30) as http:
+        accepted = await http.post(f"{first.url}/ops/ledger.credit", json=body, headers=headers)
+        assert accepted.status_code == 202, accepted.text
+        location, command_id = accepted.headers["location"], accepted.json()["commandId"]
+        first.signal(signal.SIGKILL)
+        first.wait()
+        second = serve()
+        seen = await http.get(f"{second.url}{location}", headers={"authorization": headers["authorization"]})
+        assert seen.status_code == 200 and seen.json()["status"] in ("pending", "running"), seen.text
+        async with Reader(kafka_bootstrap, topics.results) as results:
+            await results.until(lambda ms: command_id in caused(ms), timeout=90)
+        done = await http.get(f"{second.url}{location}", headers={"authorization": headers["authorization"]})
+        assert done.json()["status"] == "succeeded", done.text
+    assert (await effects(ledger)) == {command_id: 1}
+    assert await ledger.fetchval("SELECT count(*) FROM oprunner_accepted") == 0
