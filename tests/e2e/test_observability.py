@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,7 +68,16 @@ async def test_metrics_traces_and_logs(server: tuple[ServeProcess, Topics], kafk
     assert header.split("-")[2] != "00f067aa0ba902b7"  # ... continued by the command's own span
 
     async with httpx.AsyncClient(base_url=proc.url) as http:
-        scraped = (await http.get("/metrics")).text
+        deadline = time.monotonic() + 20
+        while True:  # all done: every partition's lag and the oldest unfinished age come to 0
+            scraped = (await http.get("/metrics")).text
+            lags = [line for line in scraped.splitlines() if line.startswith("oprunner_consumer_lag{")]
+            settled = len(lags) == 4 and all(line.endswith(" 0.0") for line in lags)
+            if settled and "oprunner_oldest_unfinished_seconds 0.0" in scraped:
+                break
+            assert time.monotonic() < deadline, lags
+            await asyncio.sleep(0.1)
+    assert all(f'topic="{topics.commands}"' in line for line in lags)
     assert 'oprunner_commands_total{op="ledger.credit",status="succeeded"} 62.0' in scraped
     for name in (
         "oprunner_handler_seconds_bucket",
