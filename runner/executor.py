@@ -35,6 +35,7 @@ from .envelope import (
     now_iso,
     nul_paths,
     parse_command,
+    visible,
     without_nul,
 )
 from .errors import (
@@ -314,8 +315,8 @@ class Executor:
             else:
                 alone.append(i)  # a live worker holds it: wait for it on the per-command path
         try:
-            async with self._heartbeat_many([a[4].key for a in acquired], owner):
-                done, again = await self._run_batch(acquired, verdicts)
+            async with self._heartbeat_many([a[4].key for a in acquired], owner) as quiet:
+                done, again = await self._run_batch(acquired, verdicts, quiet)
         except Exception as exc:
             if not isinstance(exc, LeaseLost) and not isinstance(exc, self._transient):
                 _log.exception("batch of %d failed; running its commands one by one", len(acquired))
@@ -336,6 +337,7 @@ class Executor:
         self,
         acquired: list[tuple[int, Installed, _Call, Model, ClaimRequest, int]],
         verdicts: list[tuple[int, _Verdict]],
+        quiet_heartbeat: Callable[[], Awaitable[None]],
     ) -> tuple[list[tuple[int, Outcome]], list[tuple[int, BaseException | None]]]:
         """One transaction for the batch, one savepoint per command (or per batch-handler
         call): a command that fails rolls back only its own writes, and its failure is
@@ -381,6 +383,8 @@ class Executor:
                 if n in outputs
             ]
             records = [self._verdict_record(v) for _, v in verdicts]
+            # The heartbeat and the commit lock the same rows, in other orders: stop it first.
+            await quiet_heartbeat()
             completed_ids, record_ids = await tx.complete_many(completions, records)
         ran = [a for n, a in enumerate(acquired) if n in outputs]
         out = [
@@ -398,16 +402,17 @@ class Executor:
     ) -> tuple[int, Outcome]:
         """A command whose attempt in a batch did not finish: on alone, as ``execute`` would.
 
-        After a transient failure that is its next attempt, after backoff (or the end, if it
-        had its last); after its batch form failed, the plain handler at once."""
+        After a transient failure (its first: counted like ``execute`` counts) that is its
+        next attempt, after backoff, or its end if one was all it had; after its batch form
+        failed, the plain handler at once."""
         i, installed, call, value, request, attempt = item
         if exc is None:
             return i, await self._run_once(installed, call, value, request)
-        if attempt >= installed.spec.retry.max_attempts:
+        if installed.spec.retry.max_attempts <= 1:  # this was its one failure allowed
             return i, await self._give_up(call, request, attempt, exc)
         self._note_retry(call, exc)
-        await self._sleep(backoff(attempt, installed.spec.retry))
-        return i, await self._run_once(installed, call, value, request, failures=attempt)
+        await self._sleep(backoff(1, installed.spec.retry))
+        return i, await self._run_once(installed, call, value, request, failures=1)
 
     @staticmethod
     async def _gather_all(runs: Iterable[Awaitable[tuple[int, Outcome]]]) -> list[tuple[int, Outcome]]:
@@ -648,7 +653,8 @@ class Executor:
         except OperationError as exc:
             if exc.retryable:
                 raise RetryableError(exc.code) from exc
-            return {"status": "failed", "error": _error(exc.code, exc.message, **_details(exc))}
+            error = _error(visible(exc.code), visible(exc.message), **without_nul(_details(exc)))
+            return {"status": "failed", "error": error}
         except _OutputInvalid as exc:
             return {"status": "failed", "error": _error("OUTPUT_INVALID", str(exc))}
         except Exception as exc:
@@ -766,9 +772,12 @@ class Executor:
             await self.store.renew(request.key, request.owner, 0)
 
     @contextlib.asynccontextmanager
-    async def _heartbeat_many(self, keys: Sequence[str], owner: str) -> AsyncIterator[None]:
+    async def _heartbeat_many(
+        self, keys: Sequence[str], owner: str
+    ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
         """Keep renewing a batch's claims while it runs: one statement for all its keys. A
-        claim lost anyway fails the batch's ``complete_many`` (``LeaseLost``) before commit."""
+        claim lost anyway fails the batch's ``complete_many`` (``LeaseLost``) before commit.
+        Yields a function that stops the renewals (the batch calls it before committing)."""
 
         async def beat() -> None:
             while True:
@@ -780,16 +789,18 @@ class Executor:
                 except Exception:
                     _log.warning("lease renewal of a batch of %d failed", len(keys), exc_info=True)
 
-        if not keys:
-            yield
-            return
-        task = asyncio.create_task(beat())
+        task = asyncio.create_task(beat()) if keys else None
+
+        async def stop() -> None:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
         try:
-            yield
+            yield stop
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop()
 
     # -- recording ------------------------------------------------------------------------
 
@@ -909,6 +920,15 @@ def _details(exc: OperationError) -> dict[str, Any]:
 
 
 def _validate_output(output_model: type[Model], raw: Any) -> dict[str, Any]:
+    """The handler's output on the wire, or ``_OutputInvalid`` (also for U+0000 anywhere in
+    it, which no store can record: the command fails rather than its batch's commit)."""
+    wire = _wire_output(output_model, raw)
+    if nul := nul_paths(wire):
+        raise _OutputInvalid(f"handler output holds U+0000 at {', '.join(nul)}")
+    return wire
+
+
+def _wire_output(output_model: type[Model], raw: Any) -> dict[str, Any]:
     try:
         if type(raw) is output_model:  # built through its validating constructor already
             return raw.to_wire()

@@ -126,8 +126,13 @@ class OpsApi:
         token = bearer(request.headers.get("authorization"))
         accept, actor = self._acceptable(command, token)
         if accept and "respond-async" in request.headers.get("prefer", ""):
+            encoded = command.encode()
+            try:  # what is kept must parse again, as the sweep will read it
+                parse_command(encoded, max_bytes=len(encoded))
+            except EnvelopeError as exc:
+                return _error(400, "INVALID_COMMAND", exc.reason)
             try:
-                kept = Accepted(command.id, command.encode(), actor.audit() if actor else None)
+                kept = Accepted(command.id, encoded, actor.audit() if actor else None)
                 await self.executor.store.accept(kept, self.accept_lease)
             except Exception:
                 _log.warning("could not accept async command %s", command.id, exc_info=True)
@@ -198,11 +203,10 @@ class OpsApi:
                 continue
             for accepted in taken:
                 try:
-                    command = parse_command(accepted.command)
-                except EnvelopeError:  # accepted by this code, so never: but never stall on it
-                    await self.executor.store.finish_accepted(accepted.command_id)
-                    continue
-                self._start(command, actor_from_audit(accepted.actor))
+                    command = parse_command(accepted.command, max_bytes=len(accepted.command))
+                    self._start(command, actor_from_audit(accepted.actor))
+                except Exception:  # it parsed at the door; whatever this is, log it and go on
+                    _log.exception("accepted command %s cannot be run", accepted.command_id)
 
     async def show(self, request: Request) -> Response:
         token = bearer(request.headers.get("authorization"))
@@ -213,6 +217,8 @@ class OpsApi:
         except AuthError as exc:
             return JSONResponse({"error": exc.reason}, status_code=401)
         run_id = request.path_params["id"]
+        if "\x00" in run_id:
+            return JSONResponse({"error": "a run id has no U+0000"}, status_code=400)
         not_found = JSONResponse({"error": f"no run {run_id!r} visible to you"}, status_code=404)
         run = await self.executor.store.find_run(run_id, run_key(actor.tenant_id, actor.user_id, run_id))
         if run is None:

@@ -130,6 +130,12 @@ class Store(Protocol):
     transient_errors: tuple[type[BaseException], ...]
     """Exceptions of this store that mean "try again" (a lost connection, a failover)."""
 
+    def refuses(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised while recording a command) is the store refusing that
+        command's data for good (bad value, a size limit), rather than trouble of the store's
+        own (read-only, disk full, out of memory), which waits and counts against no command."""
+        ...
+
     async def claim(self, request: ClaimRequest) -> Claim: ...
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:

@@ -95,6 +95,9 @@ class InMemoryStore:
 
     transient_errors: tuple[type[BaseException], ...] = ()
 
+    def refuses(self, exc: BaseException) -> bool:
+        return True  # nothing here fails but a bug: count it
+
     def __init__(self) -> None:
         self.runs: dict[str, MemoryRun] = {}
         self.audit_log: list[dict[str, Any]] = []

@@ -156,6 +156,14 @@ class PostgresStore:
 
     transient_errors = TRANSIENT_ERRORS
 
+    def refuses(self, exc: BaseException) -> bool:
+        """Postgres refuses the data itself with SQLSTATE classes 22 (data exception), 23
+        (integrity) and 54 (program limit: an index row too large); any other Postgres or
+        driver error is the server's own trouble. Not a Postgres error at all: a bug, counted."""
+        if isinstance(exc, asyncpg.PostgresError):
+            return str(getattr(exc, "sqlstate", "") or "")[:2] in ("22", "23", "54")
+        return not isinstance(exc, asyncpg.InterfaceError | OSError)
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
@@ -259,7 +267,8 @@ class PostgresStore:
     async def find_run(self, id: str, key: str | None = None) -> RunView | None:
         row = await self.pool.fetchrow(
             """SELECT command_id, idempotency_key, op, status, outcome, result, actor_id, tenant_id
-               FROM oprunner_runs WHERE command_id = $1 OR run_key = $2 LIMIT 1""",
+               FROM oprunner_runs WHERE command_id = $1 OR run_key = $2
+               ORDER BY (run_key = $2) DESC NULLS LAST LIMIT 1""",
             id,
             key,
         )

@@ -296,14 +296,20 @@ class CommandConsumer:
     async def _alone(self, message: Any, command: CommandEnvelope, token: str | None) -> bool:
         """One command to an outcome, or parked past its failure budget; False if stopping."""
         where = f"{message.topic}/{message.partition}/{message.offset}"
-        failures, since = 0, time.monotonic()
+        failures, since = 0, 0.0
         while True:
             try:
                 outcomes = await self.executor.execute_many([(command, token)])
-            except StoreUnavailable as exc:  # the database is away: no command's fault
-                _log.warning("store unavailable (%s); retrying %s", exc, where)
             except Exception as exc:
+                if isinstance(exc, StoreUnavailable) or not self.executor.store.refuses(exc):
+                    # the database is away or in trouble of its own: no command's fault, no count
+                    _log.warning("store unavailable (%s); retrying %s", _error_text(exc), where)
+                    if self._stopping.is_set():
+                        return False
+                    await asyncio.sleep(random.uniform(0.5, 2.0))
+                    continue
                 failures += 1
+                since = since or time.monotonic()
                 failing = time.monotonic() - since
                 _log.warning(
                     "command %s at %s failed %d times over %.1fs: %s",
@@ -394,7 +400,14 @@ class CommandConsumer:
         where = f"{message.topic}/{message.partition}/{message.offset}"
         value: bytes = message.value or b""
         headers: tuple[tuple[str, bytes], ...] = (
-            *((k, v) for k, v in (message.headers or ()) if k.lower() != "authorization"),
+            *(
+                (
+                    visible(str(k)),
+                    (v or b"").replace(b"\x00", b"\\u0000"),
+                )  # storable as sent, NUL written out
+                for k, v in (message.headers or ())
+                if str(k).lower() != "authorization"
+            ),
             ("dlq-reason", reason.encode()[:1000]),
             ("dlq-code", code.encode()),
             ("dlq-topic", message.topic.encode()),
@@ -452,14 +465,20 @@ class CommandConsumer:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(self.commit_interval)
-            await self._commit()
-            if self.metrics is not None:
-                self._observe(self.metrics)
+            try:
+                await self._commit()
+                if self.metrics is not None:
+                    self._observe(self.metrics)
+            except Exception:  # this loop must outlive anything one round does
+                _log.exception("commit round failed")
 
     def _observe(self, metrics: Metrics) -> None:
         """Consumer lag per partition and the age of the oldest unfinished command."""
         now, oldest = time.monotonic(), None
+        assigned = self.consumer.assignment()
         for tp, part in self._parts.items():
+            if tp not in assigned:
+                continue
             highwater = self.consumer.highwater(tp)
             done = part.committed if part.committed is not None else part.committable
             if highwater is not None:

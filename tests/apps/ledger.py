@@ -4,7 +4,7 @@
 the handler's transaction, so "exactly once" is checked by counting rows per idempotency key.
 The handler fails transiently on the first attempts of commands whose ``flaky`` is set, and
 with the domain error ``fail`` names, after writing, when that is set; ``fail="NUL_OUTPUT"``
-instead returns an output no Postgres can store (U+0000), a poison for the store write.
+instead returns an output holding U+0000 (which the runner must fail, not try to store).
 ``batched`` is the same app with ``credit_many``, the batch form of ``credit``.
 """
 

@@ -114,19 +114,19 @@ async def test_a_batch_longer_than_its_leases_keeps_its_claims(accounts: asyncpg
     assert await accounts.fetchval("SELECT count(*) FROM ledger_effects WHERE idempotency_key = 'k-0'") == 1
 
 
-async def test_a_store_refusal_leaves_its_batch_mates_done(accounts: asyncpg.Pool) -> None:
-    """A command whose outcome the store refuses (an output Postgres cannot hold) fails its
-    batch's commit: its batch-mates are then run alone and recorded, and only it is left
-    for the consumer to park."""
+async def test_an_output_no_store_can_hold_fails_only_its_command(accounts: asyncpg.Pool) -> None:
+    """An output holding U+0000 (Postgres refuses it) fails its command as OUTPUT_INVALID,
+    in its savepoint: its writes undone, its batch-mates committed, each handler run once."""
     calls = Calls()
     executor = Executor(
         logged_ledger(calls), PostgresStore(accounts), JwtAuthenticator(secret=SECRET), sleep=_quick
     )
     items = [credit(n) for n in range(5)]
     items[2] = credit(2, fail="NUL_OUTPUT")
-    with pytest.raises(asyncpg.UntranslatableCharacterError):
-        await executor.execute_many(items)
+    outcomes = await executor.execute_many(items)
+    assert [(o.status, o.error_code) for o in outcomes] == [("succeeded", None)] * 2 + [
+        ("failed", "OUTPUT_INVALID")
+    ] + [("succeeded", None)] * 2
     effects = dict(await accounts.fetch("SELECT idempotency_key, count(*) FROM ledger_effects GROUP BY 1"))
     assert effects == {"k-0": 1, "k-1": 1, "k-3": 1, "k-4": 1}
-    again = await executor.execute_many([i for n, i in enumerate(items) if n != 2])
-    assert all(o.replayed for o in again)
+    assert len(calls.log) == 5

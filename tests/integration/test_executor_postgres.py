@@ -64,7 +64,7 @@ async def test_existing_runs_move_to_their_callers_scope(database_url: str) -> N
                    VALUES ($1, 'op', '1', 'h', $1, 'completed', $2, $3)""",
                 [("k/1", "alice", "t1"), ("k:2", "bob", None), ("k3", None, None)],
             )
-            assert await migrate(conn) == ["0005_scoped_keys.sql"]
+            assert (await migrate(conn))[0] == "0005_scoped_keys.sql"
             stored = {
                 r["idempotency_key"]: r["run_key"] for r in await conn.fetch("SELECT * FROM oprunner_runs")
             }
