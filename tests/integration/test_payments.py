@@ -56,8 +56,11 @@ async def stripe_client(stripe_url: str) -> stripe.StripeClient:
 
 
 async def intents_for(client: stripe.StripeClient, invoice_id: str) -> list[Any]:
+    """Every PaymentIntent of the invoice, over all pages (a session makes more than one)."""
     listed = await client.v1.payment_intents.list_async({"limit": 100})
-    return [pi for pi in listed.data if pi.metadata.to_dict().get("invoice_id") == invoice_id]
+    return [
+        pi async for pi in listed.auto_paging_iter() if pi.metadata.to_dict().get("invoice_id") == invoice_id
+    ]
 
 
 @pytest.fixture
@@ -103,8 +106,8 @@ async def test_capture_succeeds_and_the_invoice_is_paid(
     stripe_client: stripe.StripeClient,
 ) -> None:
     inv = await invoice(billing)
-    await produce(kafka_bootstrap, topics.commands, [(inv.encode(), capture(inv, id="cap-1"), auth())])
-    [result] = (await results_for(kafka_bootstrap, topics.results, {"cap-1"}))["cap-1"]
+    await produce(kafka_bootstrap, topics.commands, [(inv.encode(), capture(inv, id=f"cap-{inv}"), auth())])
+    [result] = (await results_for(kafka_bootstrap, topics.results, {f"cap-{inv}"}))[f"cap-{inv}"]
     assert result["data"]["status"] == "succeeded", result
     output = result["data"]["output"]
     assert output["status"] == "succeeded" and output["transactionId"].startswith("pi_")
@@ -122,9 +125,9 @@ async def test_declined_card_fails_and_the_invoice_stays_unpaid(
     await produce(
         kafka_bootstrap,
         topics.commands,
-        [(inv.encode(), capture(inv, pm="pm_card_chargeCustomerFail", id="dec-1"), auth())],
+        [(inv.encode(), capture(inv, pm="pm_card_chargeCustomerFail", id=f"dec-{inv}"), auth())],
     )
-    [result] = (await results_for(kafka_bootstrap, topics.results, {"dec-1"}))["dec-1"]
+    [result] = (await results_for(kafka_bootstrap, topics.results, {f"dec-{inv}"}))[f"dec-{inv}"]
     assert result["data"]["status"] == "failed"
     assert result["data"]["error"]["code"] == "CARD_DECLINED"
     assert result["data"]["error"]["details"]["declineCode"] == "card_declined"
@@ -139,10 +142,10 @@ async def test_the_same_command_three_times_creates_one_payment_intent(
     stripe_client: stripe.StripeClient,
 ) -> None:
     inv = await invoice(billing)
-    message = (inv.encode(), capture(inv, id="same-1"), auth())
+    message = (inv.encode(), capture(inv, id=f"same-{inv}"), auth())
     await produce(kafka_bootstrap, topics.commands, [message, message, message])
-    grouped = await results_for(kafka_bootstrap, topics.results, {"same-1"}, n=3)
-    assert [r["data"]["status"] for r in grouped["same-1"]] == ["succeeded"] * 3
+    grouped = await results_for(kafka_bootstrap, topics.results, {f"same-{inv}"}, n=3)
+    assert [r["data"]["status"] for r in grouped[f"same-{inv}"]] == ["succeeded"] * 3
     assert len(await intents_for(stripe_client, inv)) == 1
 
 
@@ -155,9 +158,9 @@ async def test_someone_elses_invoice_is_denied_and_stripe_is_never_called(
 ) -> None:
     inv = await invoice(billing, owner="bob")
     await produce(
-        kafka_bootstrap, topics.commands, [(inv.encode(), capture(inv, id="deny-1"), auth("alice"))]
+        kafka_bootstrap, topics.commands, [(inv.encode(), capture(inv, id=f"deny-{inv}"), auth("alice"))]
     )
-    [result] = (await results_for(kafka_bootstrap, topics.results, {"deny-1"}))["deny-1"]
+    [result] = (await results_for(kafka_bootstrap, topics.results, {f"deny-{inv}"}))[f"deny-{inv}"]
     assert result["data"]["status"] == "denied" and result["data"]["error"]["code"] == "FORBIDDEN"
     assert await intents_for(stripe_client, inv) == []
 
@@ -230,7 +233,7 @@ async def test_crash_after_stripe_answered_then_retry_leaves_one_payment_intent(
         transient_errors=TRANSIENT_ERRORS,
     )
     inv = await invoice(billing)
-    outcome = await executor.execute(capture(inv, id="crash-1"), token=token("alice", tenant="t1"))
+    outcome = await executor.execute(capture(inv, id=f"crash-{inv}"), token=token("alice", tenant="t1"))
     assert outcome.status == "succeeded" and outcome.audit["data"]["attempt"] == 2
     assert crashes["left"] == 0
     assert len(await intents_for(stripe_client, inv)) == 1
@@ -290,7 +293,9 @@ async def test_webhook_from_localstripe_becomes_a_record_payment_result(
         )
         assert hook.status_code == 200, hook.text
     inv = await invoice(billing)
-    await produce(kafka_bootstrap, topics.commands, [(inv.encode(), capture(inv, id="hooked"), auth())])
+    await produce(
+        kafka_bootstrap, topics.commands, [(inv.encode(), capture(inv, id=f"hooked-{inv}"), auth())]
+    )
     async with Reader(kafka_bootstrap, topics.results) as reader:
         await reader.until(
             lambda ms: any(orjson.loads(m.value)["type"] == "billing.recordPayment.result" for m in ms),
