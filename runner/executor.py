@@ -292,10 +292,10 @@ class Executor:
         for i, p in enumerate(prepared):
             if isinstance(p, _Verdict):
                 verdicts.append((i, p))
-            elif p[0].spec.kind == "query" or self._run_key(p[1]) in keys:
+            elif p[0].spec.kind == "query" or (key := self._run_key(p[1])) in keys:
                 alone.append(i)
             else:
-                keys.add(self._run_key(p[1]))
+                keys.add(key)
                 batch.append((i, *p))
         owner = f"{self.worker_id}/{uuid.uuid4().hex[:12]}"
         requests = [self._claim_request(installed, call, value, owner) for _, installed, call, value in batch]
@@ -315,7 +315,7 @@ class Executor:
             else:
                 alone.append(i)  # a live worker holds it: wait for it on the per-command path
         try:
-            async with self._heartbeat_many([a[4].key for a in acquired], owner) as quiet:
+            async with self._heartbeat([a[4].key for a in acquired], owner) as quiet:
                 done, again = await self._run_batch(acquired, verdicts, quiet)
         except Exception as exc:
             if not isinstance(exc, LeaseLost) and not isinstance(exc, self._transient):
@@ -395,7 +395,7 @@ class Executor:
             (i, self._outcome(r, ids, replayed=v.replay is not None))
             for (i, v), r, ids in zip(verdicts, records, record_ids, strict=True)
         ]
-        return out, [(n, exc) for n, exc in again]
+        return out, again
 
     async def _next_attempt(
         self, item: tuple[int, Installed, _Call, Model, ClaimRequest, int], exc: BaseException | None
@@ -581,7 +581,7 @@ class Executor:
                 await self.store.wait(request.key, max(claim.retry_after, 0.01))
                 continue
             try:
-                async with self._heartbeat(request):
+                async with self._heartbeat([request.key], request.owner):
                     return await self._attempt(installed, call, value, request, claim.attempts)
             except LeaseLost:
                 continue  # someone else finished or holds it now: claim again to find out
@@ -744,27 +744,6 @@ class Executor:
         if self.metrics is not None:
             self.metrics.retries.labels(op).inc()
 
-    @contextlib.asynccontextmanager
-    async def _heartbeat(self, request: ClaimRequest) -> AsyncIterator[None]:
-        """Keep renewing the claim's lease while the attempt runs."""
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.lease_seconds / 3)
-                try:
-                    if not await self.store.renew(request.key, request.owner, self.lease_seconds):
-                        return  # taken over: our complete() will fail with LeaseLost
-                except Exception:
-                    _log.warning("lease renewal of %s failed", request.key, exc_info=True)
-
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     async def _release(self, request: ClaimRequest) -> None:
         """Let the lease of a claim whose attempt failed unrecorded run out now (a lease of
         zero), so the command's next try, here or elsewhere, need not wait for it."""
@@ -772,22 +751,26 @@ class Executor:
             await self.store.renew(request.key, request.owner, 0)
 
     @contextlib.asynccontextmanager
-    async def _heartbeat_many(
+    async def _heartbeat(
         self, keys: Sequence[str], owner: str
     ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-        """Keep renewing a batch's claims while it runs: one statement for all its keys. A
-        claim lost anyway fails the batch's ``complete_many`` (``LeaseLost``) before commit.
-        Yields a function that stops the renewals (the batch calls it before committing)."""
+        """Keep renewing the claims ``owner`` holds (one command's, or a batch's) while their
+        work runs: one statement for all the keys. A claim lost anyway fails the outcome's
+        ``complete`` (``LeaseLost``) before commit. Yields a function that stops the renewals
+        (a batch calls it before committing)."""
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self.lease_seconds / 3)
                 try:
                     held = await self.store.renew_many(keys, owner, self.lease_seconds)
-                    if held < len(keys):
-                        _log.warning("batch lost %d of %d claims", len(keys) - held, len(keys))
                 except Exception:
-                    _log.warning("lease renewal of a batch of %d failed", len(keys), exc_info=True)
+                    _log.warning("lease renewal of %d claims failed", len(keys), exc_info=True)
+                    continue
+                if held == 0:
+                    return  # all taken over: nothing left to renew
+                if held < len(keys):
+                    _log.warning("lost %d of %d claims", len(keys) - held, len(keys))
 
         task = asyncio.create_task(beat()) if keys else None
 
