@@ -98,6 +98,8 @@ class Pipeline:
             "OPRUNNER_DLQ_TOPIC": f"bench.{suffix}.dlq",
             "OPRUNNER_GROUP_ID": f"bench-{suffix}",
             "OPRUNNER_SESSION_TIMEOUT_MS": "6000",
+            "OPRUNNER_TOPIC_REPLICATION_FACTOR": "1",
+            "OPRUNNER_TOPIC_MIN_INSYNC_REPLICAS": "1",
             "OPRUNNER_FETCH_MAX_WAIT_MS": "5",  # Tansu holds fetches to the deadline; all three get 5
             "OPRUNNER_HTTP_PORT": str(free_port()),
             "OPRUNNER_LOG_LEVEL": "WARNING",

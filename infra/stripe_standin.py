@@ -3,7 +3,9 @@
 localstripe's own command binds every interface, pickles its state into /tmp after every
 write and ignores ``Idempotency-Key``. This launcher binds 127.0.0.1, keeps state in memory
 only, and replays the first response for a repeated ``Idempotency-Key`` on a POST, as real
-Stripe does, so "one PaymentIntent per command" can be checked against it.
+Stripe does, so "one PaymentIntent per command" can be checked against it. It also gives a
+PaymentIntent the ``amount_received`` real Stripe reports (localstripe has none), which the
+billing app records payments by.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ def build_app() -> web.Application:
 
     resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
     resources.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+    resources.PaymentIntent.amount_received = property(  # type: ignore[attr-defined]
+        lambda self: self.amount if self.status == "succeeded" else 0
+    )
     seen: dict[tuple[str, str, str], tuple[int, bytes, str]] = {}
     locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 

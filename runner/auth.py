@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import jwt
+import orjson
 
 from .errors import AuthError
 
@@ -26,24 +30,63 @@ _ASYMMETRIC = [
     "EdDSA",
 ]
 MAX_TOKEN_BYTES = 8192
+MAX_CLAIM_CHARS = 256
+"""``sub``, ``tenant``, each role and each operation: ids, not documents. A longer one is
+refused at the door rather than met later as an index-row limit in the store."""
+MAX_LIST_CLAIM = 64
+COMMAND_KEY_ID = "oprunner-command"
+"""The ``kid`` of a one-command token (``CommandSigner``): verified with the command key."""
+
+
+def data_digest(data: Any) -> str:
+    """SHA-256 of the command data as canonical JSON (sorted keys): what a one-command token
+    binds, and what the executor recomputes from the message it received."""
+    try:
+        raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # what orjson refuses (ints past 64 bits) the stdlib takes
+        raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The one command a token authorizes: its id and the digest of its data."""
+
+    command_id: str
+    digest: str
+
+    def admits(self, command_id: str, data: Any) -> bool:
+        return command_id == self.command_id and hmac.compare_digest(data_digest(data), self.digest)
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who is acting: from the verified claims ``sub``, ``tenant``, ``roles`` and ``kind``."""
+    """Who is acting: from the verified claims ``sub``, ``tenant``, ``roles`` and ``kind``.
+
+    ``ops`` (claim ``ops``), when set, lists the only operations the token may run; the policy
+    check denies the rest. ``bound`` (claims ``cmd`` and ``dh``) ties the token to one
+    command: the executor denies any other command id or any other data.
+    """
 
     kind: ActorKind
     user_id: str
     tenant_id: str | None = None
     roles: frozenset[str] = field(default_factory=frozenset)
+    ops: frozenset[str] | None = None
+    bound: Binding | None = None
 
     def audit(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "id": self.user_id,
             "tenant": self.tenant_id,
             "roles": sorted(self.roles),
         }
+        if self.ops is not None:
+            out["ops"] = sorted(self.ops)
+        if self.bound is not None:
+            out["bound"] = {"command": self.bound.command_id, "digest": self.bound.digest}
+        return out
 
 
 class Authenticator(Protocol):
@@ -82,11 +125,13 @@ class JwtAuthenticator:
         leeway: float = 30.0,
         max_token_bytes: int = MAX_TOKEN_BYTES,
         cache_size: int = 10_000,
+        command_key: bytes | None = None,
     ) -> None:
         if (secret is None) == (public_key is None):
             raise ValueError("configure exactly one of a JWT secret or a JWT public key")
         self._key: Any = secret if secret is not None else public_key
         self._algorithms = ["HS256"] if secret is not None else _ASYMMETRIC
+        self._command_key = command_key
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -98,22 +143,27 @@ class JwtAuthenticator:
 
     def authenticate(self, token: str) -> Actor:
         """Verify ``token``; a token verified before is served from a cache until it expires."""
-        cached = self._cache.get(token)
-        if cached is not None and cached[1] > time.time():
-            return cached[0]
         if len(token) > self._max:
             raise AuthError(f"token longer than {self._max} bytes")
+        cache_key = _cache_key(token)
+        cached = self._cache.get(cache_key)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        one_command = _key_id(token) == COMMAND_KEY_ID
+        if one_command and self._command_key is None:
+            raise AuthError("one-command tokens are not accepted here")
+        key: Any = self._command_key if one_command else self._key
         options: dict[str, Any] = {
-            "require": ["exp", "sub"],
-            "verify_aud": self._audience is not None,
+            "require": ["exp", "sub", "cmd", "dh", "ops"] if one_command else ["exp", "sub"],
+            "verify_aud": self._audience is not None and not one_command,
         }
         try:
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=self._algorithms,
-                issuer=self._issuer,
-                audience=self._audience,
+                key,
+                algorithms=["HS256"] if one_command else self._algorithms,
+                issuer=None if one_command else self._issuer,
+                audience=None if one_command else self._audience,
                 leeway=self._leeway,
                 options=options,  # type: ignore[arg-type]
             )
@@ -135,19 +185,44 @@ class JwtAuthenticator:
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))  # oldest first: a bounded FIFO
         # Valid until exp (minus nothing: the leeway only ever widens acceptance at the edge).
-        self._cache[token] = (actor, float(claims["exp"]))
+        self._cache[cache_key] = (actor, float(claims["exp"]))
         return actor
+
+
+def _key_id(token: str) -> Any:
+    try:
+        return jwt.get_unverified_header(token).get("kid")
+    except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError):
+        return None  # decode() then gives the precise reason
+
+
+def _cache_key(token: str) -> str:
+    """What one token is, whatever its spelling: the signed part and the signature's bytes.
+
+    Base64url has more than one spelling for the same bytes (unused trailing bits, padding),
+    so keying the cache on the raw string would let variants of one token fill it. The signed
+    part cannot vary without breaking the signature, so only the signature is normalised.
+    """
+    signed, _, signature = token.rpartition(".")
+    try:
+        raw = jwt.utils.base64url_decode(signature.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, TypeError):
+        return token  # not valid base64url: decode() refuses it and nothing is cached
+    return f"{signed}.{raw.hex()}"
 
 
 def actor_from_audit(data: dict[str, Any] | None) -> Actor | None:
     """The actor ``Actor.audit()`` wrote (kept by this runner, never taken from a message)."""
     if data is None:
         return None
+    bound = data.get("bound")
     return Actor(
         kind=data["kind"],
         user_id=data["id"],
         tenant_id=data.get("tenant"),
         roles=frozenset(data.get("roles", [])),
+        ops=None if data.get("ops") is None else frozenset(data["ops"]),
+        bound=None if bound is None else Binding(bound["command"], bound["digest"]),
     )
 
 
@@ -161,12 +236,35 @@ def actor_from_claims(claims: dict[str, Any]) -> Actor:
     tenant = claims.get("tenant")
     if tenant is not None and not isinstance(tenant, str):
         raise AuthError("token 'tenant' must be a string")
-    roles = claims.get("roles", [])
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise AuthError("token 'roles' must be a list of strings")
-    if any("\x00" in text for text in (sub, tenant or "", *roles)):
+    roles = _strings(claims.get("roles", []), "roles")
+    ops = None if claims.get("ops") is None else _strings(claims["ops"], "ops")
+    texts = (sub, tenant or "", *roles, *(ops or ()))
+    if any(len(text) > MAX_CLAIM_CHARS for text in texts):
+        raise AuthError(f"token claims must be at most {MAX_CLAIM_CHARS} characters each")
+    if any("\x00" in text for text in texts):
         raise AuthError("token claims must not contain U+0000")  # no store can hold it
-    return Actor(kind=kind, user_id=sub, tenant_id=tenant, roles=frozenset(roles))
+    bound = None
+    if "cmd" in claims or "dh" in claims:
+        cmd, digest = claims.get("cmd"), claims.get("dh")
+        if not isinstance(cmd, str) or not isinstance(digest, str) or len(cmd) > 1024 or len(digest) != 64:
+            raise AuthError("token 'cmd' and 'dh' must name one command and its data digest")
+        bound = Binding(cmd, digest)
+    return Actor(
+        kind=kind,
+        user_id=sub,
+        tenant_id=tenant,
+        roles=frozenset(roles),
+        ops=None if ops is None else frozenset(ops),
+        bound=bound,
+    )
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AuthError(f"token {name!r} must be a list of strings")
+    if len(value) > MAX_LIST_CLAIM:
+        raise AuthError(f"token {name!r} must have at most {MAX_LIST_CLAIM} entries")
+    return value
 
 
 def mint_token(
@@ -180,8 +278,10 @@ def mint_token(
     issuer: str | None = None,
     audience: str | None = None,
     algorithm: str = "HS256",
+    ops: Iterable[str] | None = None,
 ) -> str:
-    """A signed token for development and tests (``oprunner token``). Not a login system."""
+    """A signed token for development and tests (``oprunner token``). Not a login system.
+    ``ops`` restricts it to those operations."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": sub,
@@ -196,4 +296,45 @@ def mint_token(
         claims["iss"] = issuer
     if audience is not None:
         claims["aud"] = audience
+    if ops is not None:
+        claims["ops"] = sorted(ops)
     return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def command_key(jwt_secret: str | None, command_secret: str | None) -> bytes | None:
+    """The key one-command tokens are signed with: its own secret when configured, else one
+    derived from the JWT secret (so it never equals a key that signs ordinary tokens)."""
+    if command_secret is not None:
+        return command_secret.encode()
+    if jwt_secret is not None:
+        return hmac.new(jwt_secret.encode(), b"oprunner one-command tokens", hashlib.sha256).digest()
+    return None
+
+
+class CommandSigner:
+    """Mints the credential for a command this runner makes (a webhook's, say): a token that
+    authorizes that one command and nothing else, so lifting it from the topic gains nothing.
+
+    It names the command's id, the digest of its data and its one operation; the executor
+    denies it for any other command. Its lifetime (``ttl``) only bounds how long the command
+    may wait in the topic, since the one thing it can do is run that command again, which
+    the idempotency key turns into a replay of the stored result.
+    """
+
+    def __init__(self, key: bytes, *, subject: str, ttl: float) -> None:
+        self._key = key
+        self._subject = subject
+        self._ttl = ttl
+
+    def token_for(self, command_id: str, op: str, data: Any) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": self._subject,
+            "kind": "service",
+            "ops": [op],
+            "cmd": command_id,
+            "dh": data_digest(data),
+            "iat": now,
+            "exp": now + int(self._ttl),
+        }
+        return jwt.encode(claims, self._key, algorithm="HS256", headers={"kid": COMMAND_KEY_ID})

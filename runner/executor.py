@@ -115,6 +115,13 @@ def _bounded(value: Any) -> Any:
     return value if size <= MAX_AUDIT_INPUT else {"omitted": True, "bytes": size}
 
 
+def _withheld(data: Any, why: str) -> dict[str, Any]:
+    """What the audit keeps of input it must not store: its size and digest, enough to match
+    it against a copy, not enough to let an unauthenticated caller fill the audit log."""
+    raw = _json.dumps(data)
+    return {"omitted": True, "why": why, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
 def fingerprint(op: str, actor: Actor | None, wire: dict[str, Any]) -> str:
     """What must match for a repeated idempotency key to be a replay rather than a conflict.
     ``wire`` is the validated input as it goes on the wire (``Model.to_wire()``)."""
@@ -186,6 +193,7 @@ class _Call:
     span: Any = None
     traceparent: str | None = None
     wire: dict[str, Any] = field(default_factory=dict)  # the validated input, dumped once
+    authenticated: bool = False  # a verified actor (or one this process verified earlier)
 
 
 class Executor:
@@ -468,7 +476,10 @@ class Executor:
         call.span = start_span(command.type, command.id, command.correlation_id, command.traceparent)
         call.traceparent = traceparent_of(call.span) or command.traceparent
         actor, auth_failure = (verified, None) if verified is not None else self._authenticate(token)
+        if actor is not None and actor.bound is not None and not actor.bound.admits(command.id, command.data):
+            auth_failure = "the token authorizes another command (its id or data differ)"
         call.actor = actor
+        call.authenticated = actor is not None and auth_failure is None
         try:
             installed = self.registry.get(command.type, command.opversion)
         except UnknownOperation as exc:
@@ -828,7 +839,7 @@ class Executor:
             "status": status,
             "attempt": attempt,
             "duration_ms": round((time.monotonic() - call.started) * 1000, 3),
-            "input": _bounded(call.input),
+            "input": self._audited_input(call, status),
             "deprecated": bool(spec and spec.deprecated),
             "replayed": replayed,
             "error": error["code"] if error else None,
@@ -860,6 +871,17 @@ class Executor:
             ),
             events=(result, audit),
         )
+
+    @staticmethod
+    def _audited_input(call: _Call, status: Status) -> Any:
+        """The input, secrets redacted; only its size and digest when the caller was denied, or
+        was turned away unauthenticated: input is recorded only for callers it was run for
+        or who proved who they are."""
+        if status == "denied":
+            return _withheld(call.command.data, "denied")
+        if status == "rejected" and not call.authenticated:
+            return _withheld(call.command.data, "unauthenticated")
+        return _bounded(call.input)
 
     @staticmethod
     def _outcome(record: OutcomeRecord, ids: Any, *, replayed: bool = False) -> Outcome:

@@ -108,6 +108,8 @@ async def authorize(
         return _deny("authentication required")
     if actor.kind not in _LEVELS[level]:
         return _deny(f"{spec.key} needs a {level} token, got a {actor.kind} token")
+    if actor.ops is not None and spec.key not in actor.ops:
+        return _deny(f"this token may run only {', '.join(sorted(actor.ops)) or 'no operation'}")
     for rule in spec.policy.rules:
         decision = await _check_rule(rule, actor, registry, ctx)
         if not decision.allowed:

@@ -7,6 +7,11 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_JWT_SECRET = "oprunner-dev-secret-not-for-production-0123456789"
+"""What ``oprunner dev`` signs with. Printed in the README, so ``serve`` refuses it."""
+MIN_HS256_SECRET_BYTES = 32
+"""RFC 7518 3.2: an HS256 key at least as long as the hash output."""
+
 
 class Settings(BaseSettings):
     """Every setting DESIGN.md names. Secrets are ``SecretStr`` so they never print."""
@@ -29,6 +34,17 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     service_token: SecretStr | None = None
+    """No longer used: a reusable service credential must not travel in messages. ``serve``
+    refuses to start while it is set, so nobody believes it still does something."""
+    command_token_secret: SecretStr | None = None
+    """HMAC key for the one-command tokens the runner gives the commands it makes (webhooks).
+    Unset: derived from ``jwt_secret``; required with a public-key JWT setup and webhooks."""
+    command_token_ttl: float = Field(default=7 * 86400, gt=0)
+    """How long a one-command token stays valid: how long such a command may wait in the topic
+    (Kafka's default retention). It can only ever run that one command, so longer is safe."""
+    topic_replication_factor: int = Field(default=3, ge=1)
+    """For the topics ``serve`` creates; ``dev`` and the tests use 1 (one local broker)."""
+    topic_min_insync_replicas: int = Field(default=2, ge=1)
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     http_max_header_bytes: int = Field(default=128 * 1024, ge=8 * 1024)

@@ -2,18 +2,20 @@
 
 A provider plugs in as a ``WebhookSource`` (verify the delivery, map its event to a
 command); the inbox is a ``WebhookInbox``. The outcome of every delivery is an HTTP status
-the provider understands: 200 (taken, or seen before), 400 (forged or malformed: nothing
-recorded as valid, nothing published), 413 (too large), 503 (could not publish: retry).
+the provider understands: 200 (taken, or seen before), 400 (forged or malformed: counted, logged
+sampled, nothing stored, nothing published), 413 (too large), 503 (could not publish: retry).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .envelope import CommandEnvelope, now_iso
+from .observability import Metrics
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
 _log = logging.getLogger("oprunner.webhooks")
@@ -62,14 +64,12 @@ class WebhookInbox(Protocol):
         seen and published: ``done``."""
         ...
 
-    async def reject(self, provider: str, body: bytes, reason: str) -> None:
-        """Keep a delivery that failed verification (truncated), marked not verified."""
-        ...
-
     async def mark_published(self, provider: str, event_id: str) -> None: ...
 
 
 Publish = Callable[[str, bytes | None, bytes, dict[str, str]], Awaitable[None]]
+Sign = Callable[[str, str, dict[str, Any]], str]
+"""``(command id, operation, data) -> token``: a credential for that one command only."""
 
 
 @dataclass
@@ -78,9 +78,14 @@ class WebhookIngress:
     inbox: WebhookInbox
     publish: Publish
     commands_topic: str
-    service_token: Callable[[], str]
+    sign: Sign
     max_bytes: int = MAX_WEBHOOK_BYTES
     counts: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics | None = None
+    log_every: float = 10.0
+    """Rejected deliveries are counted, and logged at most once per this many seconds: an
+    unauthenticated sender can neither fill the database nor flood the log."""
+    _last_log: float = field(default=-1e9, repr=False)
 
     async def handle(
         self, provider: str, body: bytes, headers: Mapping[str, str]
@@ -93,17 +98,18 @@ class WebhookIngress:
         try:
             event = source.verify(body, headers)
         except WebhookRejected as exc:
-            self._count("rejected")
-            await self._keep_rejected(provider, body, exc.reason)
+            self._count(provider, "rejected")
+            self._log_rejected(provider, exc.reason, len(body))
             return 400, {"error": exc.reason}
         state = await self.inbox.accept(provider, event, body)
         if state == "done":
-            self._count("duplicate")
+            self._count(provider, "duplicate")
             return 200, {"received": event.id, "duplicate": True}
         command = source.map(event)
         if command is not None:
+            command_id = f"{provider}:{event.id}"
             envelope = CommandEnvelope(
-                id=f"{provider}:{event.id}",
+                id=command_id,
                 source=f"oprunner.webhooks.{provider}",
                 type=command.op,
                 data=command.data,
@@ -111,7 +117,8 @@ class WebhookIngress:
                 time=now_iso(),
             )
             headers_out = {
-                "authorization": f"Bearer {self.service_token()}",
+                # bound to this command's id, operation and data: lifting it gains nothing
+                "authorization": f"Bearer {self.sign(command_id, command.op, command.data)}",
                 "content-type": "application/cloudevents+json",
             }
             try:
@@ -123,17 +130,23 @@ class WebhookIngress:
                 )
             except Exception as exc:  # the provider retries; the inbox row stays pending
                 _log.warning("could not publish %s event %s: %r", provider, event.id, exc)
-                self._count("unavailable")
+                self._count(provider, "unavailable")
                 return 503, {"error": "could not queue the event; retry later"}
         await self.inbox.mark_published(provider, event.id)
-        self._count("accepted" if command else "ignored")
+        self._count(provider, "accepted" if command else "ignored")
         return 200, {"received": event.id, "command": command.op if command else None}
 
-    async def _keep_rejected(self, provider: str, body: bytes, reason: str) -> None:
-        try:
-            await self.inbox.reject(provider, body, reason)
-        except Exception:
-            _log.warning("could not record a rejected %s delivery", provider, exc_info=True)
+    def _log_rejected(self, provider: str, reason: str, size: int) -> None:
+        now = time.monotonic()
+        if now - self._last_log < self.log_every:
+            return
+        self._last_log = now
+        total = self.counts.get("rejected", 0)
+        _log.warning(
+            "rejected a %s delivery (%d bytes): %s [%d rejected so far]", provider, size, reason, total
+        )
 
-    def _count(self, what: str) -> None:
+    def _count(self, provider: str, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
+        if self.metrics is not None:
+            self.metrics.webhook_deliveries.labels(provider, what).inc()

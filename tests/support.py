@@ -88,6 +88,8 @@ class Topics:
             "OPRUNNER_SESSION_TIMEOUT_MS": "6000",
             "OPRUNNER_FETCH_MAX_WAIT_MS": "5",
             "OPRUNNER_SHUTDOWN_TIMEOUT": "20",
+            "OPRUNNER_TOPIC_REPLICATION_FACTOR": "1",
+            "OPRUNNER_TOPIC_MIN_INSYNC_REPLICAS": "1",
             **extra,
         }
 

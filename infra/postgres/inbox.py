@@ -8,8 +8,6 @@ import asyncpg
 
 from runner.webhooks import InboxState, VerifiedEvent
 
-MAX_REJECTED_BYTES = 8192
-
 
 class PostgresInbox:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -35,15 +33,6 @@ class PostgresInbox:
             event.id,
         )
         return "done" if published else "pending"
-
-    async def reject(self, provider: str, body: bytes, reason: str) -> None:
-        await self.pool.execute(
-            """INSERT INTO oprunner_webhook_inbox (provider, payload, verified, error)
-               VALUES ($1, $2, false, $3)""",
-            provider,
-            body[:MAX_REJECTED_BYTES],
-            reason[:500],
-        )
 
     async def mark_published(self, provider: str, event_id: str) -> None:
         await self.pool.execute(

@@ -23,10 +23,10 @@ import typer
 from ..auth import mint_token
 from ..errors import StartupError
 from ..registry import OperationRegistry
-from ..settings import Settings
+from ..settings import DEV_JWT_SECRET, Settings
 from .serve import Running, serve
 
-DEV_SECRET = "oprunner-dev-secret-not-for-production-0123456789"
+DEV_SECRET = DEV_JWT_SECRET
 DEV_WEBHOOK_SECRET = "whsec_oprunner_dev_0123456789abcdef"
 DEV_STRIPE_KEY = "sk_test_oprunner_dev"
 
@@ -67,6 +67,8 @@ def _settings(services: Any) -> Settings:
         fetch_max_wait_ms=5,  # the local broker holds each fetch to its deadline
         shutdown_timeout=10,
         log_level="WARNING",
+        topic_replication_factor=1,  # one local broker
+        topic_min_insync_replicas=1,
     )
 
 
@@ -263,7 +265,7 @@ async def _run(settings: Settings, registry: OperationRegistry, demo: bool) -> i
         ready.set_result(running)
 
     server: asyncio.Future[None] = asyncio.ensure_future(
-        serve(settings, registry, stop=stop, on_ready=on_ready)
+        serve(settings, registry, stop=stop, on_ready=on_ready, dev=True)
     )
     either: list[asyncio.Future[Any]] = [server, ready]
     done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)

@@ -14,14 +14,14 @@ from urllib.parse import urlsplit
 
 from faststream.kafka import KafkaBroker
 
-from ..auth import JwtAuthenticator
+from ..auth import CommandSigner, JwtAuthenticator, command_key
 from ..errors import StartupError
 from ..executor import Executor, Outcome
 from ..http import OpsApi
 from ..kafka import CommandConsumer, KafkaPublisher, OutboxRelay
 from ..observability import Metrics, configure_tracing
 from ..registry import OperationRegistry
-from ..settings import Settings
+from ..settings import DEV_JWT_SECRET, MIN_HS256_SECRET_BYTES, Settings
 from .http_server import HttpServer
 
 _log = logging.getLogger("oprunner.serve")
@@ -32,7 +32,28 @@ def _where(dsn: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
 
-def authenticator_from(settings: Settings) -> JwtAuthenticator:
+def check_secrets(settings: Settings, *, dev: bool = False) -> None:
+    """Refuse configuration that would make tokens forgeable, with one line naming it."""
+    if settings.service_token is not None:
+        raise StartupError(
+            "OPRUNNER_SERVICE_TOKEN is no longer used (webhook commands carry one-command tokens): unset it"
+        )
+    secrets = {
+        "OPRUNNER_JWT_SECRET": settings.jwt_secret,
+        "OPRUNNER_COMMAND_TOKEN_SECRET": settings.command_token_secret,
+    }
+    for name, value in secrets.items():
+        if value is None:
+            continue
+        raw = value.get_secret_value()
+        if len(raw.encode()) < MIN_HS256_SECRET_BYTES:
+            raise StartupError(f"{name} must be at least {MIN_HS256_SECRET_BYTES} bytes (HS256)")
+        if raw == DEV_JWT_SECRET and not dev:
+            raise StartupError(f"{name} is the published development secret; set a secret of your own")
+
+
+def authenticator_from(settings: Settings, *, dev: bool = False) -> JwtAuthenticator:
+    check_secrets(settings, dev=dev)
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     if (secret is None) == (settings.jwt_public_key is None):
         raise StartupError("set exactly one of OPRUNNER_JWT_SECRET or OPRUNNER_JWT_PUBLIC_KEY")
@@ -41,6 +62,15 @@ def authenticator_from(settings: Settings) -> JwtAuthenticator:
         public_key=settings.jwt_public_key,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
+        command_key=command_key_from(settings),
+    )
+
+
+def command_key_from(settings: Settings) -> bytes | None:
+    own = settings.command_token_secret
+    return command_key(
+        settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        own.get_secret_value() if own else None,
     )
 
 
@@ -88,9 +118,13 @@ async def check_broker(settings: Settings) -> None:
         settings.audit_topic: settings.topic_partitions,
         settings.dlq_topic: 1,
     }
+    replication = settings.topic_replication_factor
+    config = {"min.insync.replicas": str(min(settings.topic_min_insync_replicas, replication))}
     try:
         with _quiet("aiokafka"):
-            await asyncio.wait_for(ensure_topics(settings.kafka_bootstrap, topics), 20)
+            await asyncio.wait_for(
+                ensure_topics(settings.kafka_bootstrap, topics, replication=replication, config=config), 20
+            )
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {reason}") from exc
@@ -133,12 +167,12 @@ def build_http_app(
     broker: KafkaBroker,
     ops: Any = None,
     extra: list[tuple[str, Any]] | None = None,
+    metrics: Metrics | None = None,
 ) -> Any:
     """Webhooks (when a provider secret is set), health and readiness."""
     from infra.postgres.inbox import PostgresInbox
     from infra.stripe_webhooks import StripeWebhookSource
 
-    from ..auth import mint_token
     from ..http import build_app
     from ..webhooks import WebhookIngress, WebhookSource
 
@@ -146,21 +180,10 @@ def build_http_app(
     if settings.stripe_webhook_secret is not None:
         sources["stripe"] = StripeWebhookSource(settings.stripe_webhook_secret.get_secret_value())
 
-    def service_token() -> str:
-        if settings.service_token is not None:
-            return settings.service_token.get_secret_value()
-        if settings.jwt_secret is None:
-            raise RuntimeError(
-                "webhooks need OPRUNNER_SERVICE_TOKEN when tokens are verified with a public key"
-            )
-        return mint_token(
-            settings.jwt_secret.get_secret_value(),
-            sub="oprunner-webhooks",
-            kind="service",
-            ttl=600,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-        )
+    key = command_key_from(settings)
+    if sources and key is None:
+        raise StartupError("webhooks with a public-key JWT setup need OPRUNNER_COMMAND_TOKEN_SECRET")
+    signer = CommandSigner(key or b"", subject="oprunner-webhooks", ttl=settings.command_token_ttl)
 
     async def publish(topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
         await asyncio.wait_for(broker.publish(value, topic, key=key, headers=headers), 10)
@@ -170,7 +193,8 @@ def build_http_app(
         inbox=PostgresInbox(pool),
         publish=publish,
         commands_topic=settings.commands_topic,
-        service_token=service_token,
+        sign=signer.token_for,
+        metrics=metrics,
     )
 
     async def database() -> bool:
@@ -205,8 +229,10 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
+    dev: bool = False,
 ) -> None:
-    """Run consumer and outbox relay until SIGTERM/SIGINT (or ``stop``); drain; return."""
+    """Run consumer and outbox relay until SIGTERM/SIGINT (or ``stop``); drain; return.
+    ``dev`` admits the published development secret (``oprunner dev``), nothing else."""
     from infra.postgres import PostgresStore
 
     from ..errors import RegistryError
@@ -215,7 +241,7 @@ async def serve(
         registry.check()
     except RegistryError as exc:
         raise StartupError(str(exc)) from exc
-    authenticator = authenticator_from(settings)
+    authenticator = authenticator_from(settings, dev=dev)
     stop = stop or asyncio.Event()
     if settings.database_url is None:
         raise StartupError("OPRUNNER_DATABASE_URL is not set")
@@ -282,7 +308,7 @@ async def serve(
         return Response(metrics.render(), media_type=metrics.content_type)
 
     http = HttpServer(
-        build_http_app(settings, pool, broker, ops, extra=[("/metrics", scrape)]),
+        build_http_app(settings, pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics),
         settings.http_host,
         settings.http_port,
         max_header_bytes=settings.http_max_header_bytes,

@@ -2,10 +2,18 @@
 
 Stripe sends events late, twice and out of order: recording a payment an invoice already
 has is a success that changes nothing, and a failure arriving after the payment is ignored.
+The handlers record what Stripe itself reports for the PaymentIntent, not what the command
+says; ``amount`` and ``currency`` must agree with Stripe's.
 """
 
 from runner import IO, Meta, Model, Policy, define_command
 from runner.types import CurrencyCode, NonEmptyString, PositiveAmount
+
+_STRIPE_ERRORS = {
+    "PAYMENT_NOT_FOUND": "Stripe has no such PaymentIntent",
+    "PAYMENT_MISMATCH": "The PaymentIntent belongs to another invoice, or its amount or "
+    "currency differs from the invoice's or the command's",
+}
 
 
 class RecordPaymentInput(Model):
@@ -46,6 +54,8 @@ RecordPayment = define_command(
         errors={
             "INVOICE_NOT_FOUND": "No invoice with that id",
             "PAID_BY_ANOTHER_PAYMENT": "The invoice was paid by a different PaymentIntent",
+            "PAYMENT_NOT_SUCCEEDED": "Stripe does not report the PaymentIntent as succeeded",
+            **_STRIPE_ERRORS,
         },
     ),
     policy=Policy(auth="service"),
@@ -65,7 +75,7 @@ RecordPaymentFailure = define_command(
     io=IO(
         input=RecordPaymentFailureInput,
         output=RecordPaymentResult,
-        errors={"INVOICE_NOT_FOUND": "No invoice"},
+        errors={"INVOICE_NOT_FOUND": "No invoice", **_STRIPE_ERRORS},
     ),
     policy=Policy(auth="service"),
     partition_key="invoice_id",

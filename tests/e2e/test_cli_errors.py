@@ -54,6 +54,19 @@ def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> 
             "OPRUNNER_JWT_SECRET",
         ),
         (("serve",), {"OPRUNNER_MAX_IN_FLIGHT": "zero"}, "bad setting OPRUNNER_MAX_IN_FLIGHT"),
+        # weak or published secrets are refused before anything is reached
+        (("serve",), {"OPRUNNER_JWT_SECRET": "x"}, "OPRUNNER_JWT_SECRET must be at least 32 bytes"),
+        (
+            ("serve",),
+            {"OPRUNNER_JWT_SECRET": "oprunner-dev-secret-not-for-production-0123456789"},
+            "OPRUNNER_JWT_SECRET is the published development secret",
+        ),
+        (
+            ("serve",),
+            {"OPRUNNER_COMMAND_TOKEN_SECRET": "short"},
+            "OPRUNNER_COMMAND_TOKEN_SECRET must be at least 32 bytes",
+        ),
+        (("serve",), {"OPRUNNER_SERVICE_TOKEN": "eyJ.x.y"}, "OPRUNNER_SERVICE_TOKEN is no longer used"),
         (("specs", "show", "billing.nope"), {}, "unknown operation"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from runner import AuthError, JwtAuthenticator, mint_token
-from runner.auth import bearer
+from runner.auth import COMMAND_KEY_ID, CommandSigner, actor_from_audit, bearer, command_key
 
 SECRET = "a-secret-that-is-long-enough-for-hs256!!"
 
@@ -148,3 +149,87 @@ def test_exactly_one_key_is_required() -> None:
 )
 def test_bearer_header(header: Any, token: str | None) -> None:
     assert bearer(header) == token
+
+
+# -- one-command tokens, operation limits, claim sizes, the cache -------------------------
+
+KEY = command_key(SECRET, None)
+
+
+def _signer() -> CommandSigner:
+    assert KEY is not None
+    return CommandSigner(KEY, subject="oprunner-webhooks", ttl=600)
+
+
+def test_a_one_command_token_names_its_command_and_nothing_else() -> None:
+    data = {"invoiceId": "inv_1", "amount": "25.00", "failureCode": None}
+    token = _signer().token_for("stripe:evt_1", "billing.recordPayment", data)
+    actor = JwtAuthenticator(secret=SECRET, command_key=KEY).authenticate(token)
+    assert (actor.kind, actor.user_id, actor.ops) == (
+        "service",
+        "oprunner-webhooks",
+        {"billing.recordPayment"},
+    )
+    assert actor.bound is not None
+    assert actor.bound.admits("stripe:evt_1", dict(reversed(data.items())))  # key order is not meaning
+    assert not actor.bound.admits("stripe:evt_2", data)
+    assert not actor.bound.admits("stripe:evt_1", {**data, "invoiceId": "inv_2"})
+    assert not actor.bound.admits("stripe:evt_1", {**data, "extra": 1})
+    # the audit carries the binding, and an actor restored from it keeps it
+    assert actor_from_audit(actor.audit()) == actor
+
+
+def test_one_command_tokens_are_verified_with_their_own_key_only() -> None:
+    token = _signer().token_for("c1", "op.a", {})
+    with pytest.raises(AuthError, match="not accepted here"):
+        JwtAuthenticator(secret=SECRET).authenticate(token)  # no command key configured
+    # the command key is not the JWT secret: a token signed with the JWT secret that claims
+    # the command key id fails, and the command key cannot mint an unbound identity
+    forged = jwt.encode(_claims(kind="admin"), SECRET, headers={"kid": COMMAND_KEY_ID})
+    with pytest.raises(AuthError, match="invalid"):
+        JwtAuthenticator(secret=SECRET, command_key=KEY).authenticate(forged)
+    unbound = jwt.encode(_claims(kind="admin"), KEY, headers={"kid": COMMAND_KEY_ID})  # type: ignore[arg-type]
+    with pytest.raises(AuthError, match="lacks"):
+        JwtAuthenticator(secret=SECRET, command_key=KEY).authenticate(unbound)
+
+
+def test_an_own_command_secret_replaces_the_derived_key() -> None:
+    own = "a-command-token-secret-of-32-bytes-or-more"
+    assert command_key(SECRET, own) == own.encode()
+    assert command_key(SECRET, None) != SECRET.encode()
+    assert command_key(None, None) is None
+
+
+def test_ops_claim_limits_the_actor() -> None:
+    actor = JwtAuthenticator(secret=SECRET).authenticate(mint_token(SECRET, sub="robot", ops=["a.b", "c.d"]))
+    assert actor.ops == {"a.b", "c.d"}
+    assert JwtAuthenticator(secret=SECRET).authenticate(mint_token(SECRET, sub="x")).ops is None
+    with pytest.raises(AuthError, match="'ops' must be a list"):
+        JwtAuthenticator(secret=SECRET).authenticate(jwt.encode(_claims(ops="a.b"), SECRET))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"sub": "s" * 257},
+        {"tenant": "t" * 257},
+        {"roles": ["r" * 257]},
+        {"roles": [f"r{i}" for i in range(65)]},
+        {"ops": ["o" * 257]},
+        {"cmd": "c", "dh": "short"},
+    ],
+)
+def test_oversized_claims_are_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(AuthError):
+        JwtAuthenticator(secret=SECRET).authenticate(jwt.encode(_claims(**changes), SECRET))
+
+
+def test_variants_of_one_token_cannot_multiply_cache_entries() -> None:
+    auth = JwtAuthenticator(secret=SECRET)
+    token = mint_token(SECRET, sub="alice")
+    auth.authenticate(token)
+    variants = [token + junk for junk in ("A", "AA", "=", "==", "x" * 40)]
+    for variant in variants:
+        with contextlib.suppress(AuthError):
+            auth.authenticate(variant)
+    assert len(auth._cache) == 1
