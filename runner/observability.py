@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -64,6 +66,13 @@ class Metrics:
             "oprunner_consumer_lag",
             "Messages in a partition past what this process has committed",
             ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "oprunner_webhook_deliveries",
+            "Webhook deliveries by provider and outcome (accepted, duplicate, ignored, rejected, "
+            "unavailable)",
+            ["provider", "outcome"],
             registry=self.registry,
         )
         self.oldest_unfinished = Gauge(
@@ -130,39 +139,184 @@ def configure_tracing() -> None:
         trace.set_tracer_provider(TracerProvider(sampler=sampler))
 
 
+# Characters that never reach a log line or a terminal as they are: C0 controls (CR, LF,
+# ESC, BEL...), DEL, C1 controls (NEL, CSI...), the Unicode line and paragraph separators, the
+# bidi embeddings, overrides and isolates (which reorder what is shown), and lone surrogates
+# (which no encoder writes). Any of them lets a value end a line, forge the next one, drive
+# the terminal or hide what it says.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _visible_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character (see ``_CONTROL``) written out as a visible
+    escape (``\\n``, ``\\x1b``, ``\\u2028``), so it shows as one inert line; other text,
+    accents, CJK and emoji included, is left as it is."""
+    return _CONTROL.sub(_visible_char, text)
+
+
+def _json_escape_char(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 # Attributes a LogRecord has of its own; anything else on it came from ``extra=``.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# What every line says first; ``extra=`` cannot replace them.
+_CORE = {"time", "level", "logger", "message", "error", "stack", "stack_info"}
+_STACK_CHARS = 4000
+
+
+def _kind(error: type[BaseException] | BaseException) -> str:
+    cls = error if isinstance(error, type) else type(error)
+    return str(getattr(cls, "__name__", "Exception"))
+
+
+class _Redacted:
+    """What a log line shows of an exception passed as an argument: its type, never its
+    message (which may quote input)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.text = _kind(error)
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(self.text, spec)
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    """``value`` with the exceptions in it (also inside lists, tuples, sets and dicts, a few
+    levels down) replaced by their type."""
+    if isinstance(value, BaseException):
+        return _Redacted(value)
+    if depth >= 4:
+        return value
+    if type(value) in (list, tuple, set, frozenset):
+        return type(value)(_redact(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return {k: _redact(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _message(record: logging.LogRecord) -> str:
+    """``record.getMessage()`` with exceptions among the arguments (or as the message)
+    written as their type. Arguments that do not fit the format leave the format alone
+    (logging would otherwise print them raw to stderr)."""
+    msg = _redact(record.msg)
+    try:
+        template = str(msg)
+    except Exception:
+        return f"(unprintable {type(record.msg).__name__} message)"
+    args = record.args
+    if not args:
+        return template
+    redacted = {k: _redact(v) for k, v in args.items()} if isinstance(args, Mapping) else _redact(tuple(args))
+    try:
+        return template % redacted
+    except Exception:
+        return f"{template} (log arguments did not fit the format)"
+
+
+def _value(value: Any) -> str | int | float | bool | None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        value = str(value) if value.bit_length() < 10_000 else f"({value.bit_length()}-bit int)"
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    try:
+        return str(_redact(value))
+    except Exception:
+        return f"(unprintable {type(value).__name__})"
+
+
+def _scrubbed(record: logging.LogRecord) -> dict[str, Any]:
+    """What may be logged of ``record``, the one place both formatters take it from: the
+    message (exceptions among its arguments written as their type), the ``extra=`` fields,
+    and for an exception its type and traceback frames, never its message (which may quote
+    input values), nor the messages of the exceptions it was raised from. Values are not yet
+    escaped: each formatter escapes them for its own output."""
+    fields: dict[str, Any] = {"message": _message(record)}
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD and key not in _CORE and not key.startswith("_"):
+            fields[key] = _value(value)
+    exc_info = record.exc_info
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[0] is not None:
+        kind, _, tb = exc_info
+        fields["error"] = _kind(kind)
+        # the frames (file, line, function, source line) without the exception's message
+        fields["stack"] = "".join(traceback.format_tb(tb))[-_STACK_CHARS:]
+    if record.stack_info:
+        fields["stack_info"] = str(record.stack_info)[-_STACK_CHARS:]
+    return fields
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the command's ids
-    (``command_id``, ``correlation_id``, ``op``) when the record carries them."""
+    """One JSON object per line: time, level, logger, message, the ``extra=`` fields (among
+    them the command's ids, ``command_id``, ``correlation_id`` and ``op``, when the record
+    carries them), ``error`` and ``stack`` for an exception, ``stack_info`` when asked for.
+    Control characters are JSON escapes (``\\u2028``), so the line is one line to every
+    reader."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            **_scrubbed(record),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-        if record.exc_info:
-            kind, error, _ = record.exc_info
-            entry["error"] = f"{kind.__name__ if kind else 'Exception'}"
-            # the traceback, without the exception's message (it may quote input values)
-            entry["stack"] = "".join(traceback.format_tb(record.exc_info[2]))[-4000:]
-            del error
-        return _json.dumps(entry).decode()
+        # JSON encoders escape C0 controls only; the rest of the set gets \\uXXXX too (raw
+        # they can only be inside strings, so the escape means the same character)
+        return _CONTROL.sub(_json_escape_char, _json.dumps(entry).decode())
+
+
+def _text_field(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if text == "" or '"' in text or "=" in text or any(c.isspace() for c in text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return escape_controls(text)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message key=value...``: what the JSON formatter writes, as one
+    line of text. Control characters in any field are visible escapes (``\\n``, ``\\x1b``),
+    so a record is always exactly one line; values with spaces, quotes or ``=`` are quoted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _scrubbed(record)
+        head = f"{self.formatTime(record)} {record.levelname} {record.name}: {fields.pop('message')}"
+        parts = [escape_controls(head)]
+        parts.extend(f"{escape_controls(key)}={_text_field(value)}" for key, value in fields.items())
+        return " ".join(parts)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Report a record that could not be written by its logger and the error's type, not
+        (as logging does) with its message and arguments raw on stderr."""
+        try:
+            kind = _kind(sys.exc_info()[1] or Exception())
+            sys.stderr.write(
+                f"oprunner: could not write a log record of {escape_controls(record.name)}: {kind}\n"
+            )
+        except Exception:
+            pass
 
 
 def configure_logging(level: str, fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = _Handler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

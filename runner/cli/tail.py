@@ -8,28 +8,63 @@ from typing import Any
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from ..observability import escape_controls
 from ..settings import Settings
 
 
+def _text(value: Any) -> str:
+    """A field of someone else's message as one line of inert text: control characters
+    (ANSI and OSC sequences, BEL, CR, LF, U+2028, bidi overrides...) written out as visible
+    escapes (``\\x1b``), other Unicode left readable."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    elif not isinstance(value, str):
+        try:
+            value = str(value)
+        except (ValueError, RecursionError):  # an int past the digit limit, a nesting too deep
+            value = f"({type(value).__name__})"
+    return escape_controls(value)
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
 def _row(stream: str, message: Any) -> str:
+    """One table row for a message of ``stream``; every field it shows is escaped."""
     if stream == "dlq":
-        headers = {k: v.decode("utf-8", "replace") for k, v in (message.headers or ())}
+        headers = {_text(k): _text(v) for k, v in (message.headers or ())}
         where = "/".join(headers.get(f"dlq-{part}", "?") for part in ("topic", "partition", "offset"))
         return f"{where:32} {headers.get('dlq-reason', '')}"
     try:
         event = json.loads(message.value)
-    except ValueError:
+    except (ValueError, TypeError, RecursionError):  # not JSON, a tombstone, nested too deep
         return f"(not JSON: {len(message.value or b'')} bytes)"
-    data = event.get("data") or {}
-    error = data.get("error")
-    code = error if isinstance(error, str) else (error or {}).get("code", "")
+    if not isinstance(event, dict):
+        return f"(not a JSON object: {len(message.value or b'')} bytes)"
+    data = _get(event, "data")
+    error = _get(data, "error")
+    code = _text(error if isinstance(error, str) else _get(error, "code"))
+    time, status = _text(event.get("time")), _text(_get(data, "status"))
     if stream == "audit":
-        actor = (data.get("actor") or {}).get("id") or "-"
-        op = data.get("op") or "-"
-        decision = data.get("decision", "")
-        return f"{event.get('time', ''):24} {op:30} {data.get('status', ''):9} {decision:6} {actor:14} {code}"
-    kind, cause = event.get("type", ""), event.get("causationid", "")
-    return f"{event.get('time', ''):24} {kind:38} {data.get('status', ''):9} {cause:38} {code}"
+        actor = _text(_get(_get(data, "actor"), "id")) or "-"
+        op = _text(_get(data, "op")) or "-"
+        decision = _text(_get(data, "decision"))
+        return f"{time:24} {op:30} {status:9} {decision:6} {actor:14} {code}"
+    kind, cause = _text(event.get("type")), _text(event.get("causationid"))
+    return f"{time:24} {kind:38} {status:9} {cause:38} {code}"
+
+
+def _json_line(message: Any) -> str:
+    """A message as one line of JSON for ``--json``: ASCII only (every other character,
+    controls included, a JSON escape), or ``{"raw": ...}`` for a value that is not JSON."""
+    value = message.value or b""
+    try:
+        return json.dumps(json.loads(value))
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps({"raw": bytes(value).decode("utf-8", "replace")})
 
 
 HEADERS = {
@@ -59,14 +94,7 @@ async def follow(
             typer.echo(HEADERS[stream])
         seen = 0
         async for message in consumer:
-            if as_json:
-                value = message.value or b""
-                try:
-                    typer.echo(json.dumps(json.loads(value)))
-                except ValueError:
-                    typer.echo(json.dumps({"raw": value.decode("utf-8", "replace")}))
-            else:
-                typer.echo(_row(stream, message))
+            typer.echo(_json_line(message) if as_json else _row(stream, message))
             seen += 1
             if limit is not None and seen >= limit:
                 return
