@@ -312,16 +312,27 @@ app.add_typer(dlq_app, name="dlq")
 def dlq_replay(
     limit: Annotated[int, typer.Option(help="At most this many messages.")] = 100,
     dry_run: Annotated[bool, typer.Option(help="Show what would be replayed.")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="OPRUNNER_TOKEN",
+            help="Bearer token the replayed commands run as (dead letters keep none).",
+        ),
+    ] = None,
 ) -> None:
     """Send dead-lettered messages back to the commands topic (after fixing their cause).
 
     Progress is kept in the consumer group ``<group>-dlq-replay``: each message is replayed once.
+    Dead letters keep no token: replayed commands run as ``--token``'s actor, and their
+    idempotency keys are scoped to it, so use a token of the original caller's identity to
+    keep a command's exactly-once effect.
     """
     from .tail import replay_dlq
 
     settings = _settings()
     try:
-        count = asyncio.run(replay_dlq(settings, limit=limit, dry_run=dry_run))
+        count = asyncio.run(replay_dlq(settings, limit=limit, dry_run=dry_run, token=token))
     except (OSError, TimeoutError) as exc:
         fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
     typer.echo(f"{'would replay' if dry_run else 'replayed'} {count} message(s)")

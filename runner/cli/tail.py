@@ -102,11 +102,13 @@ async def follow(
         await consumer.stop()
 
 
-async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool) -> int:
+async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: str | None = None) -> int:
     """Replay what is in the DLQ now (up to its end offsets at the start), at most ``limit``.
 
     Stopping at the start's end offsets matters: a replayed message that is still malformed
-    is dead-lettered again, and must not be replayed again by this same run."""
+    is dead-lettered again, and must not be replayed again by this same run. Dead letters
+    keep no token, so a replayed command runs as ``token``'s actor (none: only public
+    operations succeed)."""
     consumer = AIOKafkaConsumer(
         settings.dlq_topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -135,7 +137,13 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool) -> int:
                     if message.offset >= end.get(tp, 0) or count >= limit:
                         done.add(tp)
                         break
-                    headers = [(k, v) for k, v in (message.headers or ()) if not k.startswith("dlq-")]
+                    headers = [
+                        (k, v)
+                        for k, v in (message.headers or ())
+                        if not k.startswith("dlq-") and k.lower() != "authorization"
+                    ]
+                    if token is not None:
+                        headers.append(("authorization", f"Bearer {token}".encode()))
                     if dry_run:
                         typer.echo(_row("dlq", message))
                     else:

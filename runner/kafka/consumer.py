@@ -303,7 +303,7 @@ class CommandConsumer:
             except Exception as exc:
                 if isinstance(exc, StoreUnavailable) or not self.executor.store.refuses(exc):
                     # the database is away or in trouble of its own: no command's fault, no count
-                    _log.warning("store unavailable (%s); retrying %s", _error_text(exc), where)
+                    _log.warning("store unavailable (%s); retrying %s", type(exc).__name__, where)
                     if self._stopping.is_set():
                         return False
                     await asyncio.sleep(random.uniform(0.5, 2.0))
@@ -317,7 +317,7 @@ class CommandConsumer:
                     where,
                     failures,
                     failing,
-                    _error_text(exc),
+                    type(exc).__name__,  # its message may quote input: the DLQ header keeps it
                     exc_info=failures == 1,
                     extra={"topic": message.topic, "partition": message.partition, "offset": message.offset},
                 )
@@ -357,7 +357,7 @@ class CommandConsumer:
             message.partition,
             message.offset,
             self.dlq_topic,
-            _error_text(exc),
+            type(exc).__name__,
         )
         return lettered
 

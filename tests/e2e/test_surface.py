@@ -236,3 +236,24 @@ async def test_dlq_replay_sends_dead_letters_back_once(
         await dlq.until(lambda ms: len(ms) >= 2)
     again = await asyncio.to_thread(oprunner, "dlq", "replay", **env)
     assert again.returncode == 0 and "replayed 1 message(s)" in again.stdout  # only the new one
+
+
+async def test_dlq_replay_runs_parked_commands_as_the_operator_supplied_token(
+    server: ServeProcess, topics: Topics, kafka_bootstrap: str
+) -> None:
+    """Dead letters keep no token; a replay runs as the token the operator gives, and a
+    header that was somehow left in the dead letter is never passed on."""
+    from tests.support import Reader, cloudevent, produce
+
+    parked = cloudevent("ledger.credit", {"accountId": "a1", "amount": "2"}, id="parked-credit")
+    stale = [("dlq-code", b"RETRIES_EXHAUSTED"), ("authorization", f"Bearer {token('bob')}".encode())]
+    await produce(kafka_bootstrap, topics.dlq, [(b"a1", parked, stale)])
+    env = {k: v for k, v in server.env.items() if k.startswith("OPRUNNER_")}
+    replayed = await asyncio.to_thread(
+        oprunner, "dlq", "replay", "--token", token("alice", tenant="t1"), **env
+    )
+    assert replayed.returncode == 0 and "replayed 1 message(s)" in replayed.stdout, replayed.stderr
+    async with Reader(kafka_bootstrap, topics.results) as results:
+        await results.until(lambda ms: any(e["causationid"] == "parked-credit" for e in results.events()))
+    [result] = [e for e in results.events() if e["causationid"] == "parked-credit"]
+    assert result["data"]["status"] == "succeeded", result["data"]
