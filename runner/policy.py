@@ -39,7 +39,11 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
             verdict = await verdict
         return verdict is True
     if cond == "admin":
-        return actor.kind == "admin"
+        # An admin token with a tenant administers that tenant's resources; one without a
+        # tenant is a global operator (mint those for operators only).
+        if actor.kind != "admin":
+            return False
+        return actor.tenant_id is None or resource is None or resource.tenant_id in (None, actor.tenant_id)
     if cond == "service":
         return actor.kind == "service"
     if cond.startswith("role:"):

@@ -151,3 +151,18 @@ async def test_resolvers_may_return_rows_and_be_sync(row: dict[str, str]) -> Non
     policy = Policy(rules=[Rule(resource="doc", condition="owner", id_field="doc_id")])
     assert await _allowed(policy, ALICE, registry)
     assert not await _allowed(policy, BOB, registry)
+
+
+async def test_a_tenant_admin_administers_only_its_tenant() -> None:
+    policy = Policy(rules=[Rule(resource="doc", condition=("owner", "admin"), id_field="doc_id")])
+    assert await _allowed(policy, Actor("admin", "ops-t1", "t1"))
+    assert not await _allowed(policy, Actor("admin", "ops-t2", "t2"))
+    assert await _allowed(policy, ROOT)  # no tenant: a global operator
+
+
+async def test_a_token_limited_to_operations_runs_only_those() -> None:
+    narrow = Actor("user", "alice", "t1", ops=frozenset({"t.other"}))
+    spec = _spec(Policy())
+    decision = await authorize(spec, narrow, _registry(), PolicyContext(narrow, spec, In(doc_id="d"), None))
+    assert not decision.allowed and "t.other" in decision.reason
+    assert await _allowed(Policy(), Actor("user", "alice", "t1", ops=frozenset({"t.op"})))
