@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     costs no latency there; a broker that holds every fetch to this deadline (the local Tansu
     broker does) adds up to this much to each command: ``dev`` and the benchmark use 5."""
     topic_partitions: int = Field(default=4, ge=1)
+    run_retention_days: float = Field(default=30, ge=0)
+    """Completed runs are forgotten after this: the idempotency window (0 keeps them)."""
+    inbox_retention_days: float = Field(default=30, ge=0)
+    """Published webhook inbox rows are forgotten after this: past the provider's retries."""
+    parked_outbox_retention_days: float = Field(default=30, ge=0)
+    prune_interval: float = Field(default=3600, ge=0)
+    """``serve`` prunes (and makes the next audit partitions) this often; 0 leaves it to
+    ``oprunner prune``."""
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     source: str = "oprunner"

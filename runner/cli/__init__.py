@@ -162,6 +162,41 @@ def migrate() -> None:
     typer.echo("database is up to date")
 
 
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option(help="Count what would go; delete nothing.")] = False,
+) -> None:
+    """Forget what is past its retention window (serve also does this every hour).
+
+    Completed runs past OPRUNNER_RUN_RETENTION_DAYS, published webhook inbox rows past
+    OPRUNNER_INBOX_RETENTION_DAYS, parked outbox rows past OPRUNNER_PARKED_OUTBOX_RETENTION_DAYS.
+    The audit log is never pruned: it is partitioned by month for archiving by detaching.
+    """
+    from infra.postgres.retention import prune as run_prune
+
+    from ..errors import StartupError
+    from .serve import open_database, retention_windows
+
+    settings = _settings()
+    _configure_logging("WARNING", "text")
+
+    async def run() -> dict[str, int]:
+        pool, _ = await open_database(settings)
+        try:
+            return await run_prune(pool, retention_windows(settings), dry_run=dry_run)
+        finally:
+            await pool.close()
+
+    try:
+        counts = asyncio.run(run())
+    except StartupError as exc:
+        fail(str(exc))
+    verb = "would delete" if dry_run else "deleted"
+    for kind in ("runs", "inbox", "parked_outbox"):
+        typer.echo(f"{verb} {counts[kind]} {kind.replace('_', ' ')} row(s)")
+    typer.echo(f"created {counts['audit_partitions_created']} audit partition(s)")
+
+
 TokenOption = Annotated[
     str | None, typer.Option("--token", envvar="OPRUNNER_TOKEN", help="Bearer token (or OPRUNNER_TOKEN).")
 ]

@@ -87,6 +87,7 @@ async def open_database(settings: Settings) -> tuple[Any, list[str]]:
         pool = await connect_pool(dsn, min_size=2, max_size=max(4, min(settings.max_in_flight // 4, 64)))
         async with pool.acquire() as conn:
             applied = await migrate(conn)
+            await conn.execute("SELECT oprunner_audit_partitions()")  # this month's and the next
     except (OSError, TimeoutError) as exc:
         raise StartupError(
             f"cannot reach the database at {_where(dsn)}: {exc or type(exc).__name__}"
@@ -147,6 +148,34 @@ async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., An
             f"cannot connect a producer to Kafka at {settings.kafka_bootstrap}: {exc}"
         ) from exc
     return broker, builder
+
+
+def retention_windows(settings: Settings) -> Any:
+    from infra.postgres.retention import Windows
+
+    day = 86400.0
+    return Windows(
+        runs=settings.run_retention_days * day,
+        inbox=settings.inbox_retention_days * day,
+        parked_outbox=settings.parked_outbox_retention_days * day,
+    )
+
+
+async def maintain(settings: Settings, pool: Any, stop: asyncio.Event) -> None:
+    """Prune what is past its window, now and every ``prune_interval`` seconds."""
+    from infra.postgres.retention import prune
+
+    if settings.prune_interval <= 0:
+        return
+    while not stop.is_set():
+        try:
+            pruned = await prune(pool, retention_windows(settings))
+            if any(pruned.values()):
+                _log.info("pruned %s", pruned)
+        except Exception:
+            _log.warning("pruning failed; trying again in %ss", settings.prune_interval, exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.prune_interval)
 
 
 def external_clients(settings: Settings) -> tuple[dict[str, Any], tuple[type[BaseException], ...]]:
@@ -318,11 +347,13 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     relay_task: asyncio.Task[None] | None = None
     sweep_task: asyncio.Task[None] | None = None
+    prune_task: asyncio.Task[None] | None = None
     try:
         await http.start()
         await consumer.start()
         relay_task = asyncio.create_task(relay.run(), name="oprunner-relay")
         sweep_task = asyncio.create_task(ops.sweep(stop), name="oprunner-accepted-sweep")
+        prune_task = asyncio.create_task(maintain(settings, pool, stop), name="oprunner-prune")
         if on_ready is not None:
             maybe = on_ready(Running(executor, consumer, relay, store))
             if maybe is not None:
@@ -340,7 +371,7 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        for task in (relay_task, sweep_task):
+        for task in (relay_task, sweep_task, prune_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -178,7 +178,15 @@ async def test_a_token_restricted_to_operations_runs_only_those(
 
 
 async def _size(db: asyncpg.Pool, table: str) -> int:
-    return int(await db.fetchval("SELECT pg_total_relation_size($1::regclass)", table))
+    """Bytes on disk, a partitioned table's partitions included."""
+    return int(
+        await db.fetchval(
+            """SELECT sum(pg_total_relation_size(r)) FROM (
+                   SELECT $1::regclass AS r UNION ALL
+                   SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = $1::regclass) parts""",
+            table,
+        )
+    )
 
 
 async def _rows(db: asyncpg.Pool, table: str) -> int:
