@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import _json
 from .auth import Actor, actor_from_audit, bearer
+from .docs import OPENAPI_PATH, openapi
 from .envelope import (
     MAX_ID_LENGTH,
     CommandEnvelope,
@@ -42,18 +43,35 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
+class BodyNotSent(Exception):
+    """The client did not send the whole body within the body timeout, or went away."""
+
+
+BODY_TIMEOUT = 30.0
+
+
+async def read_body(request: Request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
+    """The request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes, or
+    ``BodyNotSent`` when it has not all arrived within ``timeout`` seconds: a client that
+    sends half a request must not hold a connection, a task and graceful shutdown for ever."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+    except (TimeoutError, ClientDisconnect):
+        raise BodyNotSent from None
     return b"".join(chunks)
+
+
+def _not_sent(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=408, headers={"Connection": "close"})
 
 
 def http_status(data: Mapping[str, Any]) -> int:
@@ -90,15 +108,21 @@ class OpsApi:
     deliver: Callable[[Outcome], Awaitable[None]]  # publish the outcome's events
     max_bytes: int = 1024 * 1024
     accept_lease: float = 10.0  # how long the accepting process alone may run what it accepted
+    body_timeout: float = BODY_TIMEOUT
+    max_background: int = 256
+    """Accepted (202) commands running here at once; past it, 503 and ``Retry-After``."""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _running: set[str] = field(default_factory=set)  # ids of accepted commands running here
 
     async def run(self, request: Request) -> Response:
         try:
-            body = await read_body(request, self.max_bytes)
+            body = await read_body(request, self.max_bytes, self.body_timeout)
         except BodyTooLarge:
             message = f"body larger than {self.max_bytes} bytes"
             return _too_large({"status": "rejected", "error": {"code": "TOO_LARGE", "message": message}})
+        except BodyNotSent:
+            message = f"the body did not arrive within {self.body_timeout:g} s"
+            return _not_sent({"status": "rejected", "error": {"code": "REQUEST_TIMEOUT", "message": message}})
         try:
             data = _json.loads(body) if body.strip() else {}
         except ValueError as exc:
@@ -126,6 +150,11 @@ class OpsApi:
         token = bearer(request.headers.get("authorization"))
         accept, actor = self._acceptable(command, token)
         if accept and "respond-async" in request.headers.get("prefer", ""):
+            if len(self._tasks) >= self.max_background:
+                busy = {"code": "BUSY", "message": "too many accepted commands are running"}
+                return JSONResponse(
+                    {"status": "rejected", "error": busy}, status_code=503, headers={"Retry-After": "1"}
+                )
             encoded = command.encode()
             try:  # what is kept must parse again, as the sweep will read it
                 parse_command(encoded, max_bytes=len(encoded))
@@ -239,6 +268,7 @@ def build_app(
     checks: Mapping[str, ReadinessCheck],
     ops: OpsApi | None = None,
     extra_routes: list[Route] | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -258,9 +288,11 @@ def build_app(
         if webhooks is None or provider not in webhooks.sources:
             return JSONResponse({"error": f"no webhook endpoint for {provider!r}"}, status_code=404)
         try:
-            body = await read_body(request, webhooks.max_bytes)
+            body = await read_body(request, webhooks.max_bytes, body_timeout)
         except BodyTooLarge:
             return _too_large({"error": f"body larger than {webhooks.max_bytes} bytes"})
+        except BodyNotSent:
+            return _not_sent({"error": f"the body did not arrive within {body_timeout:g} s"})
         headers = {k.lower(): v for k, v in request.headers.items()}
         status, payload = await webhooks.handle(provider, body, headers)
         return JSONResponse(payload, status_code=status)
@@ -272,7 +304,18 @@ def build_app(
         *(extra_routes or []),
     ]
     if ops is not None:
+        # The OpenAPI document of exactly this app: its operations, its webhook providers.
+        document = openapi(
+            ops.executor.registry,
+            webhook_providers=sorted(webhooks.sources) if webhooks is not None else [],
+            metrics=any(route.path == "/metrics" for route in extra_routes or []),
+        )
+
+        async def openapi_document(request: Request) -> Response:
+            return JSONResponse(document)
+
         routes += [
+            Route(OPENAPI_PATH, openapi_document, methods=["GET"]),
             Route("/ops/runs/{id}", ops.show, methods=["GET"]),
             Route("/ops/{key}", ops.run, methods=["POST"]),
         ]

@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     http_port: int = 8080
     http_max_header_bytes: int = Field(default=128 * 1024, ge=8 * 1024)
     """A request's header block past this is answered 400 and its connection closed."""
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    """A request's line and header block must arrive within this many seconds (408, closed)."""
+    http_body_timeout: float = Field(default=30.0, gt=0)
+    """A request's body must arrive within this many seconds of its headers (408, closed)."""
+    http_max_concurrency: int = Field(default=256, ge=1)
+    """HTTP requests served at once; past it, 503 with ``Retry-After`` (``/healthz`` exempt)."""
+    http_shutdown_timeout: float = Field(default=10.0, gt=0)
+    """How long graceful shutdown waits for HTTP requests in flight before cancelling them."""
+    http_db_pool_size: int = Field(default=8, ge=1)
+    """HTTP's own database connections, apart from the Kafka path's, so neither can starve the other."""
     max_in_flight: int = Field(default=256, ge=1)
     batch_size: int = Field(default=32, ge=1)
     max_batches: int = Field(default=8, ge=1)

@@ -7,12 +7,18 @@ then shows up at the client as ``ReadError``/``ECONNRESET`` instead of a status 
 like nginx's ``lingering_close``, a connection closed while the client is still mid-request
 is only half-closed: our side sends its FIN after the response, reads and drops what the
 client still sends (up to a byte and time bound), and closes when the client does.
+
+Slow clients are bounded too: a request's line and header block must arrive within the
+header timeout (the body's own timeout is the app's: ``runner.http.read_body``), at most
+``max_concurrency`` requests are served at once (past it: 503 with ``Retry-After``), and
+graceful shutdown waits at most ``shutdown_timeout`` for requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -24,6 +30,11 @@ from ..errors import StartupError
 
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 8 * 1024 * 1024
+_LATE = b'{"error": "the request headers did not arrive in time"}'
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_LATE), _LATE)
+)
 
 
 class _Drain(asyncio.Protocol):
@@ -89,17 +100,82 @@ class _LingeringTransport:
 
 
 class LingeringH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, with a transport whose ``close()`` drains a mid-request peer."""
+    """uvicorn's h11 protocol, with a transport whose ``close()`` drains a mid-request peer,
+    and a deadline for each request's line and header block (``header_timeout``), from the
+    connection's start or the request's first byte: uvicorn has none, so a client sending a
+    header a byte a minute would hold its connection for ever."""
+
+    header_timeout = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         lingering = _LingeringTransport(cast(asyncio.Transport, transport), self)
         super().connection_made(cast(asyncio.Transport, lingering))
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+            self._arm()  # a request has begun: its headers have until the deadline
+        elif self.conn.their_state is not h11.IDLE:
+            self._disarm()  # the header block is in; the body has the app's timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        if self.conn.trailing_data[0]:  # part of a request came: answer it, then close
+            self.transport.write(_TIMED_OUT)
+        self.transport.close()
 
     def peer_mid_request(self) -> bool:
         state = self.conn.their_state
         if state is h11.IDLE:
             return bool(self.conn.trailing_data[0])  # part of a request line or header block
         return state in (h11.SEND_BODY, h11.ERROR)
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` HTTP requests in the app at once; past it an immediate 503 with
+    ``Retry-After`` (uvicorn's own limit sends none, and counts idle connections too).
+    ``/healthz`` is never refused: a busy process is alive."""
+
+    def __init__(self, app: Any, limit: int, *, exempt: tuple[str, ...] = ("/healthz",)) -> None:
+        self.app, self.limit, self.exempt, self.active = app, limit, exempt, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            body = b'{"status":"rejected","error":{"code":"BUSY","message":"too many requests in flight"}}'
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),  # its body, if any, is not read
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 class HttpServer:
@@ -109,21 +185,34 @@ class HttpServer:
     buffered); past it uvicorn answers 400 and closes, which lingering makes readable.
     """
 
-    def __init__(self, app: Any, host: str, port: int, *, max_header_bytes: int = 128 * 1024) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        max_header_bytes: int = 128 * 1024,
+        header_timeout: float = 10.0,
+        max_concurrency: int = 256,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
         class _Server(uvicorn.Server):
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
                 yield
 
+        protocol = type("Protocol", (LingeringH11Protocol,), {"header_timeout": header_timeout})
+        self.limit = ConcurrencyLimit(app, max_concurrency)
         config = uvicorn.Config(
-            app,
+            self.limit,
             host=host,
             port=port,
             log_level="warning",
             lifespan="off",
             access_log=False,
-            http=LingeringH11Protocol,
+            http=protocol,
             h11_max_incomplete_event_size=max_header_bytes,
+            timeout_graceful_shutdown=max(1, math.ceil(shutdown_timeout)),
         )
         self.server = _Server(config)
         self.port = port

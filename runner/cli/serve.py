@@ -74,6 +74,18 @@ def command_key_from(settings: Settings) -> bytes | None:
     )
 
 
+async def open_pool(settings: Settings, size: int) -> Any:
+    """Another pool on the configured database (already reached and migrated)."""
+    from infra.postgres import connect_pool
+
+    assert settings.database_url is not None
+    dsn = settings.database_url.get_secret_value()
+    try:
+        return await connect_pool(dsn, min_size=1, max_size=size)
+    except Exception as exc:
+        raise StartupError(f"database at {_where(dsn)}: {type(exc).__name__}: {exc}") from exc
+
+
 async def open_database(settings: Settings) -> tuple[Any, list[str]]:
     """Connect and migrate, or raise ``StartupError`` naming what failed.
 
@@ -238,6 +250,7 @@ def build_http_app(
         webhooks=ingress if sources else None,
         checks={"database": database, "kafka": kafka},
         ops=ops,
+        body_timeout=settings.http_body_timeout,
         extra_routes=[Route(path, endpoint, methods=["GET"]) for path, endpoint in extra or []],
     )
 
@@ -283,22 +296,33 @@ async def serve(
         raise
     if applied:
         _log.info("applied migrations %s", applied)
+    try:
+        http_pool = await open_pool(settings, settings.http_db_pool_size)
+    except StartupError:
+        await pool.close()
+        await broker.stop()
+        raise
     store = PostgresStore(pool)
     publisher = KafkaPublisher(broker)
     clients, transient = external_clients(settings)
     metrics = Metrics()
     configure_tracing()
-    executor = Executor(
-        registry,
-        store,
-        authenticator,
-        results_topic=settings.results_topic,
-        audit_topic=settings.audit_topic,
-        source=settings.source,
-        clients=clients,
-        transient_errors=transient,
-        metrics=metrics,
-    )
+
+    def executor_on(on: Any) -> Executor:
+        return Executor(
+            registry,
+            on,
+            authenticator,
+            results_topic=settings.results_topic,
+            audit_topic=settings.audit_topic,
+            source=settings.source,
+            clients=clients,
+            transient_errors=transient,
+            metrics=metrics,
+        )
+
+    executor = executor_on(store)
+    http_executor = executor_on(PostgresStore(http_pool))  # HTTP's own connections
     consumer = CommandConsumer(
         executor,
         publisher,
@@ -326,7 +350,13 @@ async def serve(
         except Exception:
             _log.warning("publish failed; the outbox relay will publish", exc_info=True)
 
-    ops = OpsApi(executor, deliver, max_bytes=settings.max_message_bytes)
+    ops = OpsApi(
+        http_executor,
+        deliver,
+        max_bytes=settings.max_message_bytes,
+        body_timeout=settings.http_body_timeout,
+        max_background=settings.http_max_concurrency,
+    )
 
     async def scrape(request: Any) -> Any:
         from starlette.responses import Response
@@ -337,10 +367,13 @@ async def serve(
         return Response(metrics.render(), media_type=metrics.content_type)
 
     http = HttpServer(
-        build_http_app(settings, pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics),
+        build_http_app(settings, http_pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics),
         settings.http_host,
         settings.http_port,
         max_header_bytes=settings.http_max_header_bytes,
+        header_timeout=settings.http_header_timeout,
+        max_concurrency=settings.http_max_concurrency,
+        shutdown_timeout=settings.http_shutdown_timeout,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -377,5 +410,6 @@ async def serve(
                 await asyncio.gather(task, return_exceptions=True)
         await http.stop()
         await broker.stop()
+        await http_pool.close()
         await pool.close()
     _log.info("stopped: %d commands, %d dead-lettered", consumer.processed, consumer.dead_lettered)
