@@ -80,6 +80,9 @@ def token(
     kind: Annotated[str, typer.Option(help="user, service or admin.")] = "user",
     role: Annotated[list[str] | None, typer.Option(help="A role; repeat for more.")] = None,
     ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
+    op: Annotated[
+        list[str] | None, typer.Option(help="Limit it to this operation (claim 'ops'); repeat for more.")
+    ] = None,
 ) -> None:
     """Mint a JWT with OPRUNNER_JWT_SECRET, for development."""
     settings = _settings()
@@ -97,6 +100,7 @@ def token(
             ttl=ttl,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
+            ops=op,
         )
     )
 
