@@ -95,15 +95,16 @@ async def _register_webhook(settings: Settings) -> None:
         )
 
 
-def _signed_event(invoice_id: str) -> tuple[bytes, str]:
+def _signed_event(invoice_id: str, payment_intent_id: str) -> tuple[str, bytes, str]:
+    event_id = f"evt_demo_{uuid.uuid4().hex[:12]}"
     body = json.dumps(
         {
-            "id": f"evt_demo_{uuid.uuid4().hex[:12]}",
+            "id": event_id,
             "object": "event",
             "type": "payment_intent.succeeded",
             "data": {
                 "object": {
-                    "id": f"pi_demo_{uuid.uuid4().hex[:12]}",
+                    "id": payment_intent_id,
                     "object": "payment_intent",
                     "amount": 3000,
                     "amount_received": 3000,
@@ -115,7 +116,7 @@ def _signed_event(invoice_id: str) -> tuple[bytes, str]:
     ).encode()
     stamp = int(time.time())
     digest = hmac.new(DEV_WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return body, f"t={stamp},v1={digest}"
+    return event_id, body, f"t={stamp},v1={digest}"
 
 
 def _describe(data: dict[str, Any]) -> str:
@@ -179,11 +180,21 @@ async def _demo(settings: Settings, running: Running) -> list[Step]:
             event = await client.call(step.op, data, token=alice, timeout=60, key=data["invoiceId"], **extra)
             step.status, step.detail = event["data"]["status"], _describe(event["data"])
             steps.append(step)
-        # A webhook, signed as Stripe signs it, for a payment made outside this runner.
+        # A webhook, signed as Stripe signs it, for a payment made outside this runner (the
+        # handler checks it with Stripe, so it is made in the stand-in first).
         step = Step("signed Stripe webhook", "billing.recordPayment", "succeeded")
-        body, signature = _signed_event("inv_demo_webhook")
+        intent = await running.executor.clients["stripe"].v1.payment_intents.create_async(
+            {
+                "amount": 3000,
+                "currency": "usd",
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "metadata": {"invoice_id": "inv_demo_webhook"},
+            }
+        )
+        event_id, body, signature = _signed_event("inv_demo_webhook", intent.id)
         results = client.results("billing.recordPayment")
-        waiter = asyncio.ensure_future(_first_for(results, "inv_demo_webhook"))
+        waiter = asyncio.ensure_future(_first_for(results, f"stripe:{event_id}"))
         await asyncio.sleep(0)
         async with httpx.AsyncClient() as http:
             response = await http.post(
@@ -201,9 +212,9 @@ async def _demo(settings: Settings, running: Running) -> list[Step]:
     return steps
 
 
-async def _first_for(results: Any, invoice_id: str) -> dict[str, Any]:
+async def _first_for(results: Any, command_id: str) -> dict[str, Any]:
     async for event in results:
-        if (event["data"].get("output") or {}).get("invoiceId") == invoice_id:
+        if event.get("causationid") == command_id:
             return dict(event)
     raise RuntimeError("results ended")
 
