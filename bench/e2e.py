@@ -334,7 +334,7 @@ async def prepare(dsn: str, accounts: int) -> None:
     try:
         await migrate(conn)
         await conn.execute(SCHEMA)
-        await conn.execute("TRUNCATE ledger_accounts, ledger_effects")
+        await conn.execute("TRUNCATE ledger_accounts, ledger_effects, ledger_holds")
         await conn.copy_records_to_table(
             "ledger_accounts",
             records=[(f"acc-{i}", "alice", "t1", Decimal(0)) for i in range(accounts)],

@@ -225,7 +225,7 @@ async def seed_ledger(db: Any, accounts: list[tuple[str, str, str]]) -> None:
     from tests.apps.ledger import SCHEMA
 
     await db.execute(SCHEMA)
-    await db.execute("TRUNCATE ledger_accounts, ledger_effects")
+    await db.execute("TRUNCATE ledger_accounts, ledger_effects, ledger_holds")
     await db.executemany(
         "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, $2, $3)", accounts
     )

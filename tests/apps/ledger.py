@@ -4,7 +4,9 @@
 the handler's transaction, so "exactly once" is checked by counting rows per idempotency key.
 The handler fails transiently on the first attempts of commands whose ``flaky`` is set, and
 with the domain error ``fail`` names, after writing, when that is set; ``fail="NUL_OUTPUT"``
-instead returns an output holding U+0000 (which the runner must fail, not try to store).
+instead returns an output holding U+0000 (which the runner must fail, not try to store), and
+``fail="DEFERRED_FK"`` writes a row whose deferred foreign key fails only at COMMIT: an
+outcome the store refuses every time, which no check before it can see.
 ``batched`` is the same app with ``credit_many``, the batch form of ``credit``.
 """
 
@@ -35,6 +37,8 @@ CREATE TABLE IF NOT EXISTS ledger_accounts (
 CREATE TABLE IF NOT EXISTS ledger_effects (
     id bigserial PRIMARY KEY, idempotency_key text NOT NULL, account_id text NOT NULL,
     amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS ledger_holds (
+    account_id text NOT NULL REFERENCES ledger_accounts (id) DEFERRABLE INITIALLY DEFERRED);
 """
 
 
@@ -78,6 +82,9 @@ async def credit(value: CreditInput, ctx: OperationContext) -> CreditOutput:
         value.account_id,
         value.amount,
     )
+    if value.fail == "DEFERRED_FK":
+        await ctx.db.execute("INSERT INTO ledger_holds (account_id) VALUES ('no-such-account')")
+        return CreditOutput(account_id=value.account_id, balance=str(balance))
     if value.fail == "NUL_OUTPUT":
         return CreditOutput(account_id=value.account_id, balance="\x00")
     if value.fail:

@@ -3,7 +3,6 @@ the consumer or the HTTP server, memory stays bounded, and nobody gets in."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -230,8 +229,8 @@ async def test_poison_and_nul_messages_get_an_answer_each_and_the_partition_move
     topics: Topics, database_url: str, accounts: asyncpg.Pool, serving: Any, kafka_bootstrap: str
 ) -> None:
     """U+0000 in each attribute, key and data; eight commands the store refuses every time (a
-    valid token whose 4,800-character subject makes the run key larger than a Postgres index
-    row may be), all on one key; then valid commands on that key."""
+    deferred foreign key their handler breaks fails the commit), all on one key; then valid
+    commands on that key."""
     serving(topics, database_url, OPRUNNER_PARK_AFTER_ATTEMPTS="2")
     nul = "\x00"
     hostile = {
@@ -244,12 +243,7 @@ async def test_poison_and_nul_messages_get_an_answer_each_and_the_partition_move
     messages.append((f"mi{nul}ne".encode(), credit("mine", "nul-kafka-key"), auth()))
     messages.append((b"mine", credit(f"mi{nul}ne", "nul-data"), auth()))
     messages.append((b"mine", credit("mine", "nul-data-key", **{f"k{nul}": 1}), auth()))
-    big = secrets.token_urlsafe(3600)  # a valid subject, incompressible: its run key is past
-    # the 2,704 bytes a Postgres index row may hold
-    await accounts.execute(
-        "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ('big', $1, 't1')", big
-    )
-    messages += [(b"mine", credit("big", f"poison-{i}"), auth(big)) for i in range(8)]
+    messages += [(b"mine", credit("mine", f"poison-{i}", fail="DEFERRED_FK"), auth()) for i in range(8)]
     messages += [(b"mine", credit("mine", f"after-{i}"), auth()) for i in range(5)]
     await send_raw(kafka_bootstrap, topics.commands, messages)
 
@@ -271,7 +265,7 @@ async def test_poison_and_nul_messages_get_an_answer_each_and_the_partition_move
     malformed = [h for h in headers if h["dlq-code"] == b"MALFORMED"]
     parked = [h for h in headers if h["dlq-code"] == b"RETRIES_EXHAUSTED"]
     assert len(malformed) == 7 and all(b"U+0000" in h["dlq-reason"] for h in malformed)
-    assert len(parked) == 8 and all(b"ProgramLimitExceeded" in h["dlq-last-error"] for h in parked)
+    assert len(parked) == 8 and all(b"ForeignKeyViolation" in h["dlq-last-error"] for h in parked)
     codes = [e["data"]["error"] for e in audit.events()]
     assert codes.count("RETRIES_EXHAUSTED") == 8 and codes.count("MALFORMED") == 7
     assert not any(
