@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from runner import EnvelopeError, OperationError, RetryableError, command
+from runner.auth import JwtAuthenticator
 from runner.envelope import nul_paths
 from runner.model import REDACTED
 
-from .conftest import GOOD, App
+from .conftest import GOOD, SECRET, App
 
 
 async def _published(app: App, topic: str) -> int:
@@ -413,3 +414,42 @@ async def test_an_idempotency_key_belongs_to_its_caller(app: App) -> None:
     conflict = await app.run("docs.pay", {**GOOD, "amount": "1"}, idempotency_key="order-991-pay")
     assert conflict.error_code == "IDEMPOTENCY_CONFLICT"  # her own key, her own conflict
     assert app.behaviour.effects == ["order-991-pay"] * 3
+
+
+async def test_strangers_input_is_audited_by_size_and_digest_only(app: App) -> None:
+    """Denied, and rejected before the caller proved who they are: the audit keeps who (or
+    nobody), the input's size and SHA-256, never the input."""
+    padding = {**GOOD, "card": "x" * 250}
+    cases = [
+        (await app.run("docs.pay", padding, token=None), "denied"),  # no token
+        (await app.run("docs.pay", padding, token="not-a-jwt"), "denied"),
+        (await app.run("docs.pay", {**padding, "amount": "-1"}, token=None), "unauthenticated"),
+        (await app.run("docs.pay", padding, token="bob"), "denied"),  # d1 is not bob's
+    ]
+    for out, why in cases:
+        audited = out.audit["data"]["input"]
+        assert audited["omitted"] is True and audited["why"] == why, audited
+        assert len(audited["sha256"]) == 64 and audited["bytes"] > 250
+        assert "xxxxx" not in str(out.audit)
+    assert cases[3][0].audit["data"]["actor"]["id"] == "bob"  # who tried is kept
+    # an authenticated caller's invalid input is audited (secrets redacted) as before
+    mine = await app.run("docs.pay", {**GOOD, "amount": "-1"})
+    assert mine.audit["data"]["input"]["card"] == REDACTED
+
+
+async def test_a_one_command_token_runs_only_its_command(app: App) -> None:
+    from runner.auth import CommandSigner, command_key
+
+    key = command_key(SECRET, None)
+    assert key is not None
+    app.executor.authenticator = JwtAuthenticator(secret=SECRET, command_key=key)
+    signer = CommandSigner(key, subject="hooks", ttl=60)
+    token = signer.token_for("cmd-1", "docs.pay", GOOD)
+    other_data = await app.run("docs.pay", {**GOOD, "amount": "999"}, token=token, id="cmd-1")
+    other_id = await app.run("docs.pay", GOOD, token=token, id="cmd-2")
+    assert other_data.status == other_id.status == "denied"
+    assert other_data.error_code == other_id.error_code == "UNAUTHENTICATED"
+    # its own command passes the binding and meets the policy like any service actor's
+    own = await app.run("docs.pay", dict(reversed(GOOD.items())), token=token, id="cmd-1")
+    assert own.error_code == "FORBIDDEN"
+    assert app.behaviour.calls == 0
