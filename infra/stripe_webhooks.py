@@ -43,6 +43,8 @@ class StripeWebhookSource:
         event_id, event_type = getattr(event, "id", None), getattr(event, "type", None)
         if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
             raise WebhookRejected("event has no id or type")
+        if "\x00" in event_id or "\x00" in event_type or len(event_id) > 255 or len(event_type) > 255:
+            raise WebhookRejected("event id or type is not storable")  # it would be retried for days
         payload = event.to_dict()
         return VerifiedEvent(event_id, event_type, payload)
 

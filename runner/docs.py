@@ -4,12 +4,17 @@ for the HTTP surface, and a Markdown catalog. The specs are the single source.""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .envelope import MAX_ID_LENGTH
 from .registry import OperationRegistry
 from .settings import Settings
 from .spec import OperationSpec
+
+OPENAPI_PATH = "/openapi.json"
+"""Where ``serve`` serves the OpenAPI document."""
 
 _RESULT_DATA: dict[str, Any] = {
     "type": "object",
@@ -92,84 +97,461 @@ def asyncapi(registry: OperationRegistry, settings: Settings) -> dict[str, Any]:
     }
 
 
-def openapi(registry: OperationRegistry) -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for spec in registry:
-        if f"/ops/{spec.key}" in paths:
-            continue  # the latest version documents the path; ?version= selects another
-        latest = registry.get(spec.key).spec
-        paths[f"/ops/{latest.key}"] = {
-            "post": {
-                "summary": latest.meta.description,
-                "operationId": latest.key,
-                "tags": list(latest.meta.tags),
-                "security": [] if latest.policy.auth == "public" else [{"bearer": []}],
-                "parameters": [
+# The OpenAPI document describes what ``runner.http`` really answers: every status a path can
+# give and the body it sends with it. Three body shapes exist: an operation's result (what the
+# executor decided, with ``commandId`` and ``idempotencyKey``), a refusal at the door (bad JSON,
+# a bad header, too large, the store unavailable: ``{status: "rejected", error}``, no command
+# id), and the plain ``{error: "..."}`` of the runs and webhook endpoints.
+_COMPONENTS: dict[str, Any] = {
+    "FieldError": {
+        "type": "object",
+        "required": ["field", "message", "type"],
+        "properties": {
+            "field": {"type": "string", "description": "wire name (dotted path) of the field"},
+            "message": {"type": "string"},
+            "type": {"type": "string", "description": "pydantic error type"},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "description": "Why a command did not succeed; a domain failure may add its own details.",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "fields": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/FieldError"},
+                "description": "INVALID_INPUT only: each field that failed",
+            },
+        },
+    },
+    "Refusal": {
+        "type": "object",
+        "description": "A request refused before it became a command (bad JSON, a bad header, too "
+        "large, the store unavailable), or a command's own outcome.",
+        "required": ["status", "error"],
+        "properties": {
+            "status": {"enum": ["rejected", "denied", "failed"]},
+            "error": {"$ref": "#/components/schemas/Error"},
+            "commandId": {"type": "string"},
+            "idempotencyKey": {"type": "string"},
+        },
+    },
+    "Message": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "Run": {
+        "type": "object",
+        "description": "A command's run: `pending` (accepted, not started), `running`, or its outcome. "
+        "A command that claimed no run (rejected, denied) is shown from its audit entry.",
+        "required": ["commandId", "idempotencyKey", "op", "status", "result"],
+        "properties": {
+            "commandId": {"type": "string"},
+            "idempotencyKey": {"type": ["string", "null"]},
+            "op": {"type": "string", "description": "empty while pending"},
+            "status": {"enum": ["pending", "running", "succeeded", "failed", "rejected", "denied"]},
+            "result": {
+                "description": "the result data; null until there is an outcome",
+                "oneOf": [
                     {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "schema": {"type": "string", "maxLength": 255},
-                    },
-                    {"name": "Prefer", "in": "header", "schema": {"enum": ["respond-async"]}},
-                    {"name": "version", "in": "query", "schema": {"type": "string"}},
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": latest.input_schema()}},
-                },
-                "responses": {
-                    "200": {
-                        "description": "succeeded",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    **_RESULT_DATA,
-                                    "properties": {
-                                        **_RESULT_DATA["properties"],
-                                        "output": latest.output_schema(),
-                                    },
-                                }
-                            }
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {
+                            "status": {"enum": ["succeeded", "failed", "rejected", "denied"]},
+                            "output": {"type": "object"},
+                            "error": {
+                                "type": "object",
+                                "required": ["code"],
+                                "properties": {
+                                    "code": {"type": "string"},
+                                    "message": {"type": ["string", "null"]},
+                                },
+                            },
                         },
                     },
-                    "202": {"description": "accepted; poll the Location"},
-                    "400": {"description": "rejected: invalid input"},
-                    "401": {"description": "denied: no or bad token"},
-                    "403": {"description": "denied by policy"},
-                    "409": {"description": "rejected: idempotency key reused with other input"},
-                    "422": {
-                        "description": "failed: " + ", ".join(latest.io.errors)
-                        if latest.io.errors
-                        else "failed"
-                    },
+                    {"type": "null"},
+                ],
+            },
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _respond(description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": _json_content(schema), **extra}
+
+
+def _model_schema(
+    model: Any, prefix: str, components: dict[str, Any], *, mode: str = "validation"
+) -> dict[str, Any]:
+    """A model's JSON Schema whose nested models live in ``components`` (as ``prefix.Name``),
+    so every ``$ref`` resolves inside the OpenAPI document."""
+    schema: dict[str, Any] = model.model_json_schema(
+        by_alias=True, mode=mode, ref_template=f"#/components/schemas/{prefix}.{{model}}"
+    )
+    definitions = schema.pop("$defs", {})
+    if mode == "validation":  # what is sent: no string may hold U+0000 (no store can keep it)
+        schema = _without_nul(schema)
+        definitions = {name: _without_nul(definition) for name, definition in definitions.items()}
+    for name, definition in definitions.items():
+        components[f"{prefix}.{name}"] = definition
+    return schema
+
+
+_NO_NUL = "^[^\\x00]*$"
+
+
+def _without_nul(schema: Any) -> Any:
+    """``schema`` with every string refusing U+0000, which the runner rejects as INVALID_INPUT
+    wherever it is in a command's data."""
+    if isinstance(schema, list):
+        return [_without_nul(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _without_nul(value) for key, value in schema.items() if key not in ("default", "examples")}
+    out.update({key: schema[key] for key in ("default", "examples") if key in schema})
+    types = schema.get("type")
+    if types == "string" or (isinstance(types, list) and "string" in types):
+        if "pattern" not in out:
+            out["pattern"] = _NO_NUL
+        else:
+            out["allOf"] = [*out.get("allOf", []), {"pattern": _NO_NUL}]
+    return out
+
+
+_COMMAND_HEADER = {
+    "Oprunner-Command-Id": {
+        "description": "the id of the command this request became",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait (BUSY)",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_BUSY = "BUSY (too many requests in flight; retry after `Retry-After`)"
+
+
+def _busy(description: str, *schemas: dict[str, Any]) -> dict[str, Any]:
+    """A 503: the path's own (``schemas``), or the server's BUSY refusal, which any path but
+    ``/healthz`` may answer when too many requests are in flight."""
+    refusal = _ref("Refusal")
+    options = [*schemas, refusal] if refusal not in schemas else list(schemas)
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return _respond(description, schema, headers=_RETRY_AFTER)
+
+
+def _outcome(status: str | list[str], *, output: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body of a command's outcome: its result data with ``commandId`` and ``idempotencyKey``."""
+    statuses = [status] if isinstance(status, str) else status
+    properties: dict[str, Any] = {
+        "status": {"enum": statuses},
+        "commandId": {"type": "string"},
+        "idempotencyKey": {"type": "string", "description": "as sent, or the command id"},
+    }
+    required = ["status", "commandId", "idempotencyKey"]
+    if output is not None:
+        properties["output"] = output
+        required.append("output")
+    else:
+        properties["error"] = _ref("Error")
+        required.append("error")
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _operation_path(registry: OperationRegistry, spec: OperationSpec, components: dict[str, Any]) -> Any:
+    prefix = f"{spec.key}.{spec.version}"
+    versions = [s.version for s in registry if s.key == spec.key]
+    codes = ", ".join(spec.io.errors)
+    refusal = _ref("Refusal")
+    return {
+        "post": {
+            "summary": spec.meta.description,
+            "description": "Runs the operation (latest version unless `version` names another) and "
+            "answers its outcome; with `Prefer: respond-async`, a command that would be "
+            "run is written down and answered 202 at once.",
+            "operationId": spec.key,
+            "tags": list(spec.meta.tags),
+            "security": [] if spec.policy.auth == "public" else [{"bearer": []}],
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "description": "the same key with the same input replays the first outcome",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
                 },
-            }
-        }
-    paths["/ops/runs/{id}"] = {
-        "get": {
-            "summary": "A run, to its actor or an admin",
-            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "security": [{"bearer": []}],
+                {
+                    "name": "Prefer",
+                    "in": "header",
+                    "description": "`respond-async`: answer 202 and run in the background",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "X-Correlation-Id",
+                    "in": "header",
+                    "schema": {"type": "string", "maxLength": MAX_ID_LENGTH},
+                },
+                {
+                    "name": "traceparent",
+                    "in": "header",
+                    "description": "W3C trace context; ignored unless well-formed",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "version",
+                    "in": "query",
+                    "description": "the spec version to run; unknown versions answer 404",
+                    "schema": {"enum": versions},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": _json_content(_model_schema(spec.io.input, f"{prefix}.input", components)),
+            },
             "responses": {
-                "200": {"description": "the run"},
-                "401": {"description": "no token"},
-                "404": {"description": "none visible"},
+                "200": _respond(
+                    "succeeded",
+                    _outcome(
+                        "succeeded",
+                        output=_model_schema(
+                            spec.io.output, f"{prefix}.output", components, mode="serialization"
+                        ),
+                    ),
+                    headers=_COMMAND_HEADER,
+                ),
+                "202": _respond(
+                    "accepted (`Prefer: respond-async`); poll the Location",
+                    {
+                        "type": "object",
+                        "required": ["status", "commandId"],
+                        "properties": {"status": {"const": "accepted"}, "commandId": {"type": "string"}},
+                    },
+                    headers={
+                        "Location": {
+                            "description": "the run: `/ops/runs/{commandId}`",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    },
+                ),
+                "400": _respond(
+                    "rejected: INVALID_INPUT (with `error.fields`), or refused at the door: "
+                    "INVALID_JSON, INVALID_IDEMPOTENCY_KEY, INVALID_COMMAND",
+                    refusal,
+                ),
+                "401": _respond(
+                    "denied: UNAUTHENTICATED (no, bad or expired token)",
+                    _outcome("denied"),
+                    headers=_COMMAND_HEADER,
+                ),
+                "403": _respond("denied: FORBIDDEN by policy", _outcome("denied"), headers=_COMMAND_HEADER),
+                "404": _respond(
+                    "rejected: UNKNOWN_OPERATION (no such version)",
+                    _outcome("rejected"),
+                    headers=_COMMAND_HEADER,
+                ),
+                "408": _respond(
+                    "refused at the door: REQUEST_TIMEOUT (the body did not arrive in time)",
+                    {"anyOf": [refusal, _ref("Message")]},
+                ),
+                "409": _respond(
+                    "rejected: IDEMPOTENCY_CONFLICT (the key was used with other input)",
+                    _outcome("rejected"),
+                    headers=_COMMAND_HEADER,
+                ),
+                "413": _respond("refused at the door: TOO_LARGE", refusal),
+                "422": _respond(
+                    "failed: the operation's domain error" + (f" ({codes})" if codes else ""),
+                    _outcome("failed"),
+                    headers=_COMMAND_HEADER,
+                ),
+                "500": _respond(
+                    "failed: HANDLER_ERROR (the handler raised) or OUTPUT_INVALID",
+                    _outcome("failed"),
+                    headers=_COMMAND_HEADER,
+                ),
+                "503": _busy(
+                    "failed: RETRIES_EXHAUSTED, or refused at the door: UNAVAILABLE (the store is "
+                    "down; send it again with the same Idempotency-Key) or " + _BUSY,
+                    refusal,
+                ),
             },
         }
     }
-    paths["/webhooks/{provider}"] = {
-        "post": {"summary": "Provider webhooks (stripe)", "responses": {"200": {"description": "taken"}}}
+
+
+def openapi(
+    registry: OperationRegistry,
+    *,
+    webhook_providers: Sequence[str] | None = None,
+    metrics: bool = True,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``serve``'s HTTP surface.
+
+    ``webhook_providers``: the providers configured (the path parameter's values), when known;
+    ``metrics``: whether ``/metrics`` is served (``serve`` always serves it).
+    """
+    components: dict[str, Any] = dict(_COMPONENTS)
+    paths: dict[str, Any] = {}
+    for spec in registry:
+        if f"/ops/{spec.key}" not in paths:  # the latest version documents the path
+            paths[f"/ops/{spec.key}"] = _operation_path(registry, registry.get(spec.key).spec, components)
+    message = _ref("Message")
+    paths["/ops/runs/{id}"] = {
+        "get": {
+            "summary": "A run, to its actor or an admin",
+            "operationId": "showRun",
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "description": "the command id (the `commandId` of a 200 or 202)",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": _respond("the run", _ref("Run")),
+                "400": _respond("an id no run can have (U+0000)", message),
+                "401": _respond("no token, or a bad one", message),
+                "404": _respond("no such run visible to the caller", message),
+                "503": _busy("the store is unavailable, or " + _BUSY, message),
+            },
+        }
     }
-    paths["/healthz"] = {"get": {"responses": {"200": {"description": "alive"}}}}
+    provider: dict[str, Any] = {"type": "string"}
+    if webhook_providers:
+        provider = {"enum": sorted(webhook_providers)}
+    paths["/webhooks/{provider}"] = {
+        "post": {
+            "summary": "Provider webhooks (stripe): verified, recorded once, turned into a command",
+            "operationId": "receiveWebhook",
+            "parameters": [
+                {
+                    "name": "provider",
+                    "in": "path",
+                    "required": True,
+                    "description": "a configured webhook source; others answer 404",
+                    "schema": provider,
+                }
+            ],
+            "security": [],
+            "requestBody": {
+                "description": "the provider's event, as it signed it (Stripe: `Stripe-Signature`)",
+                "content": _json_content({"type": "object"}),
+            },
+            "responses": {
+                "200": _respond(
+                    "taken, or seen before (`duplicate`)",
+                    {
+                        "type": "object",
+                        "required": ["received"],
+                        "properties": {
+                            "received": {"type": "string", "description": "the event id"},
+                            "command": {
+                                "type": ["string", "null"],
+                                "description": "the operation it became; null for an event only recorded",
+                            },
+                            "duplicate": {"const": True},
+                        },
+                    },
+                ),
+                "400": _respond("not authentic or not well-formed: nothing recorded as valid", message),
+                "404": _respond("no webhook source of that name is configured", message),
+                "408": _respond("the body did not arrive in time", message),
+                "413": _respond("body too large", message),
+                "503": _busy(
+                    "could not be recorded or queued, or " + _BUSY + "; the provider retries", message
+                ),
+            },
+        }
+    }
+    paths["/healthz"] = {
+        "get": {
+            "summary": "Liveness",
+            "operationId": "healthz",
+            "security": [],
+            "responses": {
+                "200": _respond(
+                    "alive",
+                    {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                )
+            },
+        }
+    }
+    ready = {
+        "type": "object",
+        "required": ["ready", "checks"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    }
     paths["/readyz"] = {
-        "get": {"responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}
+        "get": {
+            "summary": "Readiness: the database and the broker answer",
+            "operationId": "readyz",
+            "security": [],
+            "responses": {"200": _respond("ready", ready), "503": _busy("not ready, or " + _BUSY, ready)},
+        }
+    }
+    if metrics:
+        paths["/metrics"] = {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "the Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "503": _busy(_BUSY),
+                },
+            }
+        }
+    paths[OPENAPI_PATH] = {
+        "get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "security": [],
+            "responses": {
+                "200": _respond("the OpenAPI document", {"type": "object"}),
+                "503": _busy(_BUSY),
+            },
+        }
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "oprunner", "version": "1.0.0"},
+        "info": {
+            "title": "oprunner",
+            "version": "1.0.0",
+            "description": "The HTTP surface of `oprunner serve`. On any path, a request whose line and "
+            "headers do not arrive within the header timeout is answered 408 "
+            '`{"error": ...}` and closed, and a header block past the size limit 400 (plain text).',
+        },
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
     }
 

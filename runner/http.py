@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -37,6 +38,22 @@ from .webhooks import WebhookIngress
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 _log = logging.getLogger("oprunner.http")
+
+
+class _AnyText(Convertor[str]):
+    """A path segment of any characters, ``/`` and line breaks too: a command id is whatever its
+    producer chose (Starlette's ``str`` stops at ``/``, its ``path`` at a line break)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
 
 
 class BodyTooLarge(Exception):
@@ -143,8 +160,10 @@ class OpsApi:
             time=now_iso(),
             traceparent=valid_traceparent(request.headers.get("traceparent")),
         )
-        try:
+        encoded = command.encode()
+        try:  # the Kafka path's rules for both answers (what is kept for a 202 is read again)
             check_attributes(command)
+            parse_command(encoded, max_bytes=len(encoded))
         except EnvelopeError as exc:
             return _error(400, "INVALID_COMMAND", exc.reason)
         token = bearer(request.headers.get("authorization"))
@@ -155,11 +174,6 @@ class OpsApi:
                 return JSONResponse(
                     {"status": "rejected", "error": busy}, status_code=503, headers={"Retry-After": "1"}
                 )
-            encoded = command.encode()
-            try:  # what is kept must parse again, as the sweep will read it
-                parse_command(encoded, max_bytes=len(encoded))
-            except EnvelopeError as exc:
-                return _error(400, "INVALID_COMMAND", exc.reason)
             try:
                 kept = Accepted(command.id, encoded, actor.audit() if actor else None)
                 await self.executor.store.accept(kept, self.accept_lease)
@@ -249,7 +263,11 @@ class OpsApi:
         if "\x00" in run_id:
             return JSONResponse({"error": "a run id has no U+0000"}, status_code=400)
         not_found = JSONResponse({"error": f"no run {run_id!r} visible to you"}, status_code=404)
-        run = await self.executor.store.find_run(run_id, run_key(actor.tenant_id, actor.user_id, run_id))
+        try:
+            run = await self.executor.store.find_run(run_id, run_key(actor.tenant_id, actor.user_id, run_id))
+        except Exception:
+            _log.warning("could not look up run %r", run_id[:255], exc_info=True)
+            return JSONResponse({"error": "the store is unavailable; try again"}, status_code=503)
         if run is None:
             return not_found
         own = run.actor_id == actor.user_id and (run.tenant_id is None or run.tenant_id == actor.tenant_id)
@@ -294,7 +312,11 @@ def build_app(
         except BodyNotSent:
             return _not_sent({"error": f"the body did not arrive within {body_timeout:g} s"})
         headers = {k.lower(): v for k, v in request.headers.items()}
-        status, payload = await webhooks.handle(provider, body, headers)
+        try:
+            status, payload = await webhooks.handle(provider, body, headers)
+        except Exception:  # the inbox (the store) failed: nothing was taken, the provider retries
+            _log.warning("could not take a %s delivery", provider, exc_info=True)
+            return JSONResponse({"error": "could not record the event; retry later"}, status_code=503)
         return JSONResponse(payload, status_code=status)
 
     routes = [
@@ -316,7 +338,7 @@ def build_app(
 
         routes += [
             Route(OPENAPI_PATH, openapi_document, methods=["GET"]),
-            Route("/ops/runs/{id}", ops.show, methods=["GET"]),
+            Route("/ops/runs/{id:anytext}", ops.show, methods=["GET"]),
             Route("/ops/{key}", ops.run, methods=["POST"]),
         ]
     return Starlette(routes=routes)

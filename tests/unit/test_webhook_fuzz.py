@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -90,3 +91,14 @@ def test_signed_arbitrary_events_verify_and_map_or_are_rejected(event: dict[str,
 def test_timestamps_far_from_now_are_rejected(body: bytes, offset: int) -> None:
     if abs(offset) > 400:
         assert isinstance(_outcome(body, sign(body, int(time.time()) + offset)), WebhookRejected)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [{"id": "evt_\x00", "type": "x"}, {"id": "evt_1", "type": "a\x00"}, {"id": "e" * 256, "type": "x"}],
+)
+def test_a_signed_event_no_store_can_hold_is_a_400_not_a_retry(event: dict[str, Any]) -> None:
+    """A 5xx would have the provider retry an event the inbox can never take, for days."""
+    body = json.dumps({**event, "object": "event", "data": {"object": {}}}).encode()
+    with pytest.raises(WebhookRejected, match="not storable"):
+        SOURCE.verify(body, {"stripe-signature": sign(body)})
