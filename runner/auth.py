@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 import jwt
 import orjson
 
+from .envelope import CommandEnvelope
 from .errors import AuthError
 
 ActorKind = Literal["user", "service", "admin"]
@@ -38,25 +39,33 @@ COMMAND_KEY_ID = "oprunner-command"
 """The ``kid`` of a one-command token (``CommandSigner``): verified with the command key."""
 
 
-def data_digest(data: Any) -> str:
-    """SHA-256 of the command data as canonical JSON (sorted keys): what a one-command token
-    binds, and what the executor recomputes from the message it received."""
+def command_digest(command: CommandEnvelope) -> str:
+    """SHA-256 of what a command asks for, as canonical JSON (sorted keys): its operation,
+    version, idempotency key and data. What a one-command token binds (with the id), and what
+    the executor recomputes from the message it received: the same token on a message with
+    another key would otherwise be a new run, or take a genuine command's key."""
+    asked = {
+        "type": command.type,
+        "opversion": command.opversion,
+        "key": command.idempotency_key,
+        "data": command.data,
+    }
     try:
-        raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+        raw = orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # what orjson refuses (ints past 64 bits) the stdlib takes
-        raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        raw = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """The one command a token authorizes: its id and the digest of its data."""
+    """The one command a token authorizes: its id and the digest of what it asks for."""
 
     command_id: str
     digest: str
 
-    def admits(self, command_id: str, data: Any) -> bool:
-        return command_id == self.command_id and hmac.compare_digest(data_digest(data), self.digest)
+    def admits(self, command: CommandEnvelope) -> bool:
+        return command.id == self.command_id and hmac.compare_digest(command_digest(command), self.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +188,9 @@ class JwtAuthenticator:
             raise AuthError(f"token lacks the {exc.claim!r} claim") from None
         except jwt.InvalidAlgorithmError:
             raise AuthError("token algorithm not accepted") from None
-        except (jwt.InvalidTokenError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError):
+            # PyJWTError, not only InvalidTokenError: a token naming an algorithm of another
+            # key type (ES256 against an RSA key) raises InvalidKeyError, which is not one
             raise AuthError("token invalid") from None
         actor = actor_from_claims(claims)
         if len(self._cache) >= self._cache_size:
@@ -326,14 +337,14 @@ class CommandSigner:
         self._subject = subject
         self._ttl = ttl
 
-    def token_for(self, command_id: str, op: str, data: Any) -> str:
+    def token_for(self, command: CommandEnvelope) -> str:
         now = int(time.time())
         claims = {
             "sub": self._subject,
             "kind": "service",
-            "ops": [op],
-            "cmd": command_id,
-            "dh": data_digest(data),
+            "ops": [command.type],
+            "cmd": command.id,
+            "dh": command_digest(command),
             "iat": now,
             "exp": now + int(self._ttl),
         }

@@ -476,7 +476,7 @@ class Executor:
         call.span = start_span(command.type, command.id, command.correlation_id, command.traceparent)
         call.traceparent = traceparent_of(call.span) or command.traceparent
         actor, auth_failure = (verified, None) if verified is not None else self._authenticate(token)
-        if actor is not None and actor.bound is not None and not actor.bound.admits(command.id, command.data):
+        if actor is not None and actor.bound is not None and not actor.bound.admits(command):
             auth_failure = "the token authorizes another command (its id or data differ)"
         call.actor = actor
         call.authenticated = actor is not None and auth_failure is None

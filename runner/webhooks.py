@@ -68,8 +68,8 @@ class WebhookInbox(Protocol):
 
 
 Publish = Callable[[str, bytes | None, bytes, dict[str, str]], Awaitable[None]]
-Sign = Callable[[str, str, dict[str, Any]], str]
-"""``(command id, operation, data) -> token``: a credential for that one command only."""
+Sign = Callable[[CommandEnvelope], str]
+"""A credential for that one command only (``runner.auth.CommandSigner.token_for``)."""
 
 
 @dataclass
@@ -118,7 +118,7 @@ class WebhookIngress:
             )
             headers_out = {
                 # bound to this command's id, operation and data: lifting it gains nothing
-                "authorization": f"Bearer {self.sign(command_id, command.op, command.data)}",
+                "authorization": f"Bearer {self.sign(envelope)}",
                 "content-type": "application/cloudevents+json",
             }
             try:
@@ -129,7 +129,7 @@ class WebhookIngress:
                     headers_out,
                 )
             except Exception as exc:  # the provider retries; the inbox row stays pending
-                _log.warning("could not publish %s event %s: %r", provider, event.id, exc)
+                _log.warning("could not publish %s event %s: %s", provider, event.id, type(exc).__name__)
                 self._count(provider, "unavailable")
                 return 503, {"error": "could not queue the event; retry later"}
         await self.inbox.mark_published(provider, event.id)

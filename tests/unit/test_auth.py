@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from runner import AuthError, JwtAuthenticator, mint_token
+from runner import AuthError, CommandEnvelope, JwtAuthenticator, mint_token
 from runner.auth import COMMAND_KEY_ID, CommandSigner, actor_from_audit, bearer, command_key
 
 SECRET = "a-secret-that-is-long-enough-for-hs256!!"
@@ -161,9 +161,19 @@ def _signer() -> CommandSigner:
     return CommandSigner(KEY, subject="oprunner-webhooks", ttl=600)
 
 
+def _command(id: str = "stripe:evt_1", data: Any = None, **ext: Any) -> CommandEnvelope:
+    fields: dict[str, Any] = {
+        "type": "billing.recordPayment",
+        "source": "oprunner.webhooks.stripe",
+        "idempotencykey": "stripe:evt_1",
+        **ext,
+    }
+    return CommandEnvelope(id=id, data=data, **fields)
+
+
 def test_a_one_command_token_names_its_command_and_nothing_else() -> None:
     data = {"invoiceId": "inv_1", "amount": "25.00", "failureCode": None}
-    token = _signer().token_for("stripe:evt_1", "billing.recordPayment", data)
+    token = _signer().token_for(_command(data=data))
     actor = JwtAuthenticator(secret=SECRET, command_key=KEY).authenticate(token)
     assert (actor.kind, actor.user_id, actor.ops) == (
         "service",
@@ -171,16 +181,23 @@ def test_a_one_command_token_names_its_command_and_nothing_else() -> None:
         {"billing.recordPayment"},
     )
     assert actor.bound is not None
-    assert actor.bound.admits("stripe:evt_1", dict(reversed(data.items())))  # key order is not meaning
-    assert not actor.bound.admits("stripe:evt_2", data)
-    assert not actor.bound.admits("stripe:evt_1", {**data, "invoiceId": "inv_2"})
-    assert not actor.bound.admits("stripe:evt_1", {**data, "extra": 1})
+    assert actor.bound.admits(_command(data=dict(reversed(data.items()))))  # key order is not meaning
+    assert actor.bound.admits(_command(data=data, source="anyone", correlationid="c"))  # not asked for
+    assert not actor.bound.admits(_command("stripe:evt_2", data))
+    assert not actor.bound.admits(_command(data={**data, "invoiceId": "inv_2"}))
+    assert not actor.bound.admits(_command(data={**data, "extra": 1}))
+    # another key would be a new run, or take a genuine command's key; another version or
+    # operation asks for something else
+    assert not actor.bound.admits(_command(data=data, idempotencykey="x1"))
+    assert not actor.bound.admits(_command(data=data, idempotencykey="stripe:evt_2"))
+    assert not actor.bound.admits(_command(data=data, opversion="2.0.0"))
+    assert not actor.bound.admits(_command(data=data, type="billing.refundPayment"))
     # the audit carries the binding, and an actor restored from it keeps it
     assert actor_from_audit(actor.audit()) == actor
 
 
 def test_one_command_tokens_are_verified_with_their_own_key_only() -> None:
-    token = _signer().token_for("c1", "op.a", {})
+    token = _signer().token_for(_command("c1", {}, type="op.a"))
     with pytest.raises(AuthError, match="not accepted here"):
         JwtAuthenticator(secret=SECRET).authenticate(token)  # no command key configured
     # the command key is not the JWT secret: a token signed with the JWT secret that claims
@@ -233,3 +250,20 @@ def test_variants_of_one_token_cannot_multiply_cache_entries() -> None:
         with contextlib.suppress(AuthError):
             auth.authenticate(variant)
     assert len(auth._cache) == 1
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "EdDSA"])
+def test_a_token_for_another_key_type_is_invalid_not_a_crash(algorithm: str) -> None:
+    """PyJWT raises InvalidKeyError (not an InvalidTokenError) when the token names an
+    algorithm of another key type: it must still be a plain 'token invalid'."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    _, public = _rsa()
+    other = (
+        ec.generate_private_key(ec.SECP256R1())
+        if algorithm == "ES256"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    token = jwt.encode(_claims(), other, algorithm=algorithm)  # type: ignore[arg-type]
+    with pytest.raises(AuthError, match="invalid"):
+        JwtAuthenticator(public_key=public).authenticate(token)

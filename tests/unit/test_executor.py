@@ -444,11 +444,12 @@ async def test_a_one_command_token_runs_only_its_command(app: App) -> None:
     assert key is not None
     app.executor.authenticator = JwtAuthenticator(secret=SECRET, command_key=key)
     signer = CommandSigner(key, subject="hooks", ttl=60)
-    token = signer.token_for("cmd-1", "docs.pay", GOOD)
+    token = signer.token_for(command("docs.pay", GOOD, id="cmd-1"))
     other_data = await app.run("docs.pay", {**GOOD, "amount": "999"}, token=token, id="cmd-1")
     other_id = await app.run("docs.pay", GOOD, token=token, id="cmd-2")
-    assert other_data.status == other_id.status == "denied"
-    assert other_data.error_code == other_id.error_code == "UNAUTHENTICATED"
+    other_key = await app.run("docs.pay", GOOD, token=token, id="cmd-1", idempotency_key="k2")
+    assert other_data.status == other_id.status == other_key.status == "denied"
+    assert other_data.error_code == other_id.error_code == other_key.error_code == "UNAUTHENTICATED"
     # its own command passes the binding and meets the policy like any service actor's
     own = await app.run("docs.pay", dict(reversed(GOOD.items())), token=token, id="cmd-1")
     assert own.error_code == "FORBIDDEN"
