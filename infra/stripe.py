@@ -6,7 +6,11 @@ from decimal import Decimal
 
 import stripe
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (stripe.APIConnectionError, stripe.RateLimitError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,  # Stripe's own trouble (5xx); 4xx errors are other classes
+)
 """Stripe errors after which the same request (same idempotency key) may succeed."""
 
 ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())

@@ -168,7 +168,7 @@ def parse_command(
             raise EnvelopeError(f"attribute name {name[:40]!r} is not a CloudEvents name")
     content_type = doc.get("datacontenttype")
     if content_type is not None and content_type not in ("application/json", "text/json"):
-        raise EnvelopeError(f"datacontenttype {content_type!r} is not JSON")
+        raise EnvelopeError(f"datacontenttype {str(content_type)[:60]!r} is not JSON")
     if "data" not in doc:
         raise EnvelopeError("missing 'data'")
     for name, value in doc.items():  # extensions too: none may hide what the store refuses

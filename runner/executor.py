@@ -88,8 +88,17 @@ class Outcome:
         return out
 
 
+MAX_MESSAGE = 500
+"""An error message is cut to this: it may name what a caller sent (field names, reasons),
+and what any caller can make long must stay small where it is kept."""
+
+
 def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"code": code, "message": message, **extra}
+    return {"code": code, "message": _cut(message), **extra}
+
+
+def _cut(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 MAX_FIELD_ERRORS = 100
@@ -843,7 +852,7 @@ class Executor:
             "deprecated": bool(spec and spec.deprecated),
             "replayed": replayed,
             "error": error["code"] if error else None,
-            "reason": error["message"] if error and status in ("denied", "rejected") else None,
+            "reason": _cut(error["message"], 200) if error and status in ("denied", "rejected") else None,
         }
         audit = build_event(
             type=AUDIT_TYPE,

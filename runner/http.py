@@ -270,14 +270,23 @@ class OpsApi:
             return JSONResponse({"error": "the store is unavailable; try again"}, status_code=503)
         if run is None:
             return not_found
-        own = run.actor_id == actor.user_id and (run.tenant_id is None or run.tenant_id == actor.tenant_id)
-        if not own and actor.kind != "admin":
+        if not _may_see(actor, run):
             return not_found  # another actor's run: indistinguishable from none
         return JSONResponse(run.to_json())
 
     async def drain(self, within: float) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=within)
+
+
+def _may_see(actor: Actor, run: Any) -> bool:
+    """Its own actor (same subject and tenant) sees a run; a one-command token only its own
+    command's run; an admin with a tenant that tenant's runs; an admin without one, all."""
+    if actor.bound is not None:
+        return bool(run.command_id == actor.bound.command_id and run.actor_id == actor.user_id)
+    if run.actor_id == actor.user_id and run.tenant_id == actor.tenant_id:
+        return True
+    return actor.kind == "admin" and (actor.tenant_id is None or run.tenant_id == actor.tenant_id)
 
 
 def build_app(

@@ -433,7 +433,7 @@ class CommandConsumer:
             "duration_ms": 0,
             "input": None,
             "error": code,
-            "reason": reason if last_error is None else f"{reason}: {last_error}",
+            "reason": (reason if last_error is None else f"{reason}: {last_error}")[:500],
             "deadLetter": where,
         }
         event = build_event(

@@ -6,7 +6,7 @@ The handlers record what Stripe itself reports for the PaymentIntent, not what t
 says; ``amount`` and ``currency`` must agree with Stripe's.
 """
 
-from runner import IO, Meta, Model, Policy, define_command
+from runner import IO, Meta, Model, Policy, Retry, define_command
 from runner.types import CurrencyCode, NonEmptyString, PositiveAmount
 
 _STRIPE_ERRORS = {
@@ -60,6 +60,7 @@ RecordPayment = define_command(
     ),
     policy=Policy(auth="service"),
     partition_key="invoice_id",
+    retry=Retry(max_attempts=10, initial_backoff=0.5, max_backoff=10.0),  # Stripe is read
 )
 
 RecordPaymentFailure = define_command(
@@ -79,4 +80,5 @@ RecordPaymentFailure = define_command(
     ),
     policy=Policy(auth="service"),
     partition_key="invoice_id",
+    retry=Retry(max_attempts=10, initial_backoff=0.5, max_backoff=10.0),  # Stripe is read
 )

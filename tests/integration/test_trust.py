@@ -240,3 +240,44 @@ async def test_unauthenticated_floods_leave_bounded_storage(
     async with httpx.AsyncClient(base_url=server.url) as client:
         metrics = (await client.get("/metrics")).text
     assert 'oprunner_webhook_deliveries_total{outcome="rejected",provider="stripe"} 1000.0' in metrics
+
+
+async def test_runs_are_shown_to_their_actor_their_tenants_admin_and_one_command_tokens_only_theirs(
+    server: ServeProcess, topics: Topics, kafka_bootstrap: str, billing: asyncpg.Pool
+) -> None:
+    from tests.support import token
+
+    first, second = await invoice(billing), await invoice(billing, owner="bob")
+    for inv in (first, second):
+        body = event_body(inv, event_id=f"evt_{inv}")
+        assert (await post(server, body, sign(body))).status_code == 200
+    await results_for(kafka_bootstrap, topics.results, {f"stripe:evt_{first}", f"stripe:evt_{second}"})
+    async with Reader(kafka_bootstrap, topics.commands) as reader:
+        await reader.until(lambda ms: len(ms) >= 2, timeout=30)
+    lifted = {orjson.loads(m.value)["id"]: dict(m.headers)["authorization"].decode() for m in reader.messages}
+    mine = f"stripe:evt_{first}"
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+
+        async def status(run: str, bearer: str) -> int:
+            r = await http.get(f"/ops/runs/{run}", headers={"authorization": bearer})
+            return r.status_code
+
+        assert await status(mine, lifted[mine]) == 200  # its own command's run
+        assert await status(f"stripe:evt_{second}", lifted[mine]) == 404  # not another's
+        capture_id = f"admin-view-{first}"
+        done = await http.post(
+            "/ops/billing.capturePayment",
+            json={
+                "invoiceId": first,
+                "amount": "25.00",
+                "currency": "EUR",
+                "paymentMethodId": "pm_card_visa",
+            },
+            headers={"authorization": f"Bearer {token('alice', tenant='t1')}", "Idempotency-Key": capture_id},
+        )
+        run = done.json()["commandId"]
+        assert await status(run, f"Bearer {token('alice', tenant='t1')}") == 200
+        assert await status(run, f"Bearer {token('alice', tenant='t2')}") == 404  # same sub, other tenant
+        assert await status(run, f"Bearer {token('ops', tenant='t1', kind='admin')}") == 200
+        assert await status(run, f"Bearer {token('ops', tenant='t2', kind='admin')}") == 404
+        assert await status(run, f"Bearer {token('root', kind='admin')}") == 200  # a global operator

@@ -454,3 +454,13 @@ async def test_a_one_command_token_runs_only_its_command(app: App) -> None:
     own = await app.run("docs.pay", dict(reversed(GOOD.items())), token=token, id="cmd-1")
     assert own.error_code == "FORBIDDEN"
     assert app.behaviour.calls == 0
+
+
+async def test_what_a_stranger_makes_long_stays_short_in_the_audit(app: App) -> None:
+    import json
+
+    noisy = {**GOOD, **{f"{'k' * 190}{i:03}": 1 for i in range(100)}}  # 100 long unknown fields
+    out = await app.run("docs.pay", noisy, token=None)
+    assert out.status == "rejected"
+    assert len(json.dumps(out.audit["data"])) < 2048, len(json.dumps(out.audit["data"]))
+    assert len(out.result["data"]["error"]["message"]) <= 500
