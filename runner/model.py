@@ -11,7 +11,7 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, ForwardRef, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Json, RootModel
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Json, RootModel, SecretBytes, SecretStr
 from pydantic.alias_generators import to_camel
 from pydantic.dataclasses import is_pydantic_dataclass
 from pydantic.fields import FieldInfo
@@ -58,6 +58,9 @@ else:
     _ALIASES = (TypeAliasType,)
 # ``Json[T]`` puts an instance of this in the ``Annotated`` metadata (type checkers see an alias)
 _JSON: Any = Json
+
+
+_SECRETS = (SecretStr, SecretBytes)
 
 
 def _is_sensitive(extra: Any) -> bool:
@@ -176,6 +179,8 @@ def _walk(tp: Any, on_node: _OnNode) -> Walk | None:
     from it: where the type holds something sensitive it is hidden whole (``_odd``), since a
     client that puts a card number in the wrong place has still sent a card number.
     """
+    if tp in _SECRETS:  # pydantic's own secret types are sensitive, marked or not
+        return _hide
     origin, args = get_origin(tp), get_args(tp)
     if origin is Annotated:
         meta = args[1:]

@@ -39,11 +39,14 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
             verdict = await verdict
         return verdict is True
     if cond == "admin":
-        # An admin token with a tenant administers that tenant's resources; one without a
-        # tenant is a global operator (mint those for operators only).
+        # An admin token with a tenant administers resources of that tenant only (not those
+        # of no tenant, nor rules with no resource); one without a tenant is a global
+        # operator: mint those for operators only.
         if actor.kind != "admin":
             return False
-        return actor.tenant_id is None or resource is None or resource.tenant_id in (None, actor.tenant_id)
+        if actor.tenant_id is None:
+            return True
+        return resource is not None and resource.tenant_id == actor.tenant_id
     if cond == "service":
         return actor.kind == "service"
     if cond.startswith("role:"):

@@ -151,29 +151,51 @@ class LingeringH11Protocol(H11Protocol):
 class ConcurrencyLimit:
     """At most ``limit`` HTTP requests in the app at once; past it an immediate 503 with
     ``Retry-After`` (uvicorn's own limit sends none, and counts idle connections too).
-    ``/healthz`` is never refused: a busy process is alive."""
+    ``/healthz`` and ``/readyz`` are never refused: a busy process is alive and may be ready.
 
-    def __init__(self, app: Any, limit: int, *, exempt: tuple[str, ...] = ("/healthz",)) -> None:
+    It also ends the connection after any response sent before the request's body was read
+    to its end (a route that reads none, a 404, a 503 from here): the rest of that body is
+    where the next request would be expected, and a client trickling it would otherwise hold
+    the connection for ever, no body timeout applying to a body nobody reads."""
+
+    def __init__(self, app: Any, limit: int, *, exempt: tuple[str, ...] = ("/healthz", "/readyz")) -> None:
         self.app, self.limit, self.exempt, self.active = app, limit, exempt, 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.exempt:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length", b"0")
+        body_left = [headers.get(b"transfer-encoding") is not None or length.strip() not in (b"", b"0")]
+
+        async def reading() -> Any:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_left[0] = False
+            return message
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start" and body_left[0]:
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        if scope.get("path") in self.exempt:
+            await self.app(scope, reading, sending)
             return
         if self.active >= self.limit:
             body = b'{"status":"rejected","error":{"code":"BUSY","message":"too many requests in flight"}}'
-            headers = [
+            busy = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"retry-after", b"1"),
-                (b"connection", b"close"),  # its body, if any, is not read
             ]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await sending({"type": "http.response.start", "status": 503, "headers": busy})
             await send({"type": "http.response.body", "body": body})
             return
         self.active += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, reading, sending)
         finally:
             self.active -= 1
 
@@ -213,6 +235,9 @@ class HttpServer:
             http=protocol,
             h11_max_incomplete_event_size=max_header_bytes,
             timeout_graceful_shutdown=max(1, math.ceil(shutdown_timeout)),
+            # connections (idle ones too) past which uvicorn itself answers 503: file descriptors
+            # are finite, and each connection here may be a slow client the limit above never sees
+            limit_concurrency=max(1024, 4 * max_concurrency),
         )
         self.server = _Server(config)
         self.port = port

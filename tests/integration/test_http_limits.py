@@ -97,3 +97,26 @@ async def test_a_half_sent_request_does_not_hold_up_shutdown(
     code = await asyncio.to_thread(server.wait, 60)
     assert code == 0, server.output()[-2000:]
     writer.close()
+
+
+async def test_a_body_no_route_reads_cannot_hold_the_connection(server: ServeProcess) -> None:
+    """``/healthz`` reads no body: the answer ends the connection, so a client declaring a
+    huge body and trickling it holds nothing (no body timeout applies to a body nobody reads)."""
+    reader, writer = await _open(server)
+    writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\nx")
+    await writer.drain()
+
+    async def trickle() -> None:
+        for _ in range(20):  # a byte every half second, for longer than any bound here
+            await asyncio.sleep(0.5)
+            if writer.is_closing():
+                return
+            writer.write(b"x")
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        answer = await _until_closed(reader)
+    finally:
+        trickling.cancel()
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answer
+    writer.close()

@@ -110,7 +110,20 @@ async def test_audit_rows_from_before_partitioning_stay_and_months_are_detachabl
 
     await insert("old", "'2020-01-15T00:00:00Z'")
     await insert("recent", "now()")
+    await conn.execute("SET TimeZone = 'America/New_York'")  # months must still be UTC months
     assert await migrate(conn) == ["0007_audit_partitions.sql"]
+    bound = "(regexp_match(pg_get_expr(c.relpartbound, c.oid), '{} \\(''([^'']+)''\\)'))[1]::timestamptz"
+    months = await conn.fetch(
+        f"""SELECT c.relname AS name, {bound.format("FROM")} AT TIME ZONE 'UTC' AS low,
+                   {bound.format("TO")} AT TIME ZONE 'UTC' AS high
+            FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid
+            WHERE i.inhparent = 'oprunner_audit'::regclass
+              AND c.relname ~ '^oprunner_audit_[0-9]{{4}}_[0-9]{{2}}$'"""
+    )
+    assert len(months) == 2
+    for month in months:
+        assert month["name"] == f"oprunner_audit_{month['low']:%Y_%m}"
+        assert (month["low"].day, month["low"].hour, month["high"].day, month["high"].hour) == (1, 0, 1, 0)
     ids = [r["command_id"] for r in await conn.fetch("SELECT command_id FROM oprunner_audit ORDER BY id")]
     assert ids == ["old", "recent"]
     # new rows: numbered after the old ones, this month in the pre-0007 partition, a later

@@ -158,6 +158,12 @@ async def test_a_tenant_admin_administers_only_its_tenant() -> None:
     assert await _allowed(policy, Actor("admin", "ops-t1", "t1"))
     assert not await _allowed(policy, Actor("admin", "ops-t2", "t2"))
     assert await _allowed(policy, ROOT)  # no tenant: a global operator
+    untenanted = _registry(Resource("d", owner_id="alice", tenant_id=None))
+    assert not await _allowed(policy, Actor("admin", "ops-t1", "t1"), untenanted)
+    assert await _allowed(policy, ROOT, untenanted)
+    no_resource = Policy(rules=[Rule(condition="admin")])
+    assert not await _allowed(no_resource, Actor("admin", "ops-t1", "t1"))
+    assert await _allowed(no_resource, ROOT)
 
 
 async def test_a_token_limited_to_operations_runs_only_those() -> None:

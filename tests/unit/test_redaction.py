@@ -447,3 +447,15 @@ def test_garbage_never_raises(spec: Spec | type[Model], value: Any) -> None:
     before = copy.deepcopy(value)
     json.dumps(redact(model, value))
     assert repr(value) == repr(before)  # unchanged (repr: NaN never equals itself)
+
+
+def test_pydantic_secret_types_are_sensitive_unmarked() -> None:
+    from pydantic import SecretStr
+
+    class Login(Model):
+        user: str
+        password: SecretStr
+        backup: SecretStr | None = None
+
+    raw = {"user": "u", "password": SECRET, "backup": SECRET}
+    assert redact(Login, raw) == {"user": "u", "password": R, "backup": R}

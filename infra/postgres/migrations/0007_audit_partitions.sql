@@ -24,10 +24,12 @@ CREATE INDEX oprunner_audit_by_command ON oprunner_audit (command_id);
 CREATE TRIGGER oprunner_audit_append_only BEFORE UPDATE OR DELETE ON oprunner_audit
     FOR EACH ROW EXECUTE FUNCTION oprunner_audit_append_only();
 
+-- Months are UTC months whatever the session's time zone: the arithmetic is done on UTC
+-- wall-clock timestamps (timestamptz + interval would step in the session's zone).
 DO $$
 DECLARE
-    next_month timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                              + interval '1 month';
+    next_month timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month')
+                              AT TIME ZONE 'UTC';
 BEGIN
     ALTER TABLE oprunner_audit_before_0007 DROP CONSTRAINT oprunner_audit_pkey;
     ALTER TABLE oprunner_audit_before_0007 ADD PRIMARY KEY (id, recorded_at);
@@ -43,17 +45,18 @@ CREATE TABLE oprunner_audit_default PARTITION OF oprunner_audit DEFAULT;
 CREATE FUNCTION oprunner_audit_partitions(ahead integer DEFAULT 2) RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 DECLARE
-    this_month timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
-    low timestamptz;
+    this_month timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');  -- UTC wall clock
+    low timestamp;
     name text;
 BEGIN
     FOR i IN 0..ahead LOOP
         low := this_month + make_interval(months => i);
-        name := 'oprunner_audit_' || to_char(low AT TIME ZONE 'UTC', 'YYYY_MM');
+        name := 'oprunner_audit_' || to_char(low, 'YYYY_MM');
         CONTINUE WHEN to_regclass(name) IS NOT NULL;
         BEGIN
             EXECUTE format('CREATE TABLE %I PARTITION OF oprunner_audit FOR VALUES FROM (%L) TO (%L)',
-                           name, low, low + interval '1 month');
+                           name, (low AT TIME ZONE 'UTC')::text,
+                           ((low + interval '1 month') AT TIME ZONE 'UTC')::text);
             RETURN NEXT name;
         EXCEPTION
             WHEN invalid_object_definition THEN NULL;  -- overlaps the pre-0007 partition
