@@ -209,9 +209,12 @@ class OpsApi:
         if token is None or self.executor.authenticator is None:
             return token is None and spec.policy.auth == "public", None
         try:
-            return True, self.executor.authenticator.authenticate(token)
+            actor = self.executor.authenticator.authenticate(token)
         except AuthError:
             return False, None
+        if actor.bound is not None and not actor.bound.admits(command):
+            return False, None  # a one-command token on another command: denied at once
+        return True, actor
 
     def _start(self, command: CommandEnvelope, actor: Actor | None) -> None:
         if command.id in self._running:

@@ -356,16 +356,16 @@ def dlq_replay(
         typer.Option(
             "--token",
             envvar="OPRUNNER_TOKEN",
-            help="Bearer token the replayed commands run as (dead letters keep none).",
+            help="Bearer token given back to the replayed commands of its own subject and tenant.",
         ),
     ] = None,
 ) -> None:
     """Send dead-lettered messages back to the commands topic (after fixing their cause).
 
     Progress is kept in the consumer group ``<group>-dlq-replay``: each message is replayed once.
-    Dead letters keep no token: replayed commands run as ``--token``'s actor, and their
-    idempotency keys are scoped to it, so use a token of the original caller's identity to
-    keep a command's exactly-once effect.
+    Dead letters keep no token, only who sent them: ``--token`` goes back on the commands its
+    own subject and tenant sent, so their idempotency keys keep their scope; the others are
+    replayed without a token.
     """
     from .tail import replay_dlq
 

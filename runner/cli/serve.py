@@ -54,6 +54,10 @@ def check_secrets(settings: Settings, *, dev: bool = False) -> None:
 
 def authenticator_from(settings: Settings, *, dev: bool = False) -> JwtAuthenticator:
     check_secrets(settings, dev=dev)
+    window = settings.run_retention_days * 86400
+    if window and settings.command_token_ttl > window:
+        # a one-command token resent after its run was pruned would run the command again
+        raise StartupError("OPRUNNER_COMMAND_TOKEN_TTL must not outlast OPRUNNER_RUN_RETENTION_DAYS")
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
     if (secret is None) == (settings.jwt_public_key is None):
         raise StartupError("set exactly one of OPRUNNER_JWT_SECRET or OPRUNNER_JWT_PUBLIC_KEY")

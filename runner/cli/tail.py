@@ -107,8 +107,10 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: st
 
     Stopping at the start's end offsets matters: a replayed message that is still malformed
     is dead-lettered again, and must not be replayed again by this same run. Dead letters
-    keep no token, so a replayed command runs as ``token``'s actor (none: only public
-    operations succeed)."""
+    keep no token, only who sent it (``dlq-actor``): ``token`` goes back only on the commands
+    of the same sender (subject and tenant), so an operator's token never runs what someone
+    else sent; the rest are replayed without one (only public operations then succeed)."""
+    owner = _claims_of(token) if token is not None else None
     consumer = AIOKafkaConsumer(
         settings.dlq_topic,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -142,7 +144,7 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: st
                         for k, v in (message.headers or ())
                         if not k.startswith("dlq-") and k.lower() != "authorization"
                     ]
-                    if token is not None:
+                    if token is not None and owner is not None and _sender(message) == owner:
                         headers.append(("authorization", f"Bearer {token}".encode()))
                     if dry_run:
                         typer.echo(_row("dlq", message))
@@ -159,3 +161,24 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: st
         await producer.stop()
         await consumer.stop()
     return count
+
+
+def _claims_of(token: str) -> tuple[Any, Any] | None:
+    """``(sub, tenant)`` of a token, unverified: the runner verifies it when the command runs;
+    here it only says whose dead letters it may go back on."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    return claims.get("sub"), claims.get("tenant")
+
+
+def _sender(message: Any) -> tuple[Any, Any] | None:
+    raw = next((v for k, v in (message.headers or ()) if k == "dlq-actor"), None)
+    try:
+        sender = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return (sender.get("sub"), sender.get("tenant")) if isinstance(sender, dict) else None

@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from .. import _json
-from ..auth import bearer
+from ..auth import Actor, bearer
 from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command, valid_traceparent, visible
 from ..errors import EnvelopeError, StoreUnavailable
 from ..executor import Executor
@@ -396,9 +396,13 @@ class CommandConsumer:
         last_error: str | None = None,
         attempts: int = 0,
     ) -> tuple[tuple[Publication, ...], list[int]]:
-        """Record the DLQ message and an audit event through the outbox, like any outcome."""
+        """Record the DLQ message and an audit event through the outbox, like any outcome.
+
+        The token is not kept; who sent it is (``dlq-actor``, when the token verifies), so a
+        replay can give an operator's token back only to that sender's commands."""
         where = f"{message.topic}/{message.partition}/{message.offset}"
         value: bytes = message.value or b""
+        actor = self._sender(message)
         headers: tuple[tuple[str, bytes], ...] = (
             *(
                 (
@@ -414,6 +418,9 @@ class CommandConsumer:
             ("dlq-partition", str(message.partition).encode()),
             ("dlq-offset", str(message.offset).encode()),
         )
+        if actor is not None:
+            sender = {"sub": actor.user_id, "tenant": actor.tenant_id, "kind": actor.kind}
+            headers += (("dlq-actor", _json.dumps(sender)),)
         if last_error is not None:
             headers += (
                 ("dlq-last-error", last_error.encode()[:1000]),
@@ -426,7 +433,7 @@ class CommandConsumer:
         audit = {
             "op": None,
             "version": None,
-            "actor": None,
+            "actor": actor.audit() if actor is not None else None,
             "decision": "reject",
             "status": "rejected",
             "attempt": attempts,
@@ -459,6 +466,18 @@ class CommandConsumer:
         if self.metrics is not None:
             self.metrics.dead_letters.inc()
         return record.publications, ids
+
+    def _sender(self, message: Any) -> Actor | None:
+        """The verified actor of a message's token, or None (no token, or one that fails)."""
+        auth = self.executor.authenticator
+        raw = next((v for k, v in (message.headers or ()) if str(k).lower() == "authorization"), None)
+        token = bearer(raw) if raw else None
+        if token is None or auth is None:
+            return None
+        try:
+            return auth.authenticate(token)
+        except Exception:  # AuthError, or anything a hostile token makes a verifier raise
+            return None
 
     # -- offsets --------------------------------------------------------------------------
 

@@ -67,6 +67,11 @@ def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> 
             "OPRUNNER_COMMAND_TOKEN_SECRET must be at least 32 bytes",
         ),
         (("serve",), {"OPRUNNER_SERVICE_TOKEN": "eyJ.x.y"}, "OPRUNNER_SERVICE_TOKEN is no longer used"),
+        (
+            ("serve",),
+            {"OPRUNNER_RUN_RETENTION_DAYS": "1"},  # tokens live 7 days by default
+            "OPRUNNER_COMMAND_TOKEN_TTL must not outlast OPRUNNER_RUN_RETENTION_DAYS",
+        ),
         (("specs", "show", "billing.nope"), {}, "unknown operation"),
     ],
 )

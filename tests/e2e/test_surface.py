@@ -238,22 +238,32 @@ async def test_dlq_replay_sends_dead_letters_back_once(
     assert again.returncode == 0 and "replayed 1 message(s)" in again.stdout  # only the new one
 
 
-async def test_dlq_replay_runs_parked_commands_as_the_operator_supplied_token(
+async def test_dlq_replay_gives_the_operator_token_only_to_that_senders_commands(
     server: ServeProcess, topics: Topics, kafka_bootstrap: str
 ) -> None:
-    """Dead letters keep no token; a replay runs as the token the operator gives, and a
-    header that was somehow left in the dead letter is never passed on."""
+    """Dead letters keep no token, only who sent them: a replay runs alice's parked command as
+    the alice token the operator gives, and bob's without it (denied), whatever token was
+    left in the dead letter."""
     from tests.support import Reader, cloudevent, produce
 
-    parked = cloudevent("ledger.credit", {"accountId": "a1", "amount": "2"}, id="parked-credit")
-    stale = [("dlq-code", b"RETRIES_EXHAUSTED"), ("authorization", f"Bearer {token('bob')}".encode())]
-    await produce(kafka_bootstrap, topics.dlq, [(b"a1", parked, stale)])
+    def parked(id: str, sender: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        value = cloudevent("ledger.credit", {"accountId": "a1", "amount": "2"}, id=id)
+        headers = [
+            ("dlq-code", b"RETRIES_EXHAUSTED"),
+            ("dlq-actor", json.dumps({"sub": sender, "tenant": "t1", "kind": "user"}).encode()),
+            ("authorization", f"Bearer {token('alice', tenant='t1')}".encode()),  # never passed on
+        ]
+        return b"a1", value, headers
+
+    for letter in (parked("alices", "alice"), parked("bobs", "bob")):
+        await produce(kafka_bootstrap, topics.dlq, [letter])
     env = {k: v for k, v in server.env.items() if k.startswith("OPRUNNER_")}
     replayed = await asyncio.to_thread(
         oprunner, "dlq", "replay", "--token", token("alice", tenant="t1"), **env
     )
-    assert replayed.returncode == 0 and "replayed 1 message(s)" in replayed.stdout, replayed.stderr
+    assert replayed.returncode == 0 and "replayed 2 message(s)" in replayed.stdout, replayed.stderr
     async with Reader(kafka_bootstrap, topics.results) as results:
-        await results.until(lambda ms: any(e["causationid"] == "parked-credit" for e in results.events()))
-    [result] = [e for e in results.events() if e["causationid"] == "parked-credit"]
-    assert result["data"]["status"] == "succeeded", result["data"]
+        await results.until(lambda ms: {"alices", "bobs"} <= {e["causationid"] for e in results.events()})
+    status = {e["causationid"]: e["data"]["status"] for e in results.events()}
+    assert status["alices"] == "succeeded"
+    assert status["bobs"] == "denied"  # bob's command never runs with alice's token
