@@ -177,7 +177,9 @@ class ConcurrencyLimit:
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start" and body_left[0]:
-                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+                sent = list(message.get("headers", ()))
+                if not any(name.lower() == b"connection" for name, _ in sent):
+                    message = {**message, "headers": [*sent, (b"connection", b"close")]}
             await send(message)
 
         if scope.get("path") in self.exempt:
