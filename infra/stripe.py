@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import stripe
 
@@ -26,6 +27,13 @@ def make_client(api_key: str, *, api_base: str | None = None, timeout: float = 2
         http_client=stripe.HTTPXClient(timeout=timeout),
         max_network_retries=0,
     )
+
+
+def client_from(settings: Any) -> stripe.StripeClient | None:
+    """The app's Stripe client from ``OPRUNNER_STRIPE_API_KEY`` / ``_API_BASE``; None unset."""
+    if settings.stripe_api_key is None:
+        return None
+    return make_client(settings.stripe_api_key.get_secret_value(), api_base=settings.stripe_api_base)
 
 
 def to_minor(amount: Decimal, currency: str) -> int:

@@ -81,6 +81,13 @@ class StripeWebhookSource:
         return None
 
 
+def source_from(settings: Any) -> StripeWebhookSource | None:
+    """Stripe's webhook source from ``OPRUNNER_STRIPE_WEBHOOK_SECRET``; None unset (the
+    endpoint then answers 404)."""
+    secret = settings.stripe_webhook_secret
+    return StripeWebhookSource(secret.get_secret_value()) if secret is not None else None
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 

@@ -3,6 +3,7 @@
 The public API is re-exported here; the modules behind it are implementation.
 """
 
+from .app import App
 from .auth import Actor, JwtAuthenticator, mint_token
 from .context import OperationContext, PolicyContext
 from .envelope import CommandEnvelope, command, parse_command
@@ -34,6 +35,7 @@ from .store import Store
 __all__ = [
     "IO",
     "Actor",
+    "App",
     "AuthError",
     "CommandEnvelope",
     "EnvelopeError",

@@ -75,8 +75,10 @@ def stripe_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def pg_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await connect_pool(database_url, min_size=1, max_size=20)
-    async with pool.acquire() as conn:
-        await migrate(conn)
+    from handlers import app as billing
+
+    async with pool.acquire() as conn:  # the engine's tables, and the bundled billing app's
+        await migrate(conn, (billing.name, str(billing.migrations)))
     yield pool
     await pool.close()
 
@@ -106,9 +108,11 @@ def serving(kafka_bootstrap: str) -> Iterator[Any]:
         app: str = "tests.apps.ledger:registry",
         bootstrap: str | None = None,
         wait: bool = True,
+        cwd: Any = None,
         **extra: str,
     ) -> ServeProcess:
-        proc = ServeProcess(topics.env(bootstrap or kafka_bootstrap, dsn, **extra), app=app).start()
+        env = topics.env(bootstrap or kafka_bootstrap, dsn, **extra)
+        proc = ServeProcess(env, app=app, **({"cwd": cwd} if cwd is not None else {})).start()
         started.append(proc)
         if wait:
             proc.wait_serving()

@@ -98,8 +98,13 @@ class ServeProcess:
     """``oprunner serve APP`` in a child process, stopped by PID."""
 
     def __init__(
-        self, env: dict[str, str], app: str = "tests.apps.ledger:registry", log: Path | None = None
+        self,
+        env: dict[str, str],
+        app: str = "tests.apps.ledger:registry",
+        log: Path | None = None,
+        cwd: Path = ROOT,
     ) -> None:
+        self.cwd = cwd
         self.http_port = int(env.get("OPRUNNER_HTTP_PORT") or free_port())
         self.env = {**os.environ, **env, "OPRUNNER_HTTP_PORT": str(self.http_port)}
         self.app = app
@@ -111,7 +116,7 @@ class ServeProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "runner", "serve", self.app],
                 env=self.env,
-                cwd=ROOT,
+                cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

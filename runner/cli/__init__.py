@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
+from ..app import App, as_app
 from ..auth import mint_token
 from ..registry import OperationRegistry
 from ..settings import Settings
@@ -24,8 +26,8 @@ app = typer.Typer(
 specs_app = typer.Typer(no_args_is_help=True, help="List and show the operation specs of an app.")
 app.add_typer(specs_app, name="specs")
 
-DEFAULT_APP = "handlers:registry"
-AppOption = Annotated[str, typer.Option("--app", help="The registry to use, as module:attribute.")]
+DEFAULT_APP = "handlers:app"
+AppOption = Annotated[str, typer.Option("--app", help="The app (or registry), as module:attribute.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -34,19 +36,27 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_registry(target: str) -> OperationRegistry:
-    """Import ``module:attribute`` and check it is a registry."""
+def load_app(target: str) -> App:
+    """Import ``module:attribute``, an ``App`` or an ``OperationRegistry``. The current
+    directory comes first on ``sys.path``, as uvicorn and faststream do, so ``oprunner dev
+    myapp:app`` works from the app's own folder."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         fail(f"APP must look like module:attribute, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         fail(f"cannot import {module_name!r}: {exc}")
-    registry = getattr(module, attr, None)
-    if not isinstance(registry, OperationRegistry):
-        fail(f"{target} is not an OperationRegistry")
-    return registry
+    found = getattr(module, attr, None)
+    if not isinstance(found, App | OperationRegistry):
+        fail(f"{target} is not an App or an OperationRegistry")
+    return as_app(found, module)
+
+
+def load_registry(target: str) -> OperationRegistry:
+    return load_app(target).registry
 
 
 @specs_app.command("list")
@@ -124,7 +134,7 @@ def _configure_logging(level: str, fmt: str = "json") -> None:
 @app.command()
 def serve(
     target: Annotated[
-        str, typer.Argument(metavar="APP", help="The registry, as module:attribute.")
+        str, typer.Argument(metavar="APP", help="The app (or a registry), as module:attribute.")
     ] = DEFAULT_APP,
 ) -> None:
     """Consume commands, run them exactly once, publish results and audit events.
@@ -137,33 +147,44 @@ def serve(
 
     settings = _settings()
     _configure_logging(settings.log_level, settings.log_format)
-    registry = load_registry(target)
+    served = load_app(target)
     try:
-        run_async(run_serve(settings, registry))
+        run_async(run_serve(settings, served))
     except StartupError as exc:
         fail(str(exc))
 
 
 @app.command()
-def migrate() -> None:
-    """Apply the database migrations (serve also does this at start)."""
+def migrate(
+    target: Annotated[
+        str, typer.Argument(metavar="APP", help="The app whose migrations follow the engine's.")
+    ] = DEFAULT_APP,
+    status: Annotated[bool, typer.Option("--status", help="List what is applied; change nothing.")] = False,
+) -> None:
+    """Apply the engine's database migrations, then the app's (serve also does this at start)."""
     from ..errors import StartupError
-    from .serve import open_database
+    from .serve import migration_status, open_database
 
     settings = _settings()
     _configure_logging("WARNING", "text")
+    served = load_app(target)
 
     async def run() -> None:
-        pool, applied = await open_database(settings)
+        if status:
+            for row in await migration_status(settings, served):
+                when = f"applied {row.applied_at:%Y-%m-%d %H:%M:%S}" if row.applied_at else "pending"
+                typer.echo(f"{row.owner:12} {row.name:40} {when}")
+            return
+        pool, applied = await open_database(settings, served)
         await pool.close()
         for name in applied:
             typer.echo(f"applied {name}")
+        typer.echo("database is up to date")
 
     try:
         asyncio.run(run())
     except StartupError as exc:
         fail(str(exc))
-    typer.echo("database is up to date")
 
 
 @app.command()
@@ -383,7 +404,7 @@ def dev(
         bool, typer.Option("--demo", help="Run the scripted demo, print what happened, stop.")
     ] = False,
     target: Annotated[
-        str, typer.Argument(metavar="APP", help="The registry, as module:attribute.")
+        str, typer.Argument(metavar="APP", help="The app (or a registry), as module:attribute.")
     ] = DEFAULT_APP,
 ) -> None:
     """Start a local broker, Postgres and Stripe stand-in, migrate, seed, and serve.
@@ -393,8 +414,7 @@ def dev(
     from .dev import run_dev
 
     _configure_logging("WARNING", "text")
-    registry = load_registry(target)
-    raise typer.Exit(run_dev(registry, demo=demo))
+    raise typer.Exit(run_dev(load_app(target), demo=demo))
 
 
 def _settings() -> Settings:

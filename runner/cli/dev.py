@@ -15,27 +15,19 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import typer
 
+from ..app import App
 from ..auth import mint_token
 from ..errors import StartupError
-from ..registry import OperationRegistry
 from ..settings import DEV_JWT_SECRET, Settings
 from .serve import Running, serve
 
 DEV_SECRET = DEV_JWT_SECRET
 DEV_WEBHOOK_SECRET = "whsec_oprunner_dev_0123456789abcdef"
 DEV_STRIPE_KEY = "sk_test_oprunner_dev"
-
-INVOICES = [  # id, owner, tenant, amount, currency
-    ("inv_demo_paid", "alice", "acme", "25.00", "eur"),
-    ("inv_demo_bob", "bob", "acme", "10.00", "eur"),
-    ("inv_demo_decline", "alice", "acme", "12.00", "eur"),
-    ("inv_demo_webhook", "alice", "acme", "30.00", "usd"),
-]
 
 
 @dataclass
@@ -69,15 +61,6 @@ def _settings(services: Any) -> Settings:
         log_level="WARNING",
         topic_replication_factor=1,  # one local broker
         topic_min_insync_replicas=1,
-    )
-
-
-async def _seed(running: Running) -> None:
-    pool = running.store.pool
-    await pool.executemany(
-        """INSERT INTO billing_invoices (id, owner_id, tenant_id, amount, currency)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING""",
-        [(i, o, t, Decimal(a), c) for i, o, t, a, c in INVOICES],
     )
 
 
@@ -249,13 +232,20 @@ def _banner(settings: Settings) -> str:
     )
 
 
-def run_dev(registry: OperationRegistry, *, demo: bool) -> int:
+DEMO_APP = "billing"
+"""The scripted demo drives the bundled billing app's operations."""
+
+
+def run_dev(app: App, *, demo: bool) -> int:
     from infra.devservices import ServiceError, local_services
 
+    if demo and app.name != DEMO_APP:
+        typer.echo(f"oprunner: --demo runs the bundled billing app's script; {app.name!r} has none", err=True)
+        return 1
     try:
         with local_services() as services:
             settings = _settings(services)
-            return asyncio.run(_run(settings, registry, demo))
+            return asyncio.run(_run(settings, app, demo))
     except ServiceError as exc:
         typer.echo(f"oprunner: {exc}", err=True)
         return 1
@@ -266,17 +256,19 @@ def run_dev(registry: OperationRegistry, *, demo: bool) -> int:
         return 130
 
 
-async def _run(settings: Settings, registry: OperationRegistry, demo: bool) -> int:
+async def _run(settings: Settings, app: App, demo: bool) -> int:
     stop = asyncio.Event()
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
 
     async def on_ready(running: Running) -> None:
-        await _seed(running)
-        await _register_webhook(settings)
+        if app.seed is not None:
+            await app.seed(running.store.pool)
+        if "stripe" in app.webhooks:  # have the Stripe stand-in deliver its events here
+            await _register_webhook(settings)
         ready.set_result(running)
 
     server: asyncio.Future[None] = asyncio.ensure_future(
-        serve(settings, registry, stop=stop, on_ready=on_ready, dev=True)
+        serve(settings, app, stop=stop, on_ready=on_ready, dev=True)
     )
     either: list[asyncio.Future[Any]] = [server, ready]
     done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)

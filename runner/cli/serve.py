@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from faststream.kafka import KafkaBroker
 
+from ..app import App, as_app
 from ..auth import CommandSigner, JwtAuthenticator, command_key
 from ..errors import StartupError
 from ..executor import Executor, Outcome
@@ -90,7 +91,31 @@ async def open_pool(settings: Settings, size: int) -> Any:
         raise StartupError(f"database at {_where(dsn)}: {type(exc).__name__}: {exc}") from exc
 
 
-async def open_database(settings: Settings) -> tuple[Any, list[str]]:
+def _app_migrations(app: App | None) -> tuple[str, str] | None:
+    return (app.name, str(app.migrations)) if app is not None and app.migrations else None
+
+
+async def migration_status(settings: Settings, app: App | None = None) -> list[Any]:
+    """What ``oprunner migrate --status`` lists: every engine and app migration, applied or not."""
+    from infra.postgres import connect_pool
+    from infra.postgres.migrate import status
+
+    if settings.database_url is None:
+        raise StartupError("OPRUNNER_DATABASE_URL is not set")
+    dsn = settings.database_url.get_secret_value()
+    try:
+        pool = await connect_pool(dsn, min_size=1, max_size=1)
+    except (OSError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise StartupError(f"cannot reach the database at {_where(dsn)}: {reason}") from exc
+    try:
+        async with pool.acquire() as conn:
+            return await status(conn, _app_migrations(app))
+    finally:
+        await pool.close()
+
+
+async def open_database(settings: Settings, app: App | None = None) -> tuple[Any, list[str]]:
     """Connect and migrate, or raise ``StartupError`` naming what failed.
 
     Returns the pool and the migrations applied (for the caller to log once all is up)."""
@@ -102,7 +127,7 @@ async def open_database(settings: Settings) -> tuple[Any, list[str]]:
     try:
         pool = await connect_pool(dsn, min_size=2, max_size=max(4, min(settings.max_in_flight // 4, 64)))
         async with pool.acquire() as conn:
-            applied = await migrate(conn)
+            applied = await migrate(conn, _app_migrations(app))
             await conn.execute("SELECT oprunner_audit_partitions()")  # this month's and the next
     except (OSError, TimeoutError) as exc:
         raise StartupError(
@@ -194,18 +219,6 @@ async def maintain(settings: Settings, pool: Any, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), settings.prune_interval)
 
 
-def external_clients(settings: Settings) -> tuple[dict[str, Any], tuple[type[BaseException], ...]]:
-    """The outside-API clients handlers see on ``ctx`` and the errors that mean "retry"."""
-    from infra import stripe as stripe_infra
-
-    clients: dict[str, Any] = {}
-    if settings.stripe_api_key is not None:
-        clients["stripe"] = stripe_infra.make_client(
-            settings.stripe_api_key.get_secret_value(), api_base=settings.stripe_api_base
-        )
-    return clients, stripe_infra.TRANSIENT_ERRORS
-
-
 def build_http_app(
     settings: Settings,
     pool: Any,
@@ -213,17 +226,15 @@ def build_http_app(
     ops: Any = None,
     extra: list[tuple[str, Any]] | None = None,
     metrics: Metrics | None = None,
+    app: App | None = None,
 ) -> Any:
-    """Webhooks (when a provider secret is set), health and readiness."""
+    """The app's webhooks (those configured), the operations API, health and readiness."""
     from infra.postgres.inbox import PostgresInbox
-    from infra.stripe_webhooks import StripeWebhookSource
 
     from ..http import build_app
-    from ..webhooks import WebhookIngress, WebhookSource
+    from ..webhooks import WebhookIngress
 
-    sources: dict[str, WebhookSource] = {}
-    if settings.stripe_webhook_secret is not None:
-        sources["stripe"] = StripeWebhookSource(settings.stripe_webhook_secret.get_secret_value())
+    sources = app.build_webhooks(settings) if app is not None else {}
 
     key = command_key_from(settings)
     if sources and key is None:
@@ -271,17 +282,21 @@ class Running:
 
 async def serve(
     settings: Settings,
-    registry: OperationRegistry,
+    target: App | OperationRegistry,
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
     dev: bool = False,
 ) -> None:
-    """Run consumer and outbox relay until SIGTERM/SIGINT (or ``stop``); drain; return.
-    ``dev`` admits the published development secret (``oprunner dev``), nothing else."""
+    """Run ``target`` (an ``App``, or a registry alone) until SIGTERM/SIGINT (or ``stop``):
+    consumer, outbox relay and HTTP; drain; return. ``dev`` admits the published development
+    secret (``oprunner dev``), nothing else."""
     from infra.postgres import PostgresStore
 
     from ..errors import RegistryError
+
+    app = as_app(target)
+    registry = app.registry
 
     try:
         registry.check()
@@ -291,7 +306,7 @@ async def serve(
     stop = stop or asyncio.Event()
     if settings.database_url is None:
         raise StartupError("OPRUNNER_DATABASE_URL is not set")
-    pool, applied = await open_database(settings)
+    pool, applied = await open_database(settings, app)
     try:
         await check_broker(settings)
         broker, builder = await open_broker(settings)
@@ -308,7 +323,12 @@ async def serve(
         raise
     store = PostgresStore(pool)
     publisher = KafkaPublisher(broker)
-    clients, transient = external_clients(settings)
+    try:
+        clients, transient = app.build_clients(settings), app.transient_errors
+    except Exception as exc:
+        await pool.close()
+        reason = f"{type(exc).__name__}: {exc}"
+        raise StartupError(f"app {app.name}: a client could not be built: {reason}") from exc
     metrics = Metrics()
     configure_tracing()
 
@@ -371,7 +391,9 @@ async def serve(
         return Response(metrics.render(), media_type=metrics.content_type)
 
     http = HttpServer(
-        build_http_app(settings, http_pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics),
+        build_http_app(
+            settings, http_pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics, app=app
+        ),
         settings.http_host,
         settings.http_port,
         max_header_bytes=settings.http_max_header_bytes,

@@ -12,12 +12,12 @@ from infra.devservices import free_port
 from tests.support import ROOT, SECRET
 
 
-def oprunner(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def oprunner(*args: str, cwd: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPRUNNER_")}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         env={**clean, "OPRUNNER_JWT_SECRET": SECRET, **env},
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         capture_output=True,
         text=True,
         timeout=90,
@@ -47,7 +47,7 @@ def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> 
             "cannot reach the database",
         ),
         (("serve", "nope:registry"), {}, "cannot import 'nope'"),
-        (("serve", "runner:Model"), {}, "is not an OperationRegistry"),
+        (("serve", "runner:Model"), {}, "is not an App or an OperationRegistry"),
         (
             ("serve",),
             {"OPRUNNER_JWT_SECRET": "", "OPRUNNER_DATABASE_URL": "postgresql://x@h/x"},
