@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,5 +169,33 @@ def install_op(
     """Install one operation: the one line a new operation adds to the app's registry module.
 
     ``batch`` optionally gives the same work for many commands at once (see ``BatchHandler``),
-    used when commands of this operation run together in one transaction."""
+    used when commands of this operation run together in one transaction. A handler that is
+    not ``async`` or takes the wrong arguments is an error here, not at its first command."""
+    if not isinstance(spec, OperationSpec):
+        got = type(spec).__name__
+        raise RegistryError(f"install_op takes a spec from define_command/define_query, got {got}")
+    _check_callable(spec, "handler", handler, ("value", "ctx"))
+    if batch is not None:
+        _check_callable(spec, "batch handler", batch, ("items",))
     registry.install(spec, handler, batch)
+
+
+def _check_callable(spec: OperationSpec, what: str, fn: Any, params: tuple[str, ...]) -> None:
+    target = fn.__call__ if not inspect.isfunction(fn) and not inspect.ismethod(fn) and callable(fn) else fn
+    if not callable(fn):
+        raise RegistryError(f"{spec.key}: the {what} is not callable ({type(fn).__name__})")
+    if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(fn):
+        raise RegistryError(f"{spec.key}: the {what} {_name(fn)} must be 'async def'")
+    try:
+        inspect.signature(fn).bind(*params)
+    except TypeError:
+        raise RegistryError(
+            f"{spec.key}: the {what} {_name(fn)} must take {len(params)} positional argument(s) "
+            f"({', '.join(params)})"
+        ) from None
+    except ValueError:
+        return  # no signature to read (a builtin): trust it
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 Stability = Literal["experimental", "beta", "stable", "deprecated"]
 Kind = Literal["command", "query", "event"]
 AuthLevel = Literal["public", "user", "service", "admin"]
+AUTH_LEVELS: tuple[AuthLevel, ...] = ("public", "user", "service", "admin")
 
 _KEY = re.compile(r"^[a-z][a-zA-Z0-9]*(\.[a-z][a-zA-Z0-9]*)+$")
 _VERSION = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
@@ -120,7 +121,14 @@ class Policy:
     rules: Sequence[Rule] = ()
 
     def __post_init__(self) -> None:
+        if self.auth not in AUTH_LEVELS:  # a typo ("users") must not be found at run time
+            raise ValueError(f"Policy(auth={self.auth!r}): auth is one of {', '.join(AUTH_LEVELS)}")
+        if isinstance(self.rules, Rule):
+            raise ValueError("Policy(rules=...) takes a list of Rule, got one Rule")
         object.__setattr__(self, "rules", tuple(self.rules))
+        for rule in self.rules:
+            if not isinstance(rule, Rule):
+                raise ValueError(f"Policy(rules=...) takes Rule objects, got {type(rule).__name__}")
 
 
 @dataclass(frozen=True, kw_only=True)

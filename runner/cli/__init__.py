@@ -49,6 +49,8 @@ def load_app(target: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         fail(f"cannot import {module_name!r}: {exc}")
+    except Exception as exc:  # a definition mistake (Policy(auth="users"), a sync handler)
+        fail(f"{module_name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     found = getattr(module, attr, None)
     if not isinstance(found, App | OperationRegistry):
         fail(f"{target} is not an App or an OperationRegistry")

@@ -132,3 +132,11 @@ def test_the_demo_belongs_to_the_billing_app(notes_app: Path) -> None:
     result = oprunner("dev", "--demo", "notes:app", cwd=str(notes_app))
     assert result.returncode == 1 and "has none" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_definition_mistake_is_one_line_at_load(tmp_path: Path) -> None:
+    (tmp_path / "typo.py").write_text("from runner import Policy\n\npolicy = Policy(auth='users')\n")
+    result = oprunner("serve", "typo:app", cwd=str(tmp_path))
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+    assert "auth is one of public, user, service, admin" in result.stderr
+    assert "Traceback" not in result.stderr

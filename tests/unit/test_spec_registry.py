@@ -125,3 +125,30 @@ def test_capture_payment_spec_is_as_declared() -> None:
     )
     described = CapturePayment.describe()
     assert described["input"]["additionalProperties"] is False
+
+
+def test_definition_mistakes_are_errors_where_they_are_made() -> None:
+    from runner import IO, Meta, Policy, RegistryError, define_command, install_op
+
+    with pytest.raises(ValueError, match="auth is one of public, user, service, admin"):
+        Policy(auth="users")  # type: ignore[arg-type]
+    meta = Meta(key="t.mistakes", version="1.0.0", description="t")
+    spec = define_command(meta=meta, io=IO(input=Model, output=Model))
+    registry = OperationRegistry()
+
+    def sync_handler(value: Any, ctx: Any) -> Any:
+        return value
+
+    async def one_argument(value: Any) -> Any:
+        return value
+
+    async def fine(value: Any, ctx: Any) -> Any:
+        return value
+
+    with pytest.raises(RegistryError, match="must be 'async def'"):
+        install_op(registry, spec, sync_handler)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="must take 2 positional argument"):
+        install_op(registry, spec, one_argument)  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match=r"batch handler .* must take 1 positional"):
+        install_op(registry, spec, fine, batch=fine)  # type: ignore[arg-type]
+    install_op(registry, spec, fine)
