@@ -1,9 +1,9 @@
 """Helpers for testing apps built on oprunner: an in-memory store, tokens, commands.
 
 ``InMemoryStore`` implements the ``Store`` protocol with the same claim semantics as the
-Postgres store, so an app's handlers and policies can be tested without any server. Its
-``db`` is a plain dict shared by all transactions, and is not rolled back: keep handler
-effects that must roll back in a real database test.
+Postgres store, so an app's handlers and policies can be tested without any server. It has
+no SQL database: ``ctx.db`` is a ``NoDatabase`` that says so on first use. Test handlers
+that use SQL against real Postgres with the testing kit's pytest plugin (``infra.testing``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .envelope import command
 from .errors import LeaseLost
 from .store import Accepted, Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, RunView
 
-__all__ = ["InMemoryStore", "MemoryRun", "command", "mint_token"]
+__all__ = ["InMemoryStore", "MemoryRun", "NoDatabase", "command", "mint_token"]
 
 
 @dataclass(slots=True)
@@ -46,14 +46,25 @@ class _Outbox:
     published: set[int] = field(default_factory=set)
 
 
+class NoDatabase:
+    """``ctx.db`` under the in-memory store: any use is a clear error, not a silent dict."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"ctx.db.{name}: the in-memory store has no SQL database; test this handler against "
+            "Postgres with the testing kit (pytest_plugins = ['infra.testing'])"
+        )
+
+
 class _MemoryTransaction:
     def __init__(self, store: InMemoryStore) -> None:
         self._store = store
         self._staged: list[tuple[str | None, OutcomeRecord, list[OutboxRow]]] = []
+        self._db = NoDatabase()
 
     @property
-    def db(self) -> dict[str, Any]:
-        return self._store.data
+    def db(self) -> NoDatabase:
+        return self._db
 
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
         run = self._store.runs.get(key)
@@ -66,7 +77,7 @@ class _MemoryTransaction:
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
-        """Rolls back the outcomes staged inside it; ``db`` (a plain dict) is not transactional."""
+        """Rolls back the outcomes staged inside it."""
         mark = len(self._staged)
         try:
             yield
@@ -101,7 +112,6 @@ class InMemoryStore:
     def __init__(self) -> None:
         self.runs: dict[str, MemoryRun] = {}
         self.audit_log: list[dict[str, Any]] = []
-        self.data: dict[str, Any] = {}
         self._outbox = _Outbox()
         self._next_id = 1
         self._done: dict[str, asyncio.Event] = {}
@@ -156,8 +166,8 @@ class InMemoryStore:
         tx._commit()
 
     @asynccontextmanager
-    async def reader(self) -> AsyncIterator[dict[str, Any]]:
-        yield self.data
+    async def reader(self) -> AsyncIterator[NoDatabase]:
+        yield NoDatabase()
 
     async def record(self, record: OutcomeRecord) -> list[int]:
         async with self.transaction() as tx:

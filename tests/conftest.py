@@ -29,6 +29,21 @@ settings.load_profile("full" if _full else "ci")
 
 TABLES = "oprunner_runs, oprunner_outbox, oprunner_audit, oprunner_webhook_inbox, oprunner_accepted"
 
+# The testing kit app authors use (README, "Testing your app"), on the bundled billing app.
+pytest_plugins = ["infra.testing"]
+
+
+@pytest.fixture(scope="session")
+def oprunner_app() -> Any:
+    from handlers import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def oprunner_database_url(database_url: str) -> str:
+    return database_url  # the session's Postgres: one server for the whole suite
+
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
