@@ -165,10 +165,6 @@ class Store(Protocol):
         """Return when run ``key`` may have completed, or after ``within`` seconds."""
         ...
 
-    async def pending(self, limit: int) -> Sequence[OutboxRow]:
-        """Unpublished outbox rows, oldest first (the relay's sweep)."""
-        ...
-
     async def mark_published(self, ids: Sequence[int]) -> None: ...
 
     async def find_run(self, id: str, key: str | None = None) -> RunView | None:

@@ -80,12 +80,12 @@ class WebhookIngress:
     commands_topic: str
     sign: Sign
     max_bytes: int = MAX_WEBHOOK_BYTES
-    counts: dict[str, int] = field(default_factory=dict)
     metrics: Metrics | None = None
     log_every: float = 10.0
     """Rejected deliveries are counted, and logged at most once per this many seconds: an
     unauthenticated sender can neither fill the database nor flood the log."""
     _last_log: float = field(default=-1e9, repr=False)
+    _rejected: int = field(default=0, repr=False)  # for the sampled log line; metrics count all
 
     async def handle(
         self, provider: str, body: bytes, headers: Mapping[str, str]
@@ -141,12 +141,12 @@ class WebhookIngress:
         if now - self._last_log < self.log_every:
             return
         self._last_log = now
-        total = self.counts.get("rejected", 0)
+        total = self._rejected
         _log.warning(
             "rejected a %s delivery (%d bytes): %s [%d rejected so far]", provider, size, reason, total
         )
 
     def _count(self, provider: str, what: str) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
+        self._rejected += what == "rejected"
         if self.metrics is not None:
             self.metrics.webhook_deliveries.labels(provider, what).inc()

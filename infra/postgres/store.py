@@ -230,12 +230,6 @@ class PostgresStore:
     async def wait(self, key: str, within: float) -> None:
         await asyncio.sleep(min(within, 0.1))
 
-    async def pending(self, limit: int) -> Sequence[OutboxRow]:
-        rows = await self.pool.fetch(
-            "SELECT id, topic, key, value, headers FROM oprunner_outbox ORDER BY id LIMIT $1", limit
-        )
-        return [_outbox_row(row) for row in rows]
-
     async def mark_published(self, ids: Sequence[int]) -> None:
         if ids:
             await self.pool.execute("DELETE FROM oprunner_outbox WHERE id = ANY($1::bigint[])", list(ids))

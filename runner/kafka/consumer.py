@@ -43,8 +43,12 @@ from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command, 
 from ..errors import EnvelopeError, StoreUnavailable
 from ..executor import Executor
 from ..observability import Metrics
+from ..settings import Settings
 from ..store import OutcomeRecord, Publication
 from .publisher import KafkaPublisher, OutboxCleaner, PublishQueue
+
+_DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_fields.items()}
+"""One place for each default: the settings' (a consumer built without settings gets them)."""
 
 _log = logging.getLogger("oprunner.consumer")
 
@@ -110,14 +114,14 @@ class CommandConsumer:
         topic: str,
         group_id: str,
         dlq_topic: str,
-        max_in_flight: int = 256,
-        batch_size: int = 100,
-        max_batches: int = 4,
-        max_message_bytes: int = 1024 * 1024,
-        session_timeout_ms: int = 10_000,
-        fetch_max_wait_ms: int = 500,
+        max_in_flight: int = _DEFAULTS["max_in_flight"],
+        batch_size: int = _DEFAULTS["batch_size"],
+        max_batches: int = _DEFAULTS["max_batches"],
+        max_message_bytes: int = _DEFAULTS["max_message_bytes"],
+        session_timeout_ms: int = _DEFAULTS["session_timeout_ms"],
+        fetch_max_wait_ms: int = _DEFAULTS["fetch_max_wait_ms"],
         commit_interval: float = 0.2,
-        drain_timeout: float = 30.0,
+        drain_timeout: float = _DEFAULTS["shutdown_timeout"],
         park_after_attempts: int = 5,
         park_after_seconds: float = 60.0,
         metrics: Metrics | None = None,
