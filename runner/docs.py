@@ -97,7 +97,7 @@ def asyncapi(registry: OperationRegistry, settings: Settings) -> dict[str, Any]:
     }
 
 
-# The OpenAPI document describes what ``runner.http`` really answers: every status a path can
+# The OpenAPI document describes what ``infra.http`` really answers: every status a path can
 # give and the body it sends with it. Three body shapes exist: an operation's result (what the
 # executor decided, with ``commandId`` and ``idempotencyKey``), a refusal at the door (bad JSON,
 # a bad header, too large, the store unavailable: ``{status: "rejected", error}``, no command

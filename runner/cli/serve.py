@@ -14,12 +14,13 @@ from urllib.parse import urlsplit
 
 from faststream.kafka import KafkaBroker
 
+from infra.http import OpsApi
+from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay
+
 from ..app import App, as_app
 from ..auth import CommandSigner, JwtAuthenticator, command_key
 from ..errors import StartupError
 from ..executor import Executor, Outcome
-from ..http import OpsApi
-from ..kafka import CommandConsumer, KafkaPublisher, OutboxRelay
 from ..observability import Metrics, configure_tracing
 from ..registry import OperationRegistry
 from ..settings import DEV_JWT_SECRET, MIN_HS256_SECRET_BYTES, Settings
@@ -229,9 +230,9 @@ def build_http_app(
     app: App | None = None,
 ) -> Any:
     """The app's webhooks (those configured), the operations API, health and readiness."""
+    from infra.http import build_app
     from infra.postgres.inbox import PostgresInbox
 
-    from ..http import build_app
     from ..webhooks import WebhookIngress
 
     sources = app.build_webhooks(settings) if app is not None else {}

@@ -165,7 +165,7 @@ async def test_bad_tokens_and_smuggled_actors_get_nowhere(
 async def test_published_events_keep_their_order_per_key_whatever_their_size(kafka_bootstrap: str) -> None:
     from faststream.kafka import KafkaBroker
 
-    from runner.kafka import KafkaPublisher
+    from infra.kafka import KafkaPublisher
     from runner.store import Publication
 
     topics = Topics()
@@ -198,8 +198,8 @@ async def test_an_unpublishable_outbox_row_is_parked_and_blocks_nothing(
 ) -> None:
     from faststream.kafka import KafkaBroker
 
+    from infra.kafka import KafkaPublisher, OutboxRelay
     from infra.postgres import PostgresStore
-    from runner.kafka import KafkaPublisher, OutboxRelay
 
     topic = Topics().results
     await clean_db.executemany(

@@ -19,10 +19,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import _json
-from .auth import Actor, actor_from_audit, bearer
-from .docs import OPENAPI_PATH, openapi
-from .envelope import (
+from runner import _json
+from runner.auth import Actor, actor_from_audit, bearer
+from runner.docs import OPENAPI_PATH, openapi
+from runner.envelope import (
     MAX_ID_LENGTH,
     CommandEnvelope,
     check_attributes,
@@ -31,10 +31,10 @@ from .envelope import (
     parse_command,
     valid_traceparent,
 )
-from .errors import AuthError, EnvelopeError, StoreUnavailable, UnknownOperation
-from .executor import Executor, Outcome
-from .store import Accepted, run_key
-from .webhooks import WebhookIngress
+from runner.errors import AuthError, EnvelopeError, StoreUnavailable, UnknownOperation
+from runner.executor import Executor, Outcome
+from runner.store import Accepted, run_key
+from runner.webhooks import WebhookIngress
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 _log = logging.getLogger("oprunner.http")

@@ -12,7 +12,7 @@ from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordT
 from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 
-from ..store import OutboxRow, Publication, Store
+from runner.store import OutboxRow, Publication, Store
 
 _log = logging.getLogger("oprunner.publisher")
 

@@ -37,14 +37,22 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from .. import _json
-from ..auth import Actor, bearer
-from ..envelope import AUDIT_TYPE, CommandEnvelope, build_event, parse_command, valid_traceparent, visible
-from ..errors import EnvelopeError, StoreUnavailable
-from ..executor import Executor
-from ..observability import Metrics
-from ..settings import Settings
-from ..store import OutcomeRecord, Publication
+from runner import _json
+from runner.auth import Actor, bearer
+from runner.envelope import (
+    AUDIT_TYPE,
+    CommandEnvelope,
+    build_event,
+    parse_command,
+    valid_traceparent,
+    visible,
+)
+from runner.errors import EnvelopeError, StoreUnavailable
+from runner.executor import Executor
+from runner.observability import Metrics
+from runner.settings import Settings
+from runner.store import OutcomeRecord, Publication
+
 from .publisher import KafkaPublisher, OutboxCleaner, PublishQueue
 
 _DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_fields.items()}
