@@ -25,6 +25,17 @@ from runner import (
 )
 from runner.types import NonEmptyString, PositiveAmount
 
+LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_accounts (
+    id text PRIMARY KEY, owner_id text NOT NULL, tenant_id text, balance numeric NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS ledger_effects (
+    id bigserial PRIMARY KEY, idempotency_key text NOT NULL, account_id text NOT NULL,
+    amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS ledger_holds (
+    account_id text NOT NULL REFERENCES ledger_accounts (id) DEFERRABLE INITIALLY DEFERRED);
+"""
+"""The ledger's tables, for the benchmark and the tests' ledger app (``tests/apps/ledger.py``)."""
+
 
 class CreditInput(Model):
     account_id: NonEmptyString

@@ -36,11 +36,11 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.app import LEDGER_SCHEMA as SCHEMA
 from infra.devservices import Broker, Postgres, free_port
 from infra.kafka import ensure_topics
 from infra.postgres import migrate
 from runner import mint_token
-from tests.apps.ledger import SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-that-is-long-enough-for-hs256"

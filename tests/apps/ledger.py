@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from bench.app import LEDGER_SCHEMA
 from runner import (
     IO,
     Meta,
@@ -31,15 +32,7 @@ from runner import (
 )
 from runner.types import NonEmptyString, PositiveAmount
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger_accounts (
-    id text PRIMARY KEY, owner_id text NOT NULL, tenant_id text, balance numeric NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS ledger_effects (
-    id bigserial PRIMARY KEY, idempotency_key text NOT NULL, account_id text NOT NULL,
-    amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE TABLE IF NOT EXISTS ledger_holds (
-    account_id text NOT NULL REFERENCES ledger_accounts (id) DEFERRABLE INITIALLY DEFERRED);
-"""
+SCHEMA = LEDGER_SCHEMA  # the benchmark's tables: both count effects the same way
 
 
 class CreditInput(Model):
