@@ -13,17 +13,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from faststream.kafka import KafkaBroker
+from starlette.responses import Response
+from starlette.routing import Route
 
-from infra.http import OpsApi
-from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay
+from infra.http import OpsApi, build_app
+from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay, ensure_topics
+from infra.postgres import PostgresStore, connect_pool, migrate
+from infra.postgres.inbox import PostgresInbox
+from infra.postgres.migrate import status
+from infra.postgres.retention import Windows, prune
 
 from ..app import App, as_app
 from ..auth import CommandSigner, JwtAuthenticator, command_key
-from ..errors import StartupError
+from ..errors import RegistryError, StartupError
 from ..executor import Executor, Outcome
 from ..observability import Metrics, configure_tracing
 from ..registry import OperationRegistry
 from ..settings import DEV_JWT_SECRET, MIN_HS256_SECRET_BYTES, Settings
+from ..webhooks import WebhookIngress
 from .http_server import HttpServer
 
 _log = logging.getLogger("oprunner.serve")
@@ -82,7 +89,6 @@ def command_key_from(settings: Settings) -> bytes | None:
 
 async def open_pool(settings: Settings, size: int) -> Any:
     """Another pool on the configured database (already reached and migrated)."""
-    from infra.postgres import connect_pool
 
     assert settings.database_url is not None
     dsn = settings.database_url.get_secret_value()
@@ -98,8 +104,6 @@ def _app_migrations(app: App | None) -> tuple[str, str] | None:
 
 async def migration_status(settings: Settings, app: App | None = None) -> list[Any]:
     """What ``oprunner migrate --status`` lists: every engine and app migration, applied or not."""
-    from infra.postgres import connect_pool
-    from infra.postgres.migrate import status
 
     if settings.database_url is None:
         raise StartupError("OPRUNNER_DATABASE_URL is not set")
@@ -120,7 +124,6 @@ async def open_database(settings: Settings, app: App | None = None) -> tuple[Any
     """Connect and migrate, or raise ``StartupError`` naming what failed.
 
     Returns the pool and the migrations applied (for the caller to log once all is up)."""
-    from infra.postgres import connect_pool, migrate
 
     if settings.database_url is None:
         raise StartupError("OPRUNNER_DATABASE_URL is not set")
@@ -153,7 +156,6 @@ def _quiet(logger: str) -> Iterator[None]:
 
 async def check_broker(settings: Settings) -> None:
     """Reach the broker and create missing topics, or raise ``StartupError``."""
-    from infra.kafka import ensure_topics
 
     topics = {
         settings.commands_topic: settings.topic_partitions,
@@ -193,7 +195,6 @@ async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., An
 
 
 def retention_windows(settings: Settings) -> Any:
-    from infra.postgres.retention import Windows
 
     day = 86400.0
     return Windows(
@@ -205,7 +206,6 @@ def retention_windows(settings: Settings) -> Any:
 
 async def maintain(settings: Settings, pool: Any, stop: asyncio.Event) -> None:
     """Prune what is past its window, now and every ``prune_interval`` seconds."""
-    from infra.postgres.retention import prune
 
     if settings.prune_interval <= 0:
         return
@@ -230,10 +230,6 @@ def build_http_app(
     app: App | None = None,
 ) -> Any:
     """The app's webhooks (those configured), the operations API, health and readiness."""
-    from infra.http import build_app
-    from infra.postgres.inbox import PostgresInbox
-
-    from ..webhooks import WebhookIngress
 
     sources = app.build_webhooks(settings) if app is not None else {}
 
@@ -260,8 +256,6 @@ def build_http_app(
     async def kafka() -> bool:
         return bool(await broker.ping(2))
 
-    from starlette.routing import Route
-
     return build_app(
         webhooks=ingress if sources else None,
         checks={"database": database, "kafka": kafka},
@@ -281,6 +275,190 @@ class Running:
     store: Any
 
 
+@dataclass
+class Runtime:
+    """What ``build_runtime`` wired for an app, the one diagram of the running process:
+    two pools (Kafka path, HTTP), the broker, the store and the executors on each pool, the
+    consumer and relay on Kafka, the operations API and the HTTP server."""
+
+    settings: Settings
+    app: App
+    pool: Any
+    http_pool: Any
+    broker: KafkaBroker
+    store: Any
+    executor: Executor
+    consumer: CommandConsumer
+    relay: OutboxRelay
+    ops: OpsApi
+    http: HttpServer
+    metrics: Metrics
+    resources: contextlib.AsyncExitStack
+
+
+async def build_runtime(settings: Settings, target: App | OperationRegistry, *, dev: bool = False) -> Runtime:
+    """Check the app and the configuration, reach the database (migrated) and the broker,
+    and wire every part; raise ``StartupError`` naming what failed, having closed what it
+    opened. ``dev`` admits the published development secret, nothing else."""
+    app = as_app(target)
+    try:
+        app.registry.check()
+    except RegistryError as exc:
+        raise StartupError(str(exc)) from exc
+    authenticator = authenticator_from(settings, dev=dev)
+    if settings.database_url is None:
+        raise StartupError("OPRUNNER_DATABASE_URL is not set")
+    async with contextlib.AsyncExitStack() as opened:
+        pool, applied = await open_database(settings, app)
+        opened.push_async_callback(pool.close)
+        await check_broker(settings)
+        broker, builder = await open_broker(settings)
+        opened.push_async_callback(broker.stop)
+        if applied:
+            _log.info("applied migrations %s", applied)
+        http_pool = await open_pool(settings, settings.http_db_pool_size)
+        opened.push_async_callback(http_pool.close)
+        try:
+            clients = app.build_clients(settings)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise StartupError(f"app {app.name}: a client could not be built: {reason}") from exc
+        metrics = Metrics()
+        configure_tracing()
+
+        def executor_on(store: Any) -> Executor:
+            return Executor(
+                app.registry,
+                store,
+                authenticator,
+                results_topic=settings.results_topic,
+                audit_topic=settings.audit_topic,
+                source=settings.source,
+                clients=clients,
+                transient_errors=app.transient_errors,
+                metrics=metrics,
+            )
+
+        store = PostgresStore(pool)
+        publisher = KafkaPublisher(broker)
+        executor = executor_on(store)
+        consumer = CommandConsumer(
+            executor,
+            publisher,
+            builder,
+            topic=settings.commands_topic,
+            group_id=settings.group_id,
+            dlq_topic=settings.dlq_topic,
+            max_in_flight=settings.max_in_flight,
+            batch_size=settings.batch_size,
+            max_batches=settings.max_batches,
+            max_message_bytes=settings.max_message_bytes,
+            session_timeout_ms=settings.session_timeout_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            drain_timeout=settings.shutdown_timeout,
+            park_after_attempts=settings.park_after_attempts,
+            park_after_seconds=settings.park_after_seconds,
+            metrics=metrics,
+        )
+
+        async def deliver(outcome: Outcome) -> None:
+            try:
+                await publisher.publish(outcome.publications)
+                consumer.cleaner.add(outcome.outbox_ids)
+            except Exception:
+                _log.warning("publish failed; the outbox relay will publish", exc_info=True)
+
+        ops = OpsApi(
+            executor_on(PostgresStore(http_pool)),  # HTTP's own connections
+            deliver,
+            max_bytes=settings.max_message_bytes,
+            body_timeout=settings.http_body_timeout,
+            max_background=settings.http_max_concurrency,
+        )
+
+        async def scrape(request: Any) -> Any:
+            metrics.in_flight.set(consumer.in_flight)
+            with contextlib.suppress(Exception):  # a database outage must not break the scrape
+                metrics.outbox_backlog.set(await asyncio.wait_for(store.backlog(), 2))
+            return Response(metrics.render(), media_type=metrics.content_type)
+
+        asgi = build_http_app(
+            settings, http_pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics, app=app
+        )
+        http = HttpServer(
+            asgi,
+            settings.http_host,
+            settings.http_port,
+            max_header_bytes=settings.http_max_header_bytes,
+            header_timeout=settings.http_header_timeout,
+            max_concurrency=settings.http_max_concurrency,
+            shutdown_timeout=settings.http_shutdown_timeout,
+        )
+        resources = opened.pop_all()
+    return Runtime(
+        settings,
+        app,
+        pool,
+        http_pool,
+        broker,
+        store,
+        executor,
+        consumer,
+        OutboxRelay(store, publisher),
+        ops,
+        http,
+        metrics,
+        resources,
+    )
+
+
+async def run(
+    runtime: Runtime,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``): HTTP first to stop taking commands, then the
+    consumer drains; close everything ``build_runtime`` opened."""
+    rt, settings = runtime, runtime.settings
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await rt.http.start()
+        await rt.consumer.start()
+        tasks += [
+            asyncio.create_task(rt.relay.run(), name="oprunner-relay"),
+            asyncio.create_task(rt.ops.sweep(stop), name="oprunner-accepted-sweep"),
+            asyncio.create_task(maintain(settings, rt.pool, stop), name="oprunner-prune"),
+        ]
+        if on_ready is not None:
+            maybe = on_ready(Running(rt.executor, rt.consumer, rt.relay, rt.store))
+            if maybe is not None:
+                await maybe
+        _log.info("serving %d operations from %s", len(rt.app.registry), settings.commands_topic)
+
+        async def stop_http_first() -> None:
+            await stop.wait()  # stop taking HTTP commands, finish those in flight, then drain Kafka
+            await rt.http.stop()
+            await rt.ops.drain(settings.shutdown_timeout)
+
+        http_stopper = asyncio.create_task(stop_http_first())
+        await rt.consumer.run(stop)
+        await http_stopper
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for task in tasks:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await rt.http.stop()
+        await rt.resources.aclose()
+    _log.info("stopped: %d commands, %d dead-lettered", rt.consumer.processed, rt.consumer.dead_lettered)
+
+
 async def serve(
     settings: Settings,
     target: App | OperationRegistry,
@@ -289,154 +467,5 @@ async def serve(
     on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
     dev: bool = False,
 ) -> None:
-    """Run ``target`` (an ``App``, or a registry alone) until SIGTERM/SIGINT (or ``stop``):
-    consumer, outbox relay and HTTP; drain; return. ``dev`` admits the published development
-    secret (``oprunner dev``), nothing else."""
-    from infra.postgres import PostgresStore
-
-    from ..errors import RegistryError
-
-    app = as_app(target)
-    registry = app.registry
-
-    try:
-        registry.check()
-    except RegistryError as exc:
-        raise StartupError(str(exc)) from exc
-    authenticator = authenticator_from(settings, dev=dev)
-    stop = stop or asyncio.Event()
-    if settings.database_url is None:
-        raise StartupError("OPRUNNER_DATABASE_URL is not set")
-    pool, applied = await open_database(settings, app)
-    try:
-        await check_broker(settings)
-        broker, builder = await open_broker(settings)
-    except StartupError:
-        await pool.close()
-        raise
-    if applied:
-        _log.info("applied migrations %s", applied)
-    try:
-        http_pool = await open_pool(settings, settings.http_db_pool_size)
-    except StartupError:
-        await pool.close()
-        await broker.stop()
-        raise
-    store = PostgresStore(pool)
-    publisher = KafkaPublisher(broker)
-    try:
-        clients, transient = app.build_clients(settings), app.transient_errors
-    except Exception as exc:
-        await pool.close()
-        reason = f"{type(exc).__name__}: {exc}"
-        raise StartupError(f"app {app.name}: a client could not be built: {reason}") from exc
-    metrics = Metrics()
-    configure_tracing()
-
-    def executor_on(on: Any) -> Executor:
-        return Executor(
-            registry,
-            on,
-            authenticator,
-            results_topic=settings.results_topic,
-            audit_topic=settings.audit_topic,
-            source=settings.source,
-            clients=clients,
-            transient_errors=transient,
-            metrics=metrics,
-        )
-
-    executor = executor_on(store)
-    http_executor = executor_on(PostgresStore(http_pool))  # HTTP's own connections
-    consumer = CommandConsumer(
-        executor,
-        publisher,
-        builder,
-        topic=settings.commands_topic,
-        group_id=settings.group_id,
-        dlq_topic=settings.dlq_topic,
-        max_in_flight=settings.max_in_flight,
-        batch_size=settings.batch_size,
-        max_batches=settings.max_batches,
-        max_message_bytes=settings.max_message_bytes,
-        session_timeout_ms=settings.session_timeout_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        drain_timeout=settings.shutdown_timeout,
-        park_after_attempts=settings.park_after_attempts,
-        park_after_seconds=settings.park_after_seconds,
-        metrics=metrics,
-    )
-    relay = OutboxRelay(store, publisher)
-
-    async def deliver(outcome: Outcome) -> None:
-        try:
-            await publisher.publish(outcome.publications)
-            consumer.cleaner.add(outcome.outbox_ids)
-        except Exception:
-            _log.warning("publish failed; the outbox relay will publish", exc_info=True)
-
-    ops = OpsApi(
-        http_executor,
-        deliver,
-        max_bytes=settings.max_message_bytes,
-        body_timeout=settings.http_body_timeout,
-        max_background=settings.http_max_concurrency,
-    )
-
-    async def scrape(request: Any) -> Any:
-        from starlette.responses import Response
-
-        metrics.in_flight.set(consumer.in_flight)
-        with contextlib.suppress(Exception):  # a database outage must not break the scrape
-            metrics.outbox_backlog.set(await asyncio.wait_for(store.backlog(), 2))
-        return Response(metrics.render(), media_type=metrics.content_type)
-
-    http = HttpServer(
-        build_http_app(
-            settings, http_pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics, app=app
-        ),
-        settings.http_host,
-        settings.http_port,
-        max_header_bytes=settings.http_max_header_bytes,
-        header_timeout=settings.http_header_timeout,
-        max_concurrency=settings.http_max_concurrency,
-        shutdown_timeout=settings.http_shutdown_timeout,
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    relay_task: asyncio.Task[None] | None = None
-    sweep_task: asyncio.Task[None] | None = None
-    prune_task: asyncio.Task[None] | None = None
-    try:
-        await http.start()
-        await consumer.start()
-        relay_task = asyncio.create_task(relay.run(), name="oprunner-relay")
-        sweep_task = asyncio.create_task(ops.sweep(stop), name="oprunner-accepted-sweep")
-        prune_task = asyncio.create_task(maintain(settings, pool, stop), name="oprunner-prune")
-        if on_ready is not None:
-            maybe = on_ready(Running(executor, consumer, relay, store))
-            if maybe is not None:
-                await maybe
-        _log.info("serving %d operations from %s", len(registry), settings.commands_topic)
-
-        async def stop_http_first() -> None:
-            await stop.wait()  # stop taking HTTP commands, finish those in flight, then drain Kafka
-            await http.stop()
-            await ops.drain(settings.shutdown_timeout)
-
-        http_stopper = asyncio.create_task(stop_http_first())
-        await consumer.run(stop)
-        await http_stopper
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        for task in (relay_task, sweep_task, prune_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        await http.stop()
-        await broker.stop()
-        await http_pool.close()
-        await pool.close()
-    _log.info("stopped: %d commands, %d dead-lettered", consumer.processed, consumer.dead_lettered)
+    """Run ``target`` (an ``App``, or a registry alone): ``build_runtime``, then ``run``."""
+    await run(await build_runtime(settings, target, dev=dev), stop=stop, on_ready=on_ready)
