@@ -33,6 +33,7 @@ from runner.envelope import (
 )
 from runner.errors import AuthError, EnvelopeError, StoreUnavailable, UnknownOperation
 from runner.executor import Executor, Outcome
+from runner.policy import administers
 from runner.store import Accepted, run_key
 from runner.webhooks import WebhookIngress
 
@@ -289,7 +290,7 @@ def _may_see(actor: Actor, run: Any) -> bool:
         return bool(run.command_id == actor.bound.command_id and run.actor_id == actor.user_id)
     if run.actor_id == actor.user_id and run.tenant_id == actor.tenant_id:
         return True
-    return actor.kind == "admin" and (actor.tenant_id is None or run.tenant_id == actor.tenant_id)
+    return administers(actor, run.tenant_id)
 
 
 def build_app(

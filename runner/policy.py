@@ -39,14 +39,7 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
             verdict = await verdict
         return verdict is True
     if cond == "admin":
-        # An admin token with a tenant administers resources of that tenant only (not those
-        # of no tenant, nor rules with no resource); one without a tenant is a global
-        # operator: mint those for operators only.
-        if actor.kind != "admin":
-            return False
-        if actor.tenant_id is None:
-            return True
-        return resource is not None and resource.tenant_id == actor.tenant_id
+        return administers(actor, resource.tenant_id if resource is not None else None, resource is not None)
     if cond == "service":
         return actor.kind == "service"
     if cond.startswith("role:"):
@@ -59,6 +52,18 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
     if cond == "tenant":
         return resource.tenant_id is not None and same_tenant
     return False
+
+
+def administers(actor: Actor, tenant_id: str | None, known: bool = True) -> bool:
+    """The tenancy rule for admins, in one place: an admin token with a tenant administers
+    what belongs to that tenant only (not what has no tenant, nor what is not ``known``: a
+    rule with no resource); one without a tenant is a global operator: mint those for
+    operators only."""
+    if actor.kind != "admin":
+        return False
+    if actor.tenant_id is None:
+        return True
+    return known and tenant_id == actor.tenant_id
 
 
 def _first(source: Any, names: tuple[str, ...]) -> str | None:

@@ -87,13 +87,16 @@ def command_key_from(settings: Settings) -> bytes | None:
     )
 
 
-async def open_pool(settings: Settings, size: int) -> Any:
-    """Another pool on the configured database (already reached and migrated)."""
-
-    assert settings.database_url is not None
+async def open_pool(settings: Settings, size: int, *, min_size: int = 1) -> Any:
+    """A pool on the configured database, or ``StartupError`` naming what failed."""
+    if settings.database_url is None:
+        raise StartupError("OPRUNNER_DATABASE_URL is not set")
     dsn = settings.database_url.get_secret_value()
     try:
-        return await connect_pool(dsn, min_size=1, max_size=size)
+        return await connect_pool(dsn, min_size=min_size, max_size=size)
+    except (OSError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise StartupError(f"cannot reach the database at {_where(dsn)}: {reason}") from exc
     except Exception as exc:
         raise StartupError(f"database at {_where(dsn)}: {type(exc).__name__}: {exc}") from exc
 
@@ -104,15 +107,7 @@ def _app_migrations(app: App | None) -> tuple[str, str] | None:
 
 async def migration_status(settings: Settings, app: App | None = None) -> list[Any]:
     """What ``oprunner migrate --status`` lists: every engine and app migration, applied or not."""
-
-    if settings.database_url is None:
-        raise StartupError("OPRUNNER_DATABASE_URL is not set")
-    dsn = settings.database_url.get_secret_value()
-    try:
-        pool = await connect_pool(dsn, min_size=1, max_size=1)
-    except (OSError, TimeoutError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise StartupError(f"cannot reach the database at {_where(dsn)}: {reason}") from exc
+    pool = await open_pool(settings, 1)
     try:
         async with pool.acquire() as conn:
             return await status(conn, _app_migrations(app))
@@ -124,21 +119,17 @@ async def open_database(settings: Settings, app: App | None = None) -> tuple[Any
     """Connect and migrate, or raise ``StartupError`` naming what failed.
 
     Returns the pool and the migrations applied (for the caller to log once all is up)."""
-
-    if settings.database_url is None:
-        raise StartupError("OPRUNNER_DATABASE_URL is not set")
-    dsn = settings.database_url.get_secret_value()
+    pool = await open_pool(settings, max(4, min(settings.max_in_flight // 4, 64)), min_size=2)
     try:
-        pool = await connect_pool(dsn, min_size=2, max_size=max(4, min(settings.max_in_flight // 4, 64)))
         async with pool.acquire() as conn:
             applied = await migrate(conn, _app_migrations(app))
             await conn.execute("SELECT oprunner_audit_partitions()")  # this month's and the next
-    except (OSError, TimeoutError) as exc:
-        raise StartupError(
-            f"cannot reach the database at {_where(dsn)}: {exc or type(exc).__name__}"
-        ) from exc
     except Exception as exc:
-        raise StartupError(f"database at {_where(dsn)}: {type(exc).__name__}: {exc}") from exc
+        await pool.close()
+        where = _where(settings.database_url.get_secret_value()) if settings.database_url else "?"
+        if isinstance(exc, OSError | TimeoutError):
+            raise StartupError(f"cannot reach the database at {where}: {exc or type(exc).__name__}") from exc
+        raise StartupError(f"database at {where}: {type(exc).__name__}: {exc}") from exc
     return pool, applied
 
 
