@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 
-from infra.devservices import Broker, Postgres, StripeStandIn
+from infra.devservices import Broker, StripeStandIn
 from infra.postgres import connect_pool, migrate
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="libcst")
@@ -41,20 +41,9 @@ def oprunner_app() -> Any:
 
 
 @pytest.fixture(scope="session")
-def oprunner_database_url(database_url: str) -> str:
-    return database_url  # the session's Postgres: one server for the whole suite
-
-
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    if url := os.environ.get("OPRUNNER_DATABASE_URL"):
-        yield url
-        return
-    server = Postgres().start()
-    try:
-        yield server.dsn
-    finally:
-        server.stop()
+def database_url(oprunner_database_url: str) -> str:
+    """The testing kit's: ``OPRUNNER_DATABASE_URL``, or one embedded Postgres for the session."""
+    return oprunner_database_url
 
 
 @pytest.fixture(scope="session")
