@@ -1,0 +1,202 @@
+"""A batch of commands in one transaction: one claim statement, the handlers one after
+another (one savepoint each), one statement for all outcomes, one commit.
+
+The consumer gives a batch only commands that may run in any order relative to each other
+(distinct Kafka keys). Whatever the batch cannot finish goes to the per-command path
+(``runs``) with the claim it holds, so each command's outcome is what it would have been alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from ..envelope import CommandEnvelope
+from ..errors import LeaseLost, StoreUnavailable
+from ..observability import Metrics
+from ..store import ClaimStatus, OutcomeRecord, Store
+from .admission import Admission, bearer
+from .calls import Admitted, Held, Outcome, Verdict
+from .claims import Claims, settled
+from .invocation import BatchAbort, InTurn, Invoker, Rollback
+from .outcomes import Recorder, outcome
+from .retries import Retrier
+from .runs import Runs
+
+_log = logging.getLogger("oprunner.executor")
+
+
+async def _gather_all(runs: Iterable[Awaitable[tuple[int, Outcome]]]) -> list[tuple[int, Outcome]]:
+    """Every run to its end, then the first error if any: none is left running unseen."""
+    results = await asyncio.gather(*runs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if not isinstance(r, BaseException)]
+
+
+async def _at(i: int, run: Awaitable[Outcome]) -> tuple[int, Outcome]:
+    return i, await run
+
+
+class Batches:
+    def __init__(
+        self,
+        store: Store,
+        admission: Admission,
+        claims: Claims,
+        invoker: Invoker,
+        recorder: Recorder,
+        runs: Runs,
+        retrier: Retrier,
+        metrics: Metrics | None,
+    ) -> None:
+        self.store = store
+        self.admission = admission
+        self.claims = claims
+        self.invoker = invoker
+        self.recorder = recorder
+        self.runs = runs
+        self.retrier = retrier
+        self.metrics = metrics
+
+    async def execute(self, items: Sequence[tuple[CommandEnvelope, str | None]]) -> list[Outcome]:
+        try:
+            async with self._reader(len(items)) as db:
+                admitted = await asyncio.gather(*(self.admission.admit(c, bearer(t), db) for c, t in items))
+        except Exception as exc:
+            if self.retrier.is_transient(exc):
+                raise StoreUnavailable(f"store unavailable: {exc!r}") from exc
+            raise
+        verdicts: dict[int, Verdict] = {}
+        batch: dict[int, Admitted] = {}
+        alone: list[int] = []  # queries, and repeated idempotency keys: the per-command path
+        keys: set[str] = set()
+        for i, a in enumerate(admitted):
+            if isinstance(a, Verdict):
+                verdicts[i] = a
+            elif a.spec.kind == "query" or a.call.run_key in keys:
+                alone.append(i)
+            else:
+                keys.add(a.call.run_key)
+                batch[i] = a
+        owner = self.claims.owner()  # one execution holds the whole batch's claims
+        held = await self._claim(batch, owner, verdicts, alone)
+        try:
+            async with self.claims.heartbeat([h.request.key for h in held.values()], owner) as quiet:
+                done, again = await self._run(held, verdicts, quiet)
+        except Exception as exc:
+            if not isinstance(exc, LeaseLost) and not self.retrier.is_transient(exc):
+                _log.exception("batch of %d failed; running its commands one by one", len(held))
+            done = await self._unbatch(held, verdicts)
+        else:
+            done += await _gather_all(_at(i, self.runs.again(held[i], exc)) for i, exc in again.items())
+        outcomes: dict[int, Outcome] = {}
+        for i, result in done:
+            outcomes[i] = result
+            self.recorder.finish(admitted[i].call, result)
+        for i in alone:
+            a = admitted[i]
+            outcomes[i] = await (self.recorder.settle(a) if isinstance(a, Verdict) else self.runs.run(a))
+            self.recorder.finish(a.call, outcomes[i])
+        if self.metrics is not None and held:
+            self.metrics.batches.inc()
+        return [outcomes[i] for i in range(len(items))]
+
+    async def _claim(
+        self, batch: dict[int, Admitted], owner: str, verdicts: dict[int, Verdict], alone: list[int]
+    ) -> dict[int, Held]:
+        """One statement claims the whole batch; a claim that settles the command becomes its
+        verdict, one a live worker holds sends it to the per-command path (to wait there)."""
+        requests = {i: self.claims.request(a, owner) for i, a in batch.items()}
+        if not requests:
+            return {}
+        found = await self.retrier.store(lambda: self.store.claim_many(list(requests.values())))
+        held: dict[int, Held] = {}
+        for (i, request), claim in zip(requests.items(), found, strict=True):
+            if claim.status is ClaimStatus.ACQUIRED:
+                held[i] = Held(batch[i], request, claim.attempts)
+            elif (verdict := settled(batch[i].call, claim)) is not None:
+                verdicts[i] = verdict
+            else:
+                alone.append(i)
+        return held
+
+    async def _run(
+        self,
+        held: dict[int, Held],
+        verdicts: dict[int, Verdict],
+        quiet_heartbeat: Callable[[], Awaitable[None]],
+    ) -> tuple[list[tuple[int, Outcome]], dict[int, BaseException | None]]:
+        """One transaction for the batch, one savepoint per command (or per batch-handler
+        call): a command that fails rolls back only its own writes, and its failure is
+        recorded with the rest. Returns the outcomes, and the commands whose attempt must be
+        run again alone, with the transient error that ended it (None when their batch form
+        failed: each then runs the plain handler)."""
+        again: dict[int, BaseException | None] = {}
+        async with self.store.transaction() as tx:
+            outputs: dict[int, dict[str, Any]] = {}  # the result data of each command run
+            groups: dict[int, list[int]] = {}  # operations with a batch handler -> their commands
+            for i, h in held.items():
+                installed = h.admitted.installed
+                if installed.batch is not None:
+                    groups.setdefault(id(installed), []).append(i)
+                    continue
+                try:
+                    async with tx.savepoint():
+                        data = await self.invoker.invoke(h.admitted, tx.db, h.attempt)
+                        if data["status"] != "succeeded":
+                            raise Rollback(data)  # undo its writes; record its failure
+                except Rollback as rollback:
+                    data = rollback.data
+                except Exception as exc:
+                    if not self.retrier.is_transient(exc, installed.spec):
+                        raise
+                    again[i] = exc
+                    continue
+                outputs[i] = data
+            for members in groups.values():
+                try:
+                    async with tx.savepoint():
+                        datas = await self.invoker.invoke_batch([held[i] for i in members], tx.db)
+                except BatchAbort:
+                    again.update(dict.fromkeys(members))
+                    continue
+                outputs.update(zip(members, datas, strict=True))
+            completed: dict[int, OutcomeRecord] = {
+                i: self.recorder.record(h.admitted.call, outputs[i]["status"], "allow", outputs[i], h.attempt)
+                for i, h in held.items()
+                if i in outputs
+            }
+            decided = {i: self.recorder.verdict(v) for i, v in verdicts.items()}
+            # The heartbeat and the commit lock the same rows, in other orders: stop it first.
+            await quiet_heartbeat()
+            completed_ids, decided_ids = await tx.complete_many(
+                [(held[i].request.key, held[i].request.owner, r) for i, r in completed.items()],
+                list(decided.values()),
+            )
+        out = [(i, outcome(r, ids)) for (i, r), ids in zip(completed.items(), completed_ids, strict=True)]
+        out += [
+            (i, outcome(r, ids, replayed=verdicts[i].replay is not None))
+            for (i, r), ids in zip(decided.items(), decided_ids, strict=True)
+        ]
+        return out, again
+
+    async def _unbatch(
+        self, held: dict[int, Held], verdicts: dict[int, Verdict]
+    ) -> list[tuple[int, Outcome]]:
+        runs = [_at(i, self.runs.once(h.admitted, h.request)) for i, h in held.items()]
+        settles = [_at(i, self.recorder.settle(v)) for i, v in verdicts.items()]
+        return await _gather_all([*runs, *settles])
+
+    @contextlib.asynccontextmanager
+    async def _reader(self, size: int) -> AsyncIterator[Any]:
+        """One database handle for the resolvers of a whole batch, its calls taken in turn."""
+        if size < 2:
+            yield None
+            return
+        async with self.store.reader() as db:
+            yield InTurn(db)

@@ -1,0 +1,109 @@
+"""What the steps hand each other: one command's ``Call``, and what each step decides of it.
+
+admission turns a ``Call`` into a ``Verdict`` (no handler runs: rejected, denied) or an
+``Admitted`` command; claiming turns an ``Admitted`` one into a ``Held`` one (this execution
+holds its idempotency key), a ``Verdict`` (a replay or a conflict), or nothing yet (busy);
+invocation and recording turn either into an ``Outcome``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..auth import Actor
+from ..envelope import CommandEnvelope
+from ..model import Model
+from ..registry import Installed
+from ..spec import OperationSpec
+from ..store import ClaimRequest, Publication, run_key
+
+Status = Literal["succeeded", "failed", "rejected", "denied"]
+AuditDecision = Literal["allow", "deny", "reject"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One command on its way through: what its audit event needs, gathered as steps pass."""
+
+    command: CommandEnvelope
+    started: float
+    spec: OperationSpec | None = None
+    actor: Actor | None = None
+    input: Any = None  # as the audit may show it: secrets redacted
+    partition: str | None = None
+    span: Any = None
+    traceparent: str | None = None
+    wire: dict[str, Any] = field(default_factory=dict)  # the validated input, dumped once
+    authenticated: bool = False  # a verified actor (or one this process verified earlier)
+
+    @property
+    def op(self) -> str:
+        return self.spec.key if self.spec else self.command.type
+
+    @property
+    def run_key(self) -> str:
+        """Where this caller's idempotency key is claimed (``runner.store.run_key``)."""
+        actor = self.actor
+        return run_key(
+            actor.tenant_id if actor else None, actor.user_id if actor else None, self.command.idempotency_key
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """An outcome decided without running a handler: rejected, denied, or a replay."""
+
+    call: Call
+    status: Status
+    decision: AuditDecision
+    error: dict[str, Any] | None
+    replay: dict[str, Any] | None = None  # the stored result data, for a replay
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.replay if self.replay is not None else {"status": self.status, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A command that passed admission: valid, authenticated, authorized."""
+
+    installed: Installed
+    call: Call
+    value: Model
+
+    @property
+    def spec(self) -> OperationSpec:
+        return self.installed.spec
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An admitted command whose claim this execution holds, on its ``attempt``-th attempt."""
+
+    admitted: Admitted
+    request: ClaimRequest
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one command. ``result`` and ``audit`` are the events in the outbox."""
+
+    status: Status
+    result: dict[str, Any]
+    audit: dict[str, Any]
+    publications: tuple[Publication, ...]
+    outbox_ids: tuple[int, ...]
+    replayed: bool = False
+
+    @property
+    def error_code(self) -> str | None:
+        error = self.result["data"].get("error")
+        return error["code"] if error else None
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        out: dict[str, Any] | None = self.result["data"].get("output")
+        return out
