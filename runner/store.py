@@ -1,7 +1,10 @@
 """The store protocol: idempotency claims, outcome records and the outbox, in one database.
 
-The executor needs exactly this from a database; ``infra.postgres`` implements it on asyncpg
-and ``runner.testing.InMemoryStore`` in memory.
+This is exactly what the runner needs from a database, and nothing more: the executor
+(claims, transactions, outcomes), the HTTP app (accepted commands, run lookup), the publish
+queue and outbox relay (``mark_published``, ``sweep``) and ``serve``'s metrics (``backlog``).
+``infra.postgres`` implements it on asyncpg and ``runner.testing.InMemoryStore`` in memory,
+with the same semantics: ``tests/unit/test_store_contract.py`` runs against both.
 """
 
 from __future__ import annotations
@@ -94,6 +97,16 @@ class OutboxRow:
     publication: Publication
 
 
+@dataclass
+class Sweep:
+    """Rows locked by one relay sweep. Mark those to keep for the next sweep (``kept``) or to
+    park for good (``parked``, with the reason); the rest are deleted as published."""
+
+    rows: list[OutboxRow]
+    kept: set[int] = field(default_factory=set)
+    parked: dict[int, str] = field(default_factory=dict)
+
+
 class Transaction(Protocol):
     """One open database transaction; ``db`` is what handlers see as ``ctx.db``."""
 
@@ -103,7 +116,10 @@ class Transaction(Protocol):
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
         """Mark the run ``key`` completed with ``record`` and write its outbox rows.
 
-        Raises ``LeaseLost`` when ``owner`` no longer holds the claim.
+        Raises ``LeaseLost`` when ``owner`` no longer holds the claim (the transaction must
+        then roll back). The run stays locked until the transaction ends: a claim or renewal
+        of it meanwhile waits, then finds it completed, so a lease running out just as the
+        work commits cannot hand the run to a second worker.
         """
         ...
 
@@ -165,7 +181,23 @@ class Store(Protocol):
         """Return when run ``key`` may have completed, or after ``within`` seconds."""
         ...
 
-    async def mark_published(self, ids: Sequence[int]) -> None: ...
+    async def mark_published(self, ids: Sequence[int]) -> None:
+        """Delete outbox rows Kafka has acknowledged (the publish queue's cleaner)."""
+        ...
+
+    def sweep(self, limit: int, min_age: float) -> AbstractAsyncContextManager[Sweep]:
+        """The outbox relay's view of what the hot path left behind (a crash between commit
+        and publish, Kafka down): committed rows older than ``min_age`` seconds, not parked,
+        oldest first, at most ``limit``, each locked so that a concurrent sweep skips it
+        (several processes sweep at once). On a clean exit the rows neither ``kept`` nor
+        ``parked`` are deleted as published and the ``parked`` ones are set aside for good
+        (never swept again); if the block raises, nothing changes."""
+        ...
+
+    async def backlog(self) -> int:
+        """Outbox rows still to publish, parked ones not counted: the ``outbox_backlog``
+        gauge ``serve`` exports, so a stuck relay or broker shows."""
+        ...
 
     async def find_run(self, id: str, key: str | None = None) -> RunView | None:
         """A run by command id, or by run key ``key`` (the asking caller's own); else the
@@ -173,11 +205,13 @@ class Store(Protocol):
         ...
 
     async def accept(self, accepted: Accepted, lease_seconds: float) -> None:
-        """Keep a command to run later; this process holds it for ``lease_seconds``."""
+        """Keep a command to run later; this process holds it for ``lease_seconds``. A command
+        id already accepted (and not finished) is refused with an exception."""
         ...
 
     async def take_accepted(self, limit: int, lease_seconds: float) -> Sequence[Accepted]:
-        """Accepted commands no process holds (their lease ran out), now held by this one."""
+        """Accepted commands no process holds (their lease ran out), oldest acceptance first,
+        at most ``limit``, now held by this one for ``lease_seconds``."""
         ...
 
     async def finish_accepted(self, command_id: str) -> None:

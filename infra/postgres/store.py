@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -27,6 +26,7 @@ from runner.store import (
     OutcomeRecord,
     Publication,
     RunView,
+    Sweep,
 )
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -40,6 +40,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
 )
 """asyncpg errors after which the same work may succeed on another try."""
+
+__all__ = ["TRANSIENT_ERRORS", "PostgresStore", "PostgresTransaction", "Sweep", "connect_pool"]
 
 _CLAIM_MANY = """
 INSERT INTO oprunner_runs AS r
@@ -328,16 +330,6 @@ class PostgresStore:
 
     async def backlog(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM oprunner_outbox WHERE failed_at IS NULL"))
-
-
-@dataclass
-class Sweep:
-    """Rows locked by one relay sweep. Mark those to keep for the next sweep (``kept``) or to
-    park for good (``parked``, with the reason); the rest are deleted as published."""
-
-    rows: list[OutboxRow]
-    kept: set[int] = field(default_factory=set)
-    parked: dict[int, str] = field(default_factory=dict)
 
 
 def _outbox_row(row: asyncpg.Record) -> OutboxRow:
