@@ -1,8 +1,10 @@
 """Helpers for testing apps built on oprunner: an in-memory store, tokens, commands.
 
-``InMemoryStore`` implements the ``Store`` protocol with the same claim semantics as the
-Postgres store, so an app's handlers and policies can be tested without any server. It has
-no SQL database: ``ctx.db`` is a ``NoDatabase`` that says so on first use. Test handlers
+``InMemoryStore`` implements the whole ``Store`` protocol with the Postgres store's semantics
+(claims and leases, row locks, transactions and savepoints, the outbox and its sweeps,
+accepted commands; ``tests/unit/test_store_contract.py`` checks both against one suite), so
+an app's handlers and policies can be tested without any server. It has no SQL database:
+``ctx.db`` is a ``NoDatabase`` that says so on first use. Test handlers
 that use SQL against real Postgres with the testing kit's pytest plugin (``infra.testing``).
 """
 
@@ -13,13 +15,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from . import _json
 from .auth import mint_token
 from .envelope import command
 from .errors import LeaseLost
-from .store import Accepted, Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, RunView
+from .store import Accepted, Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, RunView, Sweep
 
 __all__ = ["InMemoryStore", "MemoryRun", "NoDatabase", "command", "mint_token"]
 
@@ -38,12 +41,16 @@ class MemoryRun:
     actor_id: str | None = None
     tenant_id: str | None = None
     idempotency_key: str = ""
+    outcome: str | None = None  # the outcome's status, once completed
 
 
 @dataclass(slots=True)
-class _Outbox:
-    rows: list[OutboxRow] = field(default_factory=list)
-    published: set[int] = field(default_factory=set)
+class _Queued:
+    """One committed outbox row."""
+
+    row: OutboxRow
+    created: float  # time.monotonic() when its transaction began (Postgres: ``now()``)
+    parked: str | None = None  # why the relay set it aside for good
 
 
 class NoDatabase:
@@ -57,39 +64,63 @@ class NoDatabase:
 
 
 class _MemoryTransaction:
+    """Outcomes staged until commit. A run it completes is locked until it ends, as Postgres
+    locks the row it updates: a claim, renewal or completion of that run elsewhere waits for
+    the commit (and then finds the run completed) or the rollback."""
+
     def __init__(self, store: InMemoryStore) -> None:
         self._store = store
         self._staged: list[tuple[str | None, OutcomeRecord, list[OutboxRow]]] = []
         self._db = NoDatabase()
+        self._began = time.monotonic()
 
     @property
     def db(self) -> NoDatabase:
         return self._db
 
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
-        run = self._store.runs.get(key)
-        if run is None or run.status != "running" or run.owner != owner:
-            raise LeaseLost(key)
-        return self._stage(key, record)
+        completed, _ = await self.complete_many([(key, owner, record)], [])
+        return completed[0]
 
     async def record(self, record: OutcomeRecord) -> list[int]:
-        return self._stage(None, record)
+        _, recorded = await self.complete_many([], [record])
+        return recorded[0]
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
-        """Rolls back the outcomes staged inside it."""
+        """Rolls back the outcomes staged inside it, and the run locks they took."""
         mark = len(self._staged)
         try:
             yield
         except BaseException:
             del self._staged[mark:]
+            self._release(keep={key for key, _, _ in self._staged})
             raise
 
     async def complete_many(
         self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
     ) -> tuple[list[list[int]], list[list[int]]]:
-        done = [await self.complete(key, owner, record) for key, owner, record in completions]
-        return done, [await self.record(record) for record in records]
+        """Like Postgres's one statement: every run still held is completed and every record's
+        rows are written, then ``LeaseLost`` if some claim was not held (the transaction must
+        then roll back)."""
+        lost = []
+        done = []
+        for key, owner, record in completions:
+            run = await self._store._unlocked(key, self)
+            held = run is not None and run.status == "running" and run.owner == owner
+            if held and not self._completes(key):
+                self._store._locks.setdefault(key, (self, asyncio.Event()))
+            else:
+                lost.append(key)
+            done.append(self._stage(None if key in lost else key, record))
+        recorded = [self._stage(None, record) for record in records]
+        if lost:
+            raise LeaseLost(f"{len(lost)} of {len(completions)} claims")
+        return done, recorded
+
+    def _completes(self, key: str) -> bool:
+        """Whether this transaction completed run ``key`` already (it sees its own writes)."""
+        return any(staged == key for staged, _, _ in self._staged)
 
     def _stage(self, key: str | None, record: OutcomeRecord) -> list[int]:
         rows = [OutboxRow(self._store._new_id(), p) for p in record.publications]
@@ -98,11 +129,20 @@ class _MemoryTransaction:
 
     def _commit(self) -> None:
         for key, record, rows in self._staged:
-            self._store._apply(key, record, rows)
+            self._store._apply(key, record, rows, self._began)
+
+    def _release(self, keep: set[str | None] | frozenset[str | None] = frozenset()) -> None:
+        for key, (holder, event) in list(self._store._locks.items()):
+            if holder is self and key not in keep:
+                del self._store._locks[key]
+                event.set()
 
 
 class InMemoryStore:
-    """The ``Store`` protocol in memory, for unit tests of the engine and of apps."""
+    """The ``Store`` protocol in memory, for unit tests of the engine and of apps.
+
+    Inspection for tests: ``runs`` (by run key), ``audit_log`` (every committed audit entry),
+    ``outbox`` (rows not yet published), ``accepted`` (commands accepted for later)."""
 
     transient_errors: tuple[type[BaseException], ...] = ()
 
@@ -112,16 +152,19 @@ class InMemoryStore:
     def __init__(self) -> None:
         self.runs: dict[str, MemoryRun] = {}
         self.audit_log: list[dict[str, Any]] = []
-        self._outbox = _Outbox()
+        self.accepted: dict[str, tuple[Accepted, float]] = {}  # command id -> it, held until
+        self._records: list[OutcomeRecord] = []  # committed, in order: find_run's audit fallback
+        self._outbox: dict[int, _Queued] = {}
+        self._swept: set[int] = set()  # outbox rows locked by an open sweep
+        self._locks: dict[str, tuple[_MemoryTransaction, asyncio.Event]] = {}  # run key -> holder
         self._next_id = 1
         self._done: dict[str, asyncio.Event] = {}
-        self.accepted: dict[str, tuple[Accepted, float]] = {}  # command id -> it, held until
 
     # -- the protocol ---------------------------------------------------------------------
 
     async def claim(self, request: ClaimRequest) -> Claim:
+        run = await self._unlocked(request.key)
         now = time.monotonic()
-        run = self.runs.get(request.key)
         if run is not None and run.input_hash != request.input_hash:
             return Claim(ClaimStatus.CONFLICT, run.attempts)
         if run is not None and run.status == "completed":
@@ -147,14 +190,16 @@ class InMemoryStore:
         return Claim(ClaimStatus.ACQUIRED, run.attempts)
 
     async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
-        run = self.runs.get(key)
-        if run is None or run.status != "running" or run.owner != owner:
-            return False
-        run.lease_until = time.monotonic() + lease_seconds
-        return True
+        return await self.renew_many([key], owner, lease_seconds) == 1
 
     async def renew_many(self, keys: Sequence[str], owner: str, lease_seconds: float) -> int:
-        return sum([await self.renew(key, owner, lease_seconds) for key in keys])
+        held = 0
+        for key in dict.fromkeys(keys):  # each run once, as ``run_key = ANY(...)``
+            run = await self._unlocked(key)
+            if run is not None and run.status == "running" and run.owner == owner:
+                run.lease_until = time.monotonic() + lease_seconds
+                held += 1
+        return held
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         return [await self.claim(request) for request in requests]
@@ -162,8 +207,11 @@ class InMemoryStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
         tx = _MemoryTransaction(self)
-        yield tx  # an exception leaves the staged records unapplied: a rollback
-        tx._commit()
+        try:
+            yield tx  # an exception leaves the staged records unapplied: a rollback
+            tx._commit()
+        finally:
+            tx._release()
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[NoDatabase]:
@@ -174,47 +222,106 @@ class InMemoryStore:
             return await tx.record(record)
 
     async def wait(self, key: str, within: float) -> None:
+        if (run := self.runs.get(key)) is not None and run.status == "completed":
+            return
         event = self._done.setdefault(key, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), within)
 
-    async def pending(self, limit: int) -> Sequence[OutboxRow]:
-        rows = [r for r in self._outbox.rows if r.id not in self._outbox.published]
-        return rows[:limit]
-
     async def mark_published(self, ids: Sequence[int]) -> None:
-        self._outbox.published.update(ids)
+        for row_id in ids:
+            self._outbox.pop(row_id, None)
+
+    @asynccontextmanager
+    async def sweep(self, limit: int, min_age: float) -> AsyncIterator[Sweep]:
+        before = time.monotonic() - min_age
+        due = sorted(
+            (q.row for q in self._outbox.values() if q.parked is None and q.created < before),
+            key=lambda row: row.id,
+        )
+        rows = [row for row in due if row.id not in self._swept][:limit]  # SKIP LOCKED
+        locked = {row.id for row in rows}
+        self._swept |= locked
+        try:
+            sweep = Sweep(rows)
+            yield sweep
+            for row in sweep.rows:
+                if row.id not in sweep.kept and row.id not in sweep.parked:
+                    self._outbox.pop(row.id, None)
+            for row_id, error in sweep.parked.items():
+                if (queued := self._outbox.get(row_id)) is not None:
+                    queued.parked = error[:500]
+        finally:
+            self._swept -= locked
+
+    async def backlog(self) -> int:
+        return sum(1 for q in self._outbox.values() if q.parked is None)
 
     async def find_run(self, id: str, key: str | None = None) -> RunView | None:
-        for run in self.runs.values():
-            if id == run.command_id or key == run.key:
-                status = run.result["status"] if run.result else "running"
-                return RunView(
-                    run.command_id,
-                    run.op,
-                    status,
-                    run.result,
-                    run.actor_id,
-                    run.tenant_id,
-                    run.idempotency_key,
-                )
-        return None
+        mine = [run for run in self.runs.values() if key is not None and run.key == key]
+        run = next(iter(mine or [run for run in self.runs.values() if run.command_id == id]), None)
+        if run is not None:
+            status = run.outcome if run.status == "completed" and run.outcome else "running"
+            return RunView(
+                run.command_id,
+                run.op,
+                status,
+                run.result,
+                run.actor_id,
+                run.tenant_id,
+                run.idempotency_key,
+            )
+        record = next((r for r in reversed(self._records) if r.command_id == id), None)
+        if record is None:
+            if (accepted := self.accepted.get(id)) is None:
+                return None
+            actor = accepted[0].actor or {}
+            return RunView(id, "", "pending", None, actor.get("id"), actor.get("tenant"))
+        data = record.audit
+        error = {"code": data.get("error"), "message": data.get("reason")} if data.get("error") else None
+        result = {"status": record.status, **({"error": error} if error else {})}
+        actor = data.get("actor") or {}
+        return RunView(id, record.op, record.status, result, actor.get("id"), actor.get("tenant"))
+
+    async def accept(self, accepted: Accepted, lease_seconds: float) -> None:
+        if accepted.command_id in self.accepted:  # Postgres: a primary key violation
+            raise ValueError(f"command {accepted.command_id!r} is already accepted")
+        self.accepted[accepted.command_id] = (accepted, time.monotonic() + lease_seconds)
+
+    async def take_accepted(self, limit: int, lease_seconds: float) -> Sequence[Accepted]:
+        now = time.monotonic()
+        free = [accepted for accepted, until in self.accepted.values() if until < now][:limit]
+        for accepted in free:  # held again, in acceptance order (the dict's)
+            self.accepted[accepted.command_id] = (accepted, now + lease_seconds)
+        return free
+
+    async def finish_accepted(self, command_id: str) -> None:
+        self.accepted.pop(command_id, None)
 
     # -- internals and inspection ---------------------------------------------------------
+
+    async def _unlocked(self, key: str, tx: _MemoryTransaction | None = None) -> MemoryRun | None:
+        """Run ``key`` once no transaction but ``tx`` holds it (see ``_MemoryTransaction``)."""
+        while (lock := self._locks.get(key)) is not None and lock[0] is not tx:
+            await lock[1].wait()
+        return self.runs.get(key)
 
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id - 1
 
-    def _apply(self, key: str | None, record: OutcomeRecord, rows: list[OutboxRow]) -> None:
+    def _apply(self, key: str | None, record: OutcomeRecord, rows: list[OutboxRow], began: float) -> None:
         if key is not None:
             run = self.runs[key]
-            run.status, run.result, run.owner = "completed", record.result, None
+            run.status, run.outcome, run.owner, run.lease_until = "completed", record.status, None, 0.0
+            run.result = _json.loads(_json.dumps(record.result))  # stored as JSON, read back as JSON
             self._done.pop(key, asyncio.Event()).set()
         self.audit_log.append(record.audit)
-        self._outbox.rows.extend(rows)
+        self._records.append(record)
+        self._outbox.update((row.id, _Queued(row, began)) for row in rows)
 
     @property
     def outbox(self) -> list[OutboxRow]:
-        """Every committed outbox row, published or not."""
-        return list(self._outbox.rows)
+        """The committed outbox rows not yet published (deleted), parked ones included: what
+        Postgres's ``oprunner_outbox`` table holds."""
+        return [q.row for q in sorted(self._outbox.values(), key=lambda q: q.row.id)]

@@ -21,7 +21,7 @@ async def _published(app: App, topic: str) -> int:
     pool = getattr(app.store, "pool", None)
     if pool is not None:
         return int(await pool.fetchval("SELECT count(*) FROM oprunner_outbox WHERE topic = $1", topic))
-    return sum(1 for row in await app.store.pending(10_000) if row.publication.topic == topic)
+    return sum(1 for row in app.store.outbox if row.publication.topic == topic)
 
 
 async def test_valid_command_succeeds_with_result_and_audit(app: App) -> None:
