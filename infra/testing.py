@@ -10,7 +10,8 @@ What ``TestKafkaBroker`` or ``WorkflowEnvironment`` give their users: in the app
         from myapp import app
         return app
 
-then ``async def test_x(oprunner): outcome = await oprunner.execute("my.op", {...}, sub="alice")``.
+then ``async def test_x(oprunner): outcome = await oprunner.execute("my.op", {...}, sub="alice")``
+(with pytest-asyncio's ``asyncio_mode = "auto"``, or each test marked ``pytest.mark.asyncio``).
 Postgres is ``OPRUNNER_DATABASE_URL`` when set, else an embedded PostgreSQL 18 started once
 per session and stopped by PID at its end; the engine's and the app's migrations are applied
 once. Each test gets its own pool and an ``Executor`` over the Postgres store, so handlers
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from runner import App, Executor, JwtAuthenticator, Outcome, command, mint_token
 from runner.app import as_app
@@ -118,7 +120,7 @@ def oprunner_migrated(oprunner_app: Any, oprunner_database_url: str) -> App:
     return app
 
 
-@pytest.fixture
+@pytest_asyncio.fixture  # not plain pytest.fixture: it must work in pytest-asyncio's strict mode too
 async def oprunner(oprunner_migrated: App, oprunner_settings: Settings) -> AsyncIterator[Kit]:
     app = oprunner_migrated
     assert oprunner_settings.database_url is not None

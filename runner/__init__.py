@@ -31,6 +31,7 @@ from .spec import (
     define_query,
 )
 from .store import Store
+from .webhooks import MappedCommand, VerifiedEvent, WebhookRejected, WebhookSource
 
 __all__ = [
     "IO",
@@ -41,6 +42,7 @@ __all__ = [
     "EnvelopeError",
     "Executor",
     "JwtAuthenticator",
+    "MappedCommand",
     "Meta",
     "Model",
     "OperationContext",
@@ -58,6 +60,9 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "UnknownOperation",
+    "VerifiedEvent",
+    "WebhookRejected",
+    "WebhookSource",
     "command",
     "define_command",
     "define_event",

@@ -270,12 +270,16 @@ def _registry_or_none(target: str) -> OperationRegistry | None:
 async def _with_client(settings: Settings, registry: OperationRegistry | None, fn: Any) -> Any:
     from pydantic import ValidationError
 
+    from ..errors import UnknownOperation
+
     try:
         async with _client(settings, registry) as client:
             return await fn(client)
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
         fail(f"invalid input: {fields}")
+    except UnknownOperation as exc:
+        fail(f"{exc}: not in this app (name the app with --app module:attribute)")
     except (OSError, TimeoutError) as exc:
         fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
     except Exception as exc:
@@ -409,14 +413,15 @@ def dev(
         str, typer.Argument(metavar="APP", help="The app (or a registry), as module:attribute.")
     ] = DEFAULT_APP,
 ) -> None:
-    """Start a local broker, Postgres and Stripe stand-in, migrate, seed, and serve.
+    """Start a local broker and Postgres (and a Stripe stand-in for an app that uses Stripe),
+    migrate, seed, and serve.
 
     Nothing to configure: every service runs on a free loopback port and is stopped on exit.
     """
     from .dev import run_dev
 
     _configure_logging("WARNING", "text")
-    raise typer.Exit(run_dev(load_app(target), demo=demo))
+    raise typer.Exit(run_dev(load_app(target), demo=demo, target=target))
 
 
 def _settings() -> Settings:

@@ -51,9 +51,15 @@ def _settings(services: Any) -> Settings:
         kafka_idempotent_producer=False,  # the local broker has no idempotent producer
         database_url=services.postgres.dsn,
         jwt_secret=DEV_SECRET,
-        stripe_api_key=DEV_STRIPE_KEY,
-        stripe_api_base=services.stripe.url,
-        stripe_webhook_secret=DEV_WEBHOOK_SECRET,
+        **(
+            {
+                "stripe_api_key": DEV_STRIPE_KEY,
+                "stripe_api_base": services.stripe.url,
+                "stripe_webhook_secret": DEV_WEBHOOK_SECRET,
+            }
+            if services.stripe is not None
+            else {}
+        ),
         http_port=free_port(),
         session_timeout_ms=6000,
         fetch_max_wait_ms=5,  # the local broker holds each fetch to its deadline
@@ -210,42 +216,90 @@ def _table(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
-def _banner(settings: Settings) -> str:
+def _example(schema: dict[str, Any]) -> dict[str, Any]:
+    """An input to try: each required field's first example, else a value of its type."""
+    placeholders = {
+        "string": "example",
+        "integer": 1,
+        "number": 1,
+        "boolean": True,
+        "array": [],
+        "object": {},
+    }
+    out: dict[str, Any] = {}
+    for name in schema.get("required", []):
+        field = schema.get("properties", {}).get(name, {})
+        if field.get("examples"):
+            out[name] = field["examples"][0]
+        elif field.get("enum"):
+            out[name] = field["enum"][0]
+        else:
+            kind = field.get("type") or next(
+                (o.get("type") for o in field.get("anyOf", []) if o.get("type")), ""
+            )
+            out[name] = placeholders.get(kind)
+    return out
+
+
+def _uses_stripe(app: App) -> bool:
+    """The bundled billing app's Stripe, and any app declaring a client or webhook so named,
+    gets the Stripe stand-in; no other app starts one."""
+    return "stripe" in app.clients or "stripe" in app.webhooks
+
+
+def _banner(settings: Settings, app: App, target: str | None = None) -> str:
     alice = mint_token(DEV_SECRET, sub="alice", tenant="acme", ttl=86400)
     env = f"OPRUNNER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
-    example = (
-        '{"invoiceId":"inv_demo_paid","amount":"25.00","currency":"EUR","paymentMethodId":"pm_card_visa"}'
-    )
-    return "\n".join(
-        [
-            "oprunner dev is serving the bundled billing app (Ctrl-C stops everything).",
-            f"  Kafka        {settings.kafka_bootstrap}  (commands topic {settings.commands_topic})",
-            f"  Postgres     {settings.database_url.get_secret_value() if settings.database_url else ''}",
-            f"  Stripe       {settings.stripe_api_base}  (webhook secret {DEV_WEBHOOK_SECRET})",
-            f"  HTTP         http://127.0.0.1:{settings.http_port}  (POST /ops/<key>, /webhooks/stripe)",
-            f"  JWT secret   {DEV_SECRET}",
-            f"  token        {alice}",
-            "Try:",
-            f"  {env} oprunner call billing.capturePayment '{example}' --token {alice}",
-            f"  {env} oprunner tail results",
-        ]
-    )
+    http = f"http://127.0.0.1:{settings.http_port}"
+    specs = sorted(app.registry, key=lambda s: (s.kind != "command", s.key))
+    routes = ", ".join(["POST /ops/<key>", *(f"/webhooks/{name}" for name in sorted(app.webhooks))])
+    lines = [
+        f"oprunner dev is serving the app {app.name!r}: {len(specs)} operations (Ctrl-C stops everything).",
+        *(f"  {spec.kind:8} {spec.key} {spec.version}" for spec in specs),
+        f"  Kafka        {settings.kafka_bootstrap}  (commands topic {settings.commands_topic})",
+        f"  Postgres     {settings.database_url.get_secret_value() if settings.database_url else ''}",
+    ]
+    if settings.stripe_api_base:
+        lines.append(f"  Stripe       {settings.stripe_api_base}  (webhook secret {DEV_WEBHOOK_SECRET})")
+    lines += [
+        f"  HTTP         {http}  ({routes})",
+        f"  JWT secret   {DEV_SECRET}",
+        f"  token        {alice}  (alice, tenant acme)",
+        "Try:",
+    ]
+    if specs:
+        spec = specs[0]
+        example = (
+            _BILLING_EXAMPLE
+            if spec.key == "billing.capturePayment"
+            else json.dumps(_example(spec.io.input.model_json_schema(by_alias=True)), separators=(",", ":"))
+        )
+        where = f" --app {target}" if target and target != "handlers:app" else ""
+        lines.append(f"  {env} oprunner call {spec.key} '{example}'{where} --token {alice}")
+    lines.append(f"  {env} oprunner tail results")
+    return "\n".join(lines)
+
+
+_BILLING_EXAMPLE = (
+    '{"invoiceId":"inv_demo_paid","amount":"25.00","currency":"EUR","paymentMethodId":"pm_card_visa"}'
+)
+"""An invoice the billing app's seed creates: the capture then succeeds."""
 
 
 DEMO_APP = "billing"
 """The scripted demo drives the bundled billing app's operations."""
 
 
-def run_dev(app: App, *, demo: bool) -> int:
+def run_dev(app: App, *, demo: bool, target: str | None = None) -> int:
     from infra.devservices import ServiceError, local_services
 
     if demo and app.name != DEMO_APP:
         typer.echo(f"oprunner: --demo runs the bundled billing app's script; {app.name!r} has none", err=True)
         return 1
     try:
-        with local_services() as services:
+        with local_services(stripe=_uses_stripe(app)) as services:
             settings = _settings(services)
-            return asyncio.run(_run(settings, app, demo))
+            return asyncio.run(_run(settings, app, demo, target))
     except ServiceError as exc:
         typer.echo(f"oprunner: {exc}", err=True)
         return 1
@@ -256,7 +310,7 @@ def run_dev(app: App, *, demo: bool) -> int:
         return 130
 
 
-async def _run(settings: Settings, app: App, demo: bool) -> int:
+async def _run(settings: Settings, app: App, demo: bool, target: str | None) -> int:
     stop = asyncio.Event()
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
 
@@ -277,7 +331,7 @@ async def _run(settings: Settings, app: App, demo: bool) -> int:
         return 1
     running = ready.result()
     if not demo:
-        typer.echo(_banner(settings))
+        typer.echo(_banner(settings, app, target))
         await server
         return 0
     try:

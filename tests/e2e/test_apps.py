@@ -1,9 +1,17 @@
-"""An app written outside the repository, as a new user writes one: its own tables (its own
-``0001`` migration), its own client, served with ``oprunner serve`` from its own folder, on
-a database that then holds the engine's tables and the app's, and no billing table."""
+"""An app written outside the repository, as a new user writes one from the README: its own
+tables (its own ``0001`` migration), its own client, its own webhook source, served with
+``oprunner serve`` from its own folder on a database that then holds the engine's tables and
+the app's and no billing table, and tested with the testing kit's pytest plugin."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,9 +25,13 @@ from tests.e2e.test_cli_errors import oprunner
 from tests.support import Topics, token
 
 NOTES_APP = '''
+import hashlib, hmac, json, os
 from pathlib import Path
 
-from runner import App, IO, Meta, Model, OperationRegistry, Policy, define_command, install_op
+from runner import (
+    App, IO, MappedCommand, Meta, Model, OperationRegistry, Policy, VerifiedEvent, WebhookRejected,
+    define_command, install_op,
+)
 
 
 class NoteInput(Model):
@@ -50,6 +62,26 @@ async def add_note(value: NoteInput, ctx) -> NoteOutput:
     return NoteOutput(id=note_id, shouted=ctx.shouter.shout(value.text))
 
 
+class NotesHook:
+    name = "notes"
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+
+    def verify(self, body: bytes, headers) -> VerifiedEvent:
+        expected = hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(headers.get("x-notes-signature", ""), expected):
+            raise WebhookRejected("bad signature")
+        event = json.loads(body)
+        return VerifiedEvent(id=event["id"], type=event["type"], payload=event)
+
+    def map(self, event: VerifiedEvent) -> MappedCommand | None:
+        if event.type != "note.created":
+            return None
+        note = event.payload["note"]
+        return MappedCommand(op="notes.add", data={"text": note["text"]}, key=note["id"])
+
+
 registry = OperationRegistry()
 install_op(registry, AddNote, add_note)
 app = App(
@@ -57,8 +89,39 @@ app = App(
     name="notes",
     migrations=Path(__file__).parent / "migrations",
     clients={"shouter": lambda settings: Shouter()},
+    webhooks={"notes": lambda settings: NotesHook(os.environ["NOTES_HOOK_SECRET"].encode())},
 )
 '''
+
+HOOK_SECRET = "notes-hook-secret"
+
+NOTES_TESTS = {
+    "pytest.ini": "[pytest]\nasyncio_mode = auto\n",
+    "conftest.py": """
+import pytest
+
+pytest_plugins = ["infra.testing"]
+
+
+@pytest.fixture(scope="session")
+def oprunner_app():
+    from notes import app
+
+    return app
+""",
+    "test_notes.py": """
+async def test_a_note_is_added_and_shouted(oprunner) -> None:
+    out = await oprunner.execute("notes.add", {"text": "hi"}, sub="alice")
+    assert out.status == "succeeded", out.result
+    assert out.output["shouted"] == "HI!"
+    assert await oprunner.db.fetchval("SELECT text FROM notes WHERE id = $1", out.output["id"]) == "hi"
+
+
+async def test_no_token_is_denied(oprunner) -> None:
+    out = await oprunner.execute("notes.add", {"text": "hi"})
+    assert out.status == "denied" and out.error_code == "UNAUTHENTICATED"
+""",
+}
 
 
 @pytest.fixture
@@ -109,16 +172,54 @@ def test_an_apps_migrations_are_its_own(notes_app: Path, fresh_dsn: str) -> None
 async def test_an_app_from_its_own_folder_is_served(
     notes_app: Path, fresh_dsn: str, topics: Topics, serving: Any
 ) -> None:
-    proc = serving(topics, fresh_dsn, app="notes:app", cwd=notes_app)
+    proc = serving(topics, fresh_dsn, app="notes:app", cwd=notes_app, NOTES_HOOK_SECRET=HOOK_SECRET)
+    event = {"id": "evt_1", "type": "note.created", "note": {"id": "n1", "text": "from a hook"}}
+    body = json.dumps(event).encode()
+    signature = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
     async with httpx.AsyncClient(base_url=proc.url, timeout=20) as http:
         added = await http.post(
             "/ops/notes.add", json={"text": "hello"}, headers={"authorization": f"Bearer {token()}"}
         )
+        forged = await http.post("/webhooks/notes", content=body, headers={"x-notes-signature": "0" * 64})
+        hooked = await http.post("/webhooks/notes", content=body, headers={"x-notes-signature": signature})
+        again = await http.post("/webhooks/notes", content=body, headers={"x-notes-signature": signature})
     assert added.status_code == 200, added.text
     assert added.json()["output"] == {"id": 1, "shouted": "HELLO!"}
+    assert forged.status_code == 400 and forged.json() == {"error": "bad signature"}
+    assert hooked.status_code == 200 and hooked.json()["command"] == "notes.add"
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while (texts := {r["text"] for r in await conn.fetch("SELECT text FROM notes")}) != {
+            "hello",
+            "from a hook",
+        }:
+            assert asyncio.get_running_loop().time() < deadline, texts  # the hook's command ran once
+            await asyncio.sleep(0.1)
+        assert await conn.fetchval("SELECT count(*) FROM oprunner_webhook_inbox") == 1  # the forgery: no row
+    finally:
+        await conn.close()
     tables = await _tables(fresh_dsn)
     assert {"notes", "oprunner_runs", "oprunner_audit"} <= tables
     assert not any(t.startswith("billing_") for t in tables)  # billing tables only for billing
+
+
+def test_an_app_is_tested_with_the_testing_kit(notes_app: Path, fresh_dsn: str) -> None:
+    """The README's testing set-up, in the app's own folder, as its author runs it."""
+    for name, text in NOTES_TESTS.items():
+        (notes_app / name).write_text(text)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPRUNNER_", "PYTEST_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        env={**clean, "OPRUNNER_DATABASE_URL": fresh_dsn},
+        cwd=notes_app,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout
 
 
 def test_a_mistyped_app_is_one_line(notes_app: Path) -> None:
