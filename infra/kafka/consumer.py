@@ -160,6 +160,7 @@ class CommandConsumer:
             max_partition_fetch_bytes=max(max_message_bytes + 65536, 1048576),
         )
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight = 0  # slots taken: fetched messages not yet finished or dropped
         self._parts: dict[TopicPartition, _Partition] = {}
         self._queues: dict[Any, deque[tuple[TopicPartition, Any]]] = {}  # key -> fetched, waiting
         self._ready: OrderedDict[Any, None] = OrderedDict()  # keys whose head may run now
@@ -173,7 +174,8 @@ class CommandConsumer:
 
     @property
     def in_flight(self) -> int:
-        return self.max_in_flight - self._slots._value
+        """Messages fetched and not yet finished or dropped (at most ``max_in_flight``)."""
+        return self._in_flight
 
     async def start(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
@@ -191,7 +193,7 @@ class CommandConsumer:
                     for message in messages:
                         if self._slots.locked():
                             self._schedule()
-                        await self._slots.acquire()
+                        await self._take_slot()
                         self._enqueue(tp, message)
                 self._schedule()
         finally:
@@ -205,6 +207,14 @@ class CommandConsumer:
             await self.consumer.stop()
 
     # -- dispatch -------------------------------------------------------------------------
+
+    async def _take_slot(self) -> None:
+        await self._slots.acquire()
+        self._in_flight += 1
+
+    def _free_slot(self) -> None:
+        self._in_flight -= 1
+        self._slots.release()
 
     def _enqueue(self, tp: TopicPartition, message: Any) -> None:
         self._parts.setdefault(tp, _Partition()).add(message.offset)
@@ -253,7 +263,7 @@ class CommandConsumer:
             _log.exception("a batch of %d was left unacknowledged", len(batch))
         finally:
             for key, _, _ in batch:
-                self._slots.release()
+                self._free_slot()
                 self._release(key)
             if not self._stopping.is_set():
                 self._schedule()
@@ -547,7 +557,7 @@ class CommandConsumer:
         for key, queue in list(self._queues.items()):
             kept = deque(item for item in queue if item[0] not in partitions)
             for _ in range(len(queue) - len(kept)):
-                self._slots.release()
+                self._free_slot()
             self._queues[key] = kept
             if not kept and key not in self._busy:
                 del self._queues[key]
