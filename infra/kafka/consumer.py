@@ -166,6 +166,8 @@ class CommandConsumer:
         self._ready: OrderedDict[Any, None] = OrderedDict()  # keys whose head may run now
         self._busy: set[Any] = set()
         self._running: set[asyncio.Task[None]] = set()
+        self._revocations = 0  # drains so far
+        self._revoked_at: dict[TopicPartition, int] = {}  # partition -> the drain that last took it
         self._stopping = asyncio.Event()
         self.processed = 0
         self.dead_lettered = 0
@@ -189,11 +191,17 @@ class CommandConsumer:
         try:
             while not stop.is_set():
                 fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.max_in_flight)
+                revocations = self._revocations
                 for tp, messages in fetched.items():
                     for message in messages:
                         if self._slots.locked():
                             self._schedule()
                         await self._take_slot()
+                        if self._revoked_at.get(tp, 0) > revocations:
+                            # revoked while this loop waited for the slot: its drain has run,
+                            # so the message must not start here (the next owner fetches it)
+                            self._free_slot()
+                            continue
                         self._enqueue(tp, message)
                 self._schedule()
         finally:
@@ -265,6 +273,11 @@ class CommandConsumer:
             for key, _, _ in batch:
                 self._free_slot()
                 self._release(key)
+            # This batch no longer counts against max_batches (its done callback comes later):
+            # counted, the last free batch slot would start nothing until the fetch loop's
+            # next round, up to its getmany timeout later.
+            if (this := asyncio.current_task()) is not None:
+                self._running.discard(this)
             if not self._stopping.is_set():
                 self._schedule()
 
@@ -553,7 +566,11 @@ class CommandConsumer:
         """Finish in-flight work of ``partitions`` (bounded), commit it, forget them.
 
         Messages fetched but not started are dropped (their offsets were never done): the
-        partition's next owner, or this process after a restart, fetches them again."""
+        partition's next owner, or this process after a restart, fetches them again; so are
+        those the fetch loop holds while it waits for a slot (``run`` checks ``_revoked_at``)."""
+        self._revocations += 1
+        for tp in partitions:
+            self._revoked_at[tp] = self._revocations
         for key, queue in list(self._queues.items()):
             kept = deque(item for item in queue if item[0] not in partitions)
             for _ in range(len(queue) - len(kept)):
