@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from infra.http import OpsApi, build_app
 from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay, ensure_topics
+from infra.kafka.publisher import producer_options
 from infra.postgres import PostgresStore, connect_pool, migrate
 from infra.postgres.inbox import PostgresInbox
 from infra.postgres.migrate import status
@@ -167,15 +168,9 @@ async def check_broker(settings: Settings) -> None:
 
 
 async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., Any]]:
-    """FastStream's broker (the producer) and its consumer builder; call ``check_broker`` first."""
-    broker = KafkaBroker(
-        settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=settings.kafka_idempotent_producer,
-        linger_ms=2,
-        request_timeout_ms=15_000,
-        logger=None,
-    )
+    """FastStream's broker (webhooks publish through it) and its consumer builder; call
+    ``check_broker`` first."""
+    broker = KafkaBroker(settings.kafka_bootstrap, **producer_options(settings), logger=None)
     try:
         builder = await asyncio.wait_for(broker.connect(), 20)
     except Exception as exc:
@@ -183,6 +178,20 @@ async def open_broker(settings: Settings) -> tuple[KafkaBroker, Callable[..., An
             f"cannot connect a producer to Kafka at {settings.kafka_bootstrap}: {exc}"
         ) from exc
     return broker, builder
+
+
+async def open_publisher(settings: Settings) -> KafkaPublisher:
+    """The outbox publisher on its own producer, with the broker's settings; started."""
+    publisher = KafkaPublisher.connecting_to(settings.kafka_bootstrap, **producer_options(settings))
+    try:
+        await asyncio.wait_for(publisher.start(), 20)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await publisher.stop()
+        raise StartupError(
+            f"cannot connect a producer to Kafka at {settings.kafka_bootstrap}: {exc}"
+        ) from exc
+    return publisher
 
 
 def retention_windows(settings: Settings) -> Any:
@@ -269,14 +278,16 @@ class Running:
 @dataclass
 class Runtime:
     """What ``build_runtime`` wired for an app, the one diagram of the running process:
-    two pools (Kafka path, HTTP), the broker, the store and the executors on each pool, the
-    consumer and relay on Kafka, the operations API and the HTTP server."""
+    two pools (Kafka path, HTTP), the broker and the outbox publisher's own producer, the store
+    and the executors on each pool, the consumer and relay on Kafka, the operations API and
+    the HTTP server."""
 
     settings: Settings
     app: App
     pool: Any
     http_pool: Any
     broker: KafkaBroker
+    publisher: KafkaPublisher
     store: Any
     executor: Executor
     consumer: CommandConsumer
@@ -305,6 +316,8 @@ async def build_runtime(settings: Settings, target: App | OperationRegistry, *, 
         await check_broker(settings)
         broker, builder = await open_broker(settings)
         opened.push_async_callback(broker.stop)
+        publisher = await open_publisher(settings)
+        opened.push_async_callback(publisher.stop)
         if applied:
             _log.info("applied migrations %s", applied)
         http_pool = await open_pool(settings, settings.http_db_pool_size)
@@ -331,7 +344,6 @@ async def build_runtime(settings: Settings, target: App | OperationRegistry, *, 
             )
 
         store = PostgresStore(pool)
-        publisher = KafkaPublisher(broker)
         executor = executor_on(store)
         consumer = CommandConsumer(
             executor,
@@ -392,6 +404,7 @@ async def build_runtime(settings: Settings, target: App | OperationRegistry, *, 
         pool,
         http_pool,
         broker,
+        publisher,
         store,
         executor,
         consumer,

@@ -163,8 +163,6 @@ async def test_bad_tokens_and_smuggled_actors_get_nowhere(
 
 
 async def test_published_events_keep_their_order_per_key_whatever_their_size(kafka_bootstrap: str) -> None:
-    from faststream.kafka import KafkaBroker
-
     from infra.kafka import KafkaPublisher
     from runner.store import Publication
 
@@ -175,12 +173,12 @@ async def test_published_events_keep_their_order_per_key_whatever_their_size(kaf
         Publication(topics.results, b"k", f"{n:02d}".encode() + b" " * size) for n, size in enumerate(sizes)
     ]
     pubs.insert(2, Publication(topics.results, b"other", b"x"))
-    broker = KafkaBroker(kafka_bootstrap, acks="all", logger=None)
-    await broker.connect()
+    publisher = KafkaPublisher.connecting_to(kafka_bootstrap, acks="all")
+    await publisher.start()
     try:
-        await KafkaPublisher(broker).publish(pubs)
+        await publisher.publish(pubs)
     finally:
-        await broker.stop()
+        await publisher.stop()
     async with Reader(kafka_bootstrap, topics.results) as reader:
         await reader.until(lambda ms: len(ms) >= len(pubs))
     assert [m.value[:2] for m in reader.messages if m.key == b"k"] == [
@@ -196,8 +194,6 @@ async def test_published_events_keep_their_order_per_key_whatever_their_size(kaf
 async def test_an_unpublishable_outbox_row_is_parked_and_blocks_nothing(
     clean_db: asyncpg.Pool, kafka_bootstrap: str
 ) -> None:
-    from faststream.kafka import KafkaBroker
-
     from infra.kafka import KafkaPublisher, OutboxRelay
     from infra.postgres import PostgresStore
 
@@ -207,15 +203,15 @@ async def test_an_unpublishable_outbox_row_is_parked_and_blocks_nothing(
            VALUES ($1, $2, $3, now() - interval '1 minute')""",
         [(topic, b"k", b'{"n": 1}'), (topic, b"k", b"x" * (3 * 1024 * 1024)), (topic, b"k", b'{"n": 3}')],
     )
-    broker = KafkaBroker(kafka_bootstrap, acks="all", logger=None)
-    await broker.connect()
+    publisher = KafkaPublisher.connecting_to(kafka_bootstrap, acks="all")
+    await publisher.start()
     try:
-        relay = OutboxRelay(PostgresStore(clean_db), KafkaPublisher(broker))
+        relay = OutboxRelay(PostgresStore(clean_db), publisher)
         assert await relay.sweep_once() == 3
         assert relay.parked == 1 and relay.published == 2
         assert await relay.sweep_once() == 0  # the parked row is not tried again
     finally:
-        await broker.stop()
+        await publisher.stop()
     rows = await clean_db.fetch("SELECT length(value) AS size, failed_at, error FROM oprunner_outbox")
     assert len(rows) == 1 and rows[0]["size"] == 3 * 1024 * 1024 and rows[0]["failed_at"] is not None
     assert "TooLarge" in rows[0]["error"]
