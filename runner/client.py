@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
 
 from . import _json
@@ -28,6 +28,29 @@ from .registry import OperationRegistry
 
 class CallTimeout(TimeoutError):
     """No result arrived for the command in time; the command may still run."""
+
+
+async def assign_whole_topic(consumer: AIOKafkaConsumer, topic: str, *, wait: float = 5.0) -> list[Any]:
+    """Give a started consumer without a group every partition of ``topic`` (and any added
+    later); return them. Raise ``TimeoutError`` if the topic does not exist within ``wait``.
+
+    Only aiokafka's public API: ``topics()`` reads the whole cluster's metadata, which, unlike
+    a request naming the topic, never has the broker auto-create it (a topic a reader made
+    would get the broker's default partitions and replication, not the runner's). Once it
+    exists, subscribing without a group makes aiokafka assign all its partitions at its next
+    metadata update, which ``subscribe`` asks for at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while topic not in await consumer.topics():
+        if loop.time() > deadline:
+            raise TimeoutError(f"topic {topic!r} does not exist (waited {wait:g}s)")
+        await asyncio.sleep(0.1)
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        if loop.time() > deadline + wait:
+            raise TimeoutError(f"no partitions of topic {topic!r} were assigned")
+        await asyncio.sleep(0.01)
+    return sorted(consumer.assignment())
 
 
 class OperationClient:
@@ -160,20 +183,19 @@ class OperationClient:
             self._streams.remove(queue)
 
     async def _listen(self) -> None:
-        """Read the results topic from its end, without a consumer group."""
+        """Read the results topic from its end, without a consumer group (``TimeoutError``
+        if the topic does not exist within seconds: a reader never creates it)."""
         if self._reader is not None:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="latest"
+        )
         await consumer.start()
-        partitions = consumer.partitions_for_topic(self.results_topic)
-        for _ in range(50):
-            if partitions:
-                break
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self.results_topic)
-            await asyncio.sleep(0.1)
-        tps = [TopicPartition(self.results_topic, p) for p in sorted(partitions or [0])]
-        consumer.assign(tps)
+        try:
+            tps = await assign_whole_topic(consumer, self.results_topic)
+        except BaseException:
+            await consumer.stop()
+            raise
         await consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end offsets now, so nothing sent after this is missed
             await consumer.position(tp)

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from ..client import assign_whole_topic
 from ..observability import escape_controls
 from ..settings import Settings
 
@@ -77,15 +78,14 @@ HEADERS = {
 async def follow(
     bootstrap: str, topic: str, stream: str, as_json: bool, from_beginning: bool, limit: int | None
 ) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",  # for partitions added later
+    )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
+        tps = await assign_whole_topic(consumer, topic)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
         else:
@@ -124,10 +124,8 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: st
     await producer.start()
     count = 0
     try:
+        # start waited for the subscribed topic's metadata: its partitions are known here
         partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
         end = await consumer.end_offsets([TopicPartition(settings.dlq_topic, p) for p in partitions])
         done: set[TopicPartition] = set()
         while count < limit and len(done) < len(end):

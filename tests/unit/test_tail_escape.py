@@ -174,6 +174,17 @@ class FakeConsumer:
     def assign(self, tps: Any) -> None:
         pass
 
+    async def topics(self) -> set[str]:
+        return {"ops.results"}
+
+    def subscribe(self, topics: list[str]) -> None:
+        pass
+
+    def assignment(self) -> set[Any]:
+        from aiokafka import TopicPartition
+
+        return {TopicPartition("ops.results", 0)}
+
     async def seek_to_beginning(self, *tps: Any) -> None:
         pass
 
