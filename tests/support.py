@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from infra.devservices import free_port
 from infra.kafka import ensure_topics
 from runner import mint_token
+from runner.client import assign_whole_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "integration-secret-that-is-long-enough!"
@@ -186,16 +187,11 @@ class Reader:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Reader:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(self.topic)
-        deadline = time.monotonic() + 10
-        while not parts and time.monotonic() < deadline:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(self.topic)
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts or [])]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
+        await assign_whole_topic(self._consumer, self.topic, wait=10)  # from the beginning
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

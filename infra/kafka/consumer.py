@@ -37,21 +37,18 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from runner import _json
 from runner.auth import Actor, bearer
 from runner.envelope import (
-    AUDIT_TYPE,
     CommandEnvelope,
-    build_event,
     parse_command,
     valid_traceparent,
     visible,
 )
 from runner.errors import EnvelopeError, StoreUnavailable
-from runner.executor import Executor
+from runner.executor import Executor, Undeliverable
 from runner.observability import Metrics
 from runner.settings import Settings
-from runner.store import OutcomeRecord, Publication
+from runner.store import Publication
 
 from .publisher import KafkaPublisher, OutboxCleaner, PublishQueue
 
@@ -59,9 +56,6 @@ _DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_field
 """One place for each default: the settings' (a consumer built without settings gets them)."""
 
 _log = logging.getLogger("oprunner.consumer")
-
-MAX_DLQ_VALUE = 512 * 1024
-"""Dead-lettered values are cut to this (the original size is in a header)."""
 
 
 def _error_text(exc: BaseException) -> str:
@@ -431,72 +425,25 @@ class CommandConsumer:
         last_error: str | None = None,
         attempts: int = 0,
     ) -> tuple[tuple[Publication, ...], list[int]]:
-        """Record the DLQ message and an audit event through the outbox, like any outcome.
-
-        The token is not kept; who sent it is (``dlq-actor``, when the token verifies), so a
-        replay can give an operator's token back only to that sender's commands."""
-        where = f"{message.topic}/{message.partition}/{message.offset}"
-        value: bytes = message.value or b""
-        actor = self._sender(message)
-        headers: tuple[tuple[str, bytes], ...] = (
-            *(
-                (
-                    visible(str(k)),
-                    (v or b"").replace(b"\x00", b"\\u0000"),
-                )  # storable as sent, NUL written out
-                for k, v in (message.headers or ())
-                if str(k).lower() != "authorization"
-            ),
-            ("dlq-reason", reason.encode()[:1000]),
-            ("dlq-code", code.encode()),
-            ("dlq-topic", message.topic.encode()),
-            ("dlq-partition", str(message.partition).encode()),
-            ("dlq-offset", str(message.offset).encode()),
+        """Record the DLQ message and its audit event through the outbox, like any outcome
+        (the executor builds both, as it builds every audit event)."""
+        undeliverable = Undeliverable(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value or b"",
+            headers=tuple((str(k), v) for k, v in (message.headers or ())),
         )
-        if actor is not None:
-            sender = {"sub": actor.user_id, "tenant": actor.tenant_id, "kind": actor.kind}
-            headers += (("dlq-actor", _json.dumps(sender)),)
-        if last_error is not None:
-            headers += (
-                ("dlq-last-error", last_error.encode()[:1000]),
-                ("dlq-attempts", str(attempts).encode()),
-            )
-        if len(value) > MAX_DLQ_VALUE:  # must fit a Kafka message with room to spare
-            headers += (("dlq-truncated", b"true"), ("dlq-original-bytes", str(len(value)).encode()))
-            value = value[:MAX_DLQ_VALUE]
-        stub = CommandEnvelope(id=where, source=message.topic, type="oprunner.deadLetter", data=None)
-        audit = {
-            "op": None,
-            "version": None,
-            "actor": actor.audit() if actor is not None else None,
-            "decision": "reject",
-            "status": "rejected",
-            "attempt": attempts,
-            "duration_ms": 0,
-            "input": None,
-            "error": code,
-            "reason": (reason if last_error is None else f"{reason}: {last_error}")[:500],
-            "deadLetter": where,
-        }
-        event = build_event(
-            type=AUDIT_TYPE, source=self.executor.source, data=audit, command=stub, opversion=None
+        record, ids = await self.executor.dead_letter(
+            undeliverable,
+            reason,
+            topic=self.dlq_topic,
+            code=code,
+            sender=self._sender(message),
+            last_error=last_error,
+            attempts=attempts,
         )
-        record = OutcomeRecord(
-            command_id=where,
-            op="",
-            version=None,
-            status="rejected",
-            result={},
-            audit=audit,
-            publications=(
-                Publication(self.dlq_topic, message.key, value, headers),
-                Publication(self.executor.audit_topic, message.key, _json.dumps(event)),
-            ),
-        )
-        try:
-            ids = await self.executor.store.record(record)
-        except self.executor.store.transient_errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
         self.dead_lettered += 1
         if self.metrics is not None:
             self.metrics.dead_letters.inc()

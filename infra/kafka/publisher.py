@@ -14,7 +14,7 @@ from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordT
 from aiokafka.partitioner import DefaultPartitioner
 
 from runner.settings import Settings
-from runner.store import OutboxRow, Publication, Store
+from runner.store import OutboxRow, Publication, Store, Sweep
 
 _log = logging.getLogger("oprunner.publisher")
 
@@ -242,7 +242,7 @@ class OutboxRelay:
     with ``FOR UPDATE SKIP LOCKED`` so several processes sweep without stepping on each other."""
 
     def __init__(
-        self, store: Any, publisher: KafkaPublisher, *, interval: float = 1.0, min_age: float = 5.0
+        self, store: Store, publisher: KafkaPublisher, *, interval: float = 1.0, min_age: float = 5.0
     ) -> None:
         self.store = store
         self.publisher = publisher
@@ -263,7 +263,7 @@ class OutboxRelay:
         self.published += len(rows) - len(sweep.kept) - len(sweep.parked)
         return len(rows)
 
-    async def _one_by_one(self, sweep: Any) -> None:
+    async def _one_by_one(self, sweep: Sweep) -> None:
         for row in sweep.rows:
             try:
                 await self.publisher.publish([row.publication])

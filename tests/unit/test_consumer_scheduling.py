@@ -20,6 +20,9 @@ from aiokafka import TopicPartition
 
 from infra.kafka.consumer import CommandConsumer
 from runner.envelope import command
+from runner.executor import Undeliverable
+from runner.executor.outcomes import Recorder
+from runner.executor.retries import Retrier
 from runner.store import OutcomeRecord, Publication
 
 TOPIC = "t.commands"
@@ -143,6 +146,21 @@ class FakeExecutor:
         self.running: set[str] = set()  # keys with a command running now
         self.overlaps: list[str] = []  # commands that started while their key had one running
         self.most_at_once = 0
+
+    async def dead_letter(
+        self, message: Undeliverable, reason: str, **how: Any
+    ) -> tuple[OutcomeRecord, list[int]]:
+        """The executor's own dead-letter record, kept by the fake store."""
+        recorder = Recorder(
+            self.store,  # type: ignore[arg-type]
+            Retrier((), asyncio.sleep),
+            source=self.source,
+            results_topic="t.results",
+            audit_topic=self.audit_topic,
+            metrics=None,
+        )
+        record = recorder.dead_letter(message, reason, **how)
+        return record, await self.store.record(record)
 
     def gate(self, *names: str) -> None:
         for name in names:
