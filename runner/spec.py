@@ -143,6 +143,10 @@ class Retry:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        retry_on = tuple(self.retry_on)  # a list works too; isinstance() needs a tuple
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+            raise ValueError("Retry(retry_on=...) takes exception classes")
+        object.__setattr__(self, "retry_on", retry_on)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,7 @@ from .batching import Batches
 from .calls import Outcome, Status, Verdict
 from .claims import LEASE_SECONDS, Claims, default_worker_id, fingerprint
 from .invocation import Invoker
-from .outcomes import MAX_MESSAGE, Recorder, Undeliverable
+from .outcomes import MAX_DLQ_VALUE, MAX_MESSAGE, Recorder, Undeliverable
 from .retries import STORE_RETRY, Retrier, backoff
 from .runs import Runs
 
@@ -51,7 +51,10 @@ __all__ = [
 
 
 class Executor:
-    """Runs commands against a registry and a store. Safe to share between tasks."""
+    """Runs commands against a registry and a store. Safe to share between tasks.
+
+    Its steps are built once, from the arguments: build another executor to change its
+    store, registry, topics or clients (``authenticator`` and ``lease_seconds`` may be set)."""
 
     def __init__(
         self,
@@ -157,14 +160,24 @@ class Executor:
         sender: Actor | None = None,
         last_error: str | None = None,
         attempts: int = 0,
+        max_value: int = MAX_DLQ_VALUE,
     ) -> tuple[OutcomeRecord, list[int]]:
         """Record ``message`` for the dead-letter ``topic``, and its audit event, through the
         outbox (``StoreUnavailable`` if the store cannot take it now: do not ack)."""
         record = self._recorder.dead_letter(
-            message, reason, topic=topic, code=code, sender=sender, last_error=last_error, attempts=attempts
+            message,
+            reason,
+            topic=topic,
+            code=code,
+            sender=sender,
+            last_error=last_error,
+            attempts=attempts,
+            max_value=max_value,
         )
         try:
             ids = await self.store.record(record)
-        except self.store.transient_errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        except Exception as exc:
+            if self._recorder.retrier.is_transient(exc):  # the store's, or a lost connection
+                raise StoreUnavailable(str(exc)) from exc
+            raise
         return record, ids

@@ -152,3 +152,11 @@ def test_definition_mistakes_are_errors_where_they_are_made() -> None:
     with pytest.raises(RegistryError, match=r"batch handler .* must take 1 positional"):
         install_op(registry, spec, fine, batch=fine)  # type: ignore[arg-type]
     install_op(registry, spec, fine)
+
+
+def test_retry_on_takes_a_list_and_refuses_what_is_not_an_exception() -> None:
+    from runner import Retry
+
+    assert Retry(retry_on=[KeyError]).retry_on == (KeyError,)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="exception classes"):
+        Retry(retry_on=("KeyError",))  # type: ignore[arg-type]
