@@ -443,6 +443,7 @@ class CommandConsumer:
             sender=self._sender(message),
             last_error=last_error,
             attempts=attempts,
+            max_value=self.max_message_bytes // 2,  # what the commands topic took fits the DLQ
         )
         self.dead_lettered += 1
         if self.metrics is not None:

@@ -30,8 +30,8 @@ MAX_AUDIT_REASON = 200
 MAX_AUDIT_INPUT = 64 * 1024
 
 MAX_DLQ_VALUE = 512 * 1024
-"""A dead letter keeps at most this much of the message (the rest is counted in a header), so
-it fits a Kafka message with room to spare."""
+"""By default a dead letter keeps at most this much of the message (the rest is counted in a
+header), so it fits a Kafka message with room to spare for its headers."""
 
 
 def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -191,10 +191,12 @@ class Recorder:
         sender: Actor | None,
         last_error: str | None = None,
         attempts: int = 0,
+        max_value: int = MAX_DLQ_VALUE,
     ) -> OutcomeRecord:
-        """The dead-letter message (to ``topic``) and its audit event, recorded through the outbox like any
-        outcome. The token is not kept; who sent it is (``dlq-actor``, when it verified), so
-        a replay can give an operator's token back only to that sender's commands."""
+        """The dead-letter message (to ``topic``, its value cut to ``max_value`` bytes) and its
+        audit event, recorded through the outbox like any outcome. The token is not kept; who
+        sent it is (``dlq-actor``, when it verified), so a replay can give an operator's token
+        back only to that sender's commands."""
         value = message.value
         headers: tuple[tuple[str, bytes], ...] = (
             *(
@@ -216,9 +218,9 @@ class Recorder:
                 ("dlq-last-error", last_error.encode()[:1000]),
                 ("dlq-attempts", str(attempts).encode()),
             )
-        if len(value) > MAX_DLQ_VALUE:
+        if len(value) > max_value:
             headers += (("dlq-truncated", b"true"), ("dlq-original-bytes", str(len(value)).encode()))
-            value = value[:MAX_DLQ_VALUE]
+            value = value[:max_value]
         stub = CommandEnvelope(id=message.where, source=message.topic, type="oprunner.deadLetter", data=None)
         audit = {
             "op": None,
