@@ -6,11 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    RecordTooLargeError,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from runner.settings import Settings
@@ -24,6 +32,16 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     InvalidTopicError,
 )
 """Kafka's answers that no retry will change."""
+
+PRODUCER_STATE_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
+"""An idempotent producer's sequence no longer matches what the broker holds (a broker that
+lost its producer state in a crash, or expired it): that producer never recovers (aiokafka
+retries the same sequence forever), so the publisher replaces it; the outbox keeps the rows."""
 
 
 BATCHED_BYTES = 8 * 1024
@@ -89,14 +107,24 @@ class KafkaPublisher:
     from ``producer_options``, the same settings as the broker's, and is started and stopped
     with the runtime (``start``, ``stop``); tests pass a fake ``Producer``."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, *, renew: Callable[[], Producer] | None = None) -> None:
         self.producer = producer
+        self.renew = renew
+        """Makes a producer to replace one whose state the broker rejects (None: keep it)."""
+        self.renewals = 0
         self._partitioner = DefaultPartitioner()
+        self._renewing = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
 
     @classmethod
     def connecting_to(cls, bootstrap: str, **options: Any) -> KafkaPublisher:
         """A publisher on a new (not yet started) ``AIOKafkaProducer`` with these options."""
-        return cls(AIOKafkaProducer(bootstrap_servers=bootstrap, **options))
+
+        def new() -> Producer:
+            producer: Producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
+            return producer
+
+        return cls(new(), renew=new)
 
     async def start(self) -> None:
         await self.producer.start()
@@ -104,18 +132,48 @@ class KafkaPublisher:
     async def stop(self) -> None:
         """Send what is batched and wait for its acks, then close the connections."""
         await self.producer.stop()
+        for task in list(self._retired):
+            with contextlib.suppress(Exception):
+                await task
 
     async def publish(self, publications: Sequence[Publication]) -> None:
-        await asyncio.gather(*await self._send_batched(publications))
+        producer = self.producer
+        try:
+            await asyncio.gather(*await self._send_batched(producer, publications))
+        except PRODUCER_STATE_ERRORS:
+            await self._replace(producer)
+            raise  # the rows stay in the outbox: the next try goes through the new producer
 
-    async def _send_batched(self, publications: Sequence[Publication]) -> list[Awaitable[Any]]:
+    async def _replace(self, failed: Producer) -> None:
+        """A new producer (a new producer id, sequences from zero) in place of ``failed``,
+        once, however many publishes saw it fail; the old one is closed in the background."""
+        if self.renew is None:
+            return
+        async with self._renewing:
+            if self.producer is not failed:
+                return  # another publish replaced it already
+            fresh = self.renew()
+            try:
+                await fresh.start()
+            except BaseException:
+                await _close(fresh)  # the broker is away: the next failure tries again
+                raise
+            self.producer = fresh
+            self.renewals += 1
+        _log.warning("the broker rejected the producer's sequence state; publishing through a new producer")
+        task = asyncio.create_task(_close(failed))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def _send_batched(
+        self, producer: Producer, publications: Sequence[Publication]
+    ) -> list[Awaitable[Any]]:
         """Append to one record batch per partition, as aiokafka's ``send`` would per message
         but without its per-message futures and lookups (~8% of a command's CPU). Partitions
         come from Kafka's default partitioner (murmur2 of the key), as for any other producer.
         Messages over ``BATCHED_BYTES`` go through ``send``, which checks their size (an empty
         batch takes a record of any size); a partition's open batch is sent before them, so
         each partition keeps the order of ``publications``."""
-        producer = self.producer
         batches: dict[tuple[str, int], Any] = {}
         futures: list[Awaitable[Any]] = []
         known: dict[str, list[int]] = {}  # per call: aiokafka keeps the metadata fresh
@@ -144,6 +202,11 @@ class KafkaPublisher:
             if batch.record_count():
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures
+
+
+async def _close(producer: Producer) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), 30)
 
 
 def _append(batch: Any, pub: Publication) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -288,3 +288,37 @@ async def test_connecting_to_builds_an_aiokafka_producer_not_yet_started() -> No
     publisher = KafkaPublisher.connecting_to("127.0.0.1:1", **producer_options(Settings()))
     assert isinstance(publisher.producer, AIOKafkaProducer)
     await publisher.stop()  # never started: nothing to close, and no error
+
+
+async def test_a_producer_whose_sequence_the_broker_rejects_is_replaced_once() -> None:
+    """A broker that lost its producer state (noida-db after a SIGKILL; Kafka after expiring
+    it) answers OutOfOrderSequenceNumber to every send of that producer, forever: the
+    publisher fails that publish (the rows stay in the outbox) and moves to a new producer."""
+    (k,) = keys_on_distinct_partitions(1)
+    made: list[FakeProducer] = []
+
+    def renew() -> FakeProducer:
+        made.append(FakeProducer())
+        return made[-1]
+
+    stale = FakeProducer(hold=True)
+    publisher = KafkaPublisher(stale, renew=renew)
+    first = asyncio.create_task(publisher.publish([Publication("t", k, b"1")]))
+    second = asyncio.create_task(publisher.publish([Publication("t", k, b"2")]))
+
+    async def both_sent() -> None:
+        while len(stale.acks) < 2:  # noqa: ASYNC110 (a few loop turns; no event to wait on)
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(both_sent(), 5)
+    for ack in stale.acks:
+        ack.set_exception(OutOfOrderSequenceNumber())
+    for publishing in (first, second):
+        with pytest.raises(OutOfOrderSequenceNumber):
+            await publishing
+    assert len(made) == 1 and publisher.producer is made[0] and made[0].started
+    assert publisher.renewals == 1
+    await publisher.publish([Publication("t", k, b"again")])
+    assert made[0].per_partition() == {("t", partition_of(k)): [b"again"]}
+    await publisher.stop()
+    assert stale.stopped and made[0].stopped  # the stale one closed in the background
