@@ -37,7 +37,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.app import LEDGER_SCHEMA as SCHEMA
-from infra.devservices import Broker, Postgres, free_port
+from infra.devservices import Postgres, free_port, new_broker
 from infra.kafka import ensure_topics
 from infra.postgres import migrate
 from runner import mint_token
@@ -89,7 +89,9 @@ class Pipeline:
         self.env = {
             **os.environ,
             "OPRUNNER_KAFKA_BOOTSTRAP": bootstrap,
-            "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": os.environ.get(
+                "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER", str(new_broker().idempotent).lower()
+            ),
             "OPRUNNER_DATABASE_URL": dsn,
             "OPRUNNER_JWT_SECRET": SECRET,
             "OPRUNNER_COMMANDS_TOPIC": self.commands,
@@ -320,7 +322,7 @@ def services() -> Any:
             started.append(pg)
             dsn = pg.dsn
         if not bootstrap:
-            broker = Broker().start()
+            broker = new_broker().start()
             started.append(broker)
             bootstrap = broker.bootstrap
         yield bootstrap, dsn

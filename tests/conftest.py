@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 
-from infra.devservices import Broker, StripeStandIn
+from infra.devservices import LocalBroker, StripeStandIn, broker_kind, new_broker
 from infra.postgres import connect_pool, migrate
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="libcst")
@@ -47,12 +47,13 @@ def database_url(oprunner_database_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker | None]:
-    """The broker process when the session started it (chaos tests kill it), else None."""
+def broker() -> Iterator[LocalBroker | None]:
+    """The broker process when the session started it (``OPRUNNER_DEV_BROKER``'s kind; chaos
+    tests kill it), else None."""
     if os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP"):
         yield None
         return
-    server = Broker().start()
+    server = new_broker().start()
     try:
         yield server
     finally:
@@ -60,7 +61,7 @@ def broker() -> Iterator[Broker | None]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(broker: Broker | None) -> str:
+def kafka_bootstrap(broker: LocalBroker | None) -> str:
     return os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP") or (broker.bootstrap if broker else "")
 
 
@@ -134,10 +135,19 @@ async def clean_db(pg_pool: asyncpg.Pool) -> asyncpg.Pool:
     return pg_pool
 
 
+NOIDA_KEEPS_DEAD_MEMBERS = pytest.mark.skip(
+    reason="noida-db 0.2.3 never expires a SIGKILLed member's session: a consumer joining its"
+    " group after one got no assignment within 200 s (Kafka removes it after session.timeout.ms)"
+)
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    noida = not os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP") and broker_kind() == "noida"
     for item in items:
         if "tests/integration" in str(item.fspath) or "tests/e2e" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if noida and item.get_closest_marker("sigkills_a_member"):
+            item.add_marker(NOIDA_KEEPS_DEAD_MEMBERS)
 
 
 def pytest_addoption(parser: Any) -> None:

@@ -26,6 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "integration-secret-that-is-long-enough!"
 
 
+def idempotence() -> bool:
+    """Whether producers use ``enable_idempotence``: ``OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER``
+    when set (a broker of one's own), else whether the session's local broker has it."""
+    if (given := os.environ.get("OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER")) is not None:
+        return given.lower() in ("1", "true", "yes")
+    from infra.devservices import new_broker
+
+    return new_broker().idempotent
+
+
 def token(sub: str = "alice", **claims: Any) -> str:
     return mint_token(SECRET, sub=sub, **claims)
 
@@ -78,7 +88,7 @@ class Topics:
     def env(self, bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
         return {
             "OPRUNNER_KAFKA_BOOTSTRAP": bootstrap,
-            "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": str(idempotence()).lower(),
             "OPRUNNER_DATABASE_URL": database_url,
             "OPRUNNER_JWT_SECRET": SECRET,
             "OPRUNNER_COMMANDS_TOPIC": self.commands,
@@ -156,11 +166,19 @@ class ServeProcess:
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+    *,
+    idempotent: bool | None = None,
 ) -> None:
-    """Send ``(key, value, headers)`` with a plain aiokafka producer and wait for every ack."""
+    """Send ``(key, value, headers)`` with a plain aiokafka producer and wait for every ack
+    (idempotent when the session's broker can be, or as ``idempotent`` says)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=idempotence() if idempotent is None else idempotent,
+        linger_ms=5,
     )
     await producer.start()
     try:

@@ -48,7 +48,7 @@ def _settings(services: Any) -> Settings:
 
     return Settings(
         kafka_bootstrap=services.broker.bootstrap,
-        kafka_idempotent_producer=False,  # the local broker has no idempotent producer
+        kafka_idempotent_producer=services.broker.idempotent,  # Tansu has none; noida has
         database_url=services.postgres.dsn,
         jwt_secret=DEV_SECRET,
         **(

@@ -202,6 +202,7 @@ async def test_two_processes_in_one_group_run_each_effect_once(
     assert first.proc.poll() is None and second.proc.poll() is None
 
 
+@pytest.mark.sigkills_a_member
 async def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
     serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool
 ) -> None:
@@ -218,6 +219,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
     await ledger_check(ledger, results, ids)
 
 
+@pytest.mark.sigkills_a_member
 async def test_a_202_survives_the_process_that_gave_it(
     serve: Any, topics: Topics, kafka_bootstrap: str, ledger: asyncpg.Pool
 ) -> None:
