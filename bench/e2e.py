@@ -60,6 +60,10 @@ class Figures:
     p95_ms: float | None = None
     p99_ms: float | None = None
     peak_rss_mb: float | None = None
+    cpu_us_per_command: dict[str, float] = field(default_factory=dict)
+    """CPU time per command of each process group during the throughput run, from /proc."""
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    """oprunner's per-batch time in each stage during the latency run (``runner.observability.STAGES``)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -107,6 +111,7 @@ class Pipeline:
             "OPRUNNER_LOG_LEVEL": "WARNING",
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []  # each oprunner process's HTTP port (its /metrics)
         self.log = Path(f"/tmp/bench-{kind}-{suffix}.log")
         self.processes = int(os.environ.get("BENCH_PROCESSES", "1")) if kind == "oprunner" else 1
 
@@ -122,7 +127,8 @@ class Pipeline:
         else:
             cmd = [sys.executable, "-m", "bench.pipelines", self.kind]
         for n in range(self.processes):
-            env = {**self.env, "OPRUNNER_HTTP_PORT": str(free_port())}
+            self.ports.append(free_port())
+            env = {**self.env, "OPRUNNER_HTTP_PORT": str(self.ports[-1])}
             with self.log.open("ab") as out:
                 self.procs.append(
                     subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -145,6 +151,31 @@ class Pipeline:
             except OSError:
                 continue
         return max(peaks) if peaks else None
+
+    def stage_counts(self) -> dict[str, dict[str, Any]]:
+        """Every process's ``oprunner_stage_seconds`` histogram, summed: stage -> sum, count
+        and cumulative bucket counts."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out: dict[str, dict[str, Any]] = {}
+        for port in self.ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+            for family in text_string_to_metric_families(text):
+                if family.name != "oprunner_stage_seconds":
+                    continue
+                for sample in family.samples:
+                    stage = out.setdefault(sample.labels["stage"], {"sum": 0.0, "count": 0.0, "buckets": {}})
+                    if sample.name.endswith("_sum"):
+                        stage["sum"] += sample.value
+                    elif sample.name.endswith("_count"):
+                        stage["count"] += sample.value
+                    elif sample.name.endswith("_bucket"):
+                        le = float(sample.labels["le"])
+                        stage["buckets"][le] = stage["buckets"].get(le, 0.0) + sample.value
+        return out
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -229,9 +260,11 @@ async def throughput(
         await collect(consumer, kind, {c for _, _, c in warm}, 60)
         batch = batch_for(kind, n, accounts, f"tp-{uuid.uuid4().hex[:6]}")
         ids = {c for _, _, c in batch}
+        cpu_before = cpu_by_role([p.pid for p in pipe.procs])
         producing = asyncio.create_task(produce(bootstrap, pipe.commands, batch, headers))
         got = await collect(consumer, kind, ids, max(120.0, n / 100))
         await producing
+        cpu = cpu_per_command(cpu_before, cpu_by_role([p.pid for p in pipe.procs]), n)
         seen = {c for c, _ in got}
         stamps = [t for _, t in got]
         first, last = (min(stamps) / 1000, max(stamps) / 1000) if stamps else (0.0, 0.0)
@@ -242,6 +275,7 @@ async def throughput(
         if len(got) > len(seen):
             figures.notes.append(f"{len(got) - len(seen)} duplicate results (redeliveries answered again)")
         figures.peak_rss_mb = pipe.peak_rss_mb()
+        figures.cpu_us_per_command = cpu
         return figures
     finally:
         await consumer.stop()
@@ -265,6 +299,7 @@ async def latency(
     warm = batch_for(kind, 200, accounts, f"warm-{uuid.uuid4().hex[:6]}")
     await produce(bootstrap, pipe.commands, warm, headers)
     await collect(consumer, kind, {c for _, _, c in warm}, 60)
+    before = pipe.stage_counts() if kind == "oprunner" else {}
 
     async def read(until: float) -> None:
         while time.monotonic() < until and len(received) < total:
@@ -292,6 +327,7 @@ async def latency(
         await write()
         await reading
         rss = pipe.peak_rss_mb()
+        stages = stage_breakdown(before, pipe.stage_counts()) if kind == "oprunner" else {}
     finally:
         await producer.stop()
         await consumer.stop()
@@ -309,6 +345,93 @@ async def latency(
         "p95_ms": pct(0.95),
         "p99_ms": pct(0.99),
         "rss": rss,
+        "stages": stages,
+    }
+
+
+def stage_breakdown(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per stage, over what happened between two scrapes: batches, mean ms, and p50/p99 ms
+    (the upper bound of the histogram bucket the quantile falls in)."""
+    from runner.observability import STAGES
+
+    out: dict[str, Any] = {}
+    for name in STAGES:
+        now, then = after.get(name), before.get(name, {"sum": 0.0, "count": 0.0, "buckets": {}})
+        if now is None:
+            continue
+        count = now["count"] - then["count"]
+        if count <= 0:
+            continue
+        buckets = sorted((le, n - then["buckets"].get(le, 0.0)) for le, n in now["buckets"].items())
+
+        def quantile(q: float, buckets: list[tuple[float, float]] = buckets, count: float = count) -> float:
+            return next((le for le, n in buckets if n >= q * count), float("inf")) * 1000
+
+        out[name] = {
+            "batches": int(count),
+            "mean_ms": round((now["sum"] - then["sum"]) / count * 1000, 2),
+            "p50_ms": quantile(0.5),
+            "p99_ms": quantile(0.99),
+        }
+    return out
+
+
+def stage_table(stages: dict[str, Any]) -> str:
+    lines = [f"{'stage':14} {'batches':>8} {'mean ms':>9} {'p50 ms <=':>10} {'p99 ms <=':>10}"]
+    for name, s in stages.items():
+        lines.append(
+            f"{name:14} {s['batches']:8} {s['mean_ms']:9.2f} {s['p50_ms']:10.1f} {s['p99_ms']:10.1f}"
+        )
+    return "\n".join(lines)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVICE_PIDS: dict[str, int] = {}
+"""The root process of each service the benchmark started (``broker``, ``postgres``)."""
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, CPU seconds so far, user + system)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return out
+
+
+def cpu_by_role(runner_pids: list[int]) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of each process of each role: the pipeline (``runner``), the load
+    generator (this process), and the broker and Postgres the benchmark started, with their
+    children (Postgres backends)."""
+    procs = _processes()
+    roots = {"runner": runner_pids, "load": [os.getpid()], **{k: [v] for k, v in SERVICE_PIDS.items()}}
+    out: dict[str, dict[int, float]] = {}
+    for role, pids in roots.items():
+        members = {p for p in pids if p in procs}
+        grown = True
+        while grown:  # add children until none is new (the load generator's own are not others')
+            new = {p for p, (parent, _) in procs.items() if parent in members and p not in members}
+            new -= {p for r, ps in roots.items() if r != role for p in ps}
+            grown = bool(new)
+            members |= new
+        out[role] = {p: procs[p][1] for p in members}
+    return out
+
+
+def cpu_per_command(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], n: int
+) -> dict[str, float]:
+    """Microseconds of CPU per command, per role, between two ``cpu_by_role`` snapshots (a
+    process that started between them counts all its CPU)."""
+    return {
+        role: round(sum(cpu - before.get(role, {}).get(pid, 0.0) for pid, cpu in now.items()) / n * 1e6, 1)
+        for role, now in after.items()
+        if n
     }
 
 
@@ -321,10 +444,15 @@ def services() -> Any:
             pg = Postgres().start()
             started.append(pg)
             dsn = pg.dsn
+            if pg.proc_pid:
+                SERVICE_PIDS["postgres"] = pg.proc_pid
         if not bootstrap:
             broker = new_broker().start()
             started.append(broker)
             bootstrap = broker.bootstrap
+            pid = getattr(getattr(broker, "proc", None), "pid", None)
+            if pid:
+                SERVICE_PIDS["broker"] = pid
         yield bootstrap, dsn
     finally:
         for service in started:
@@ -398,6 +526,7 @@ async def main(args: argparse.Namespace) -> int:
                 print(f"[{kind}] latency: {args.rate}/s for {args.seconds}s ...", flush=True)
                 lat = await latency(kind, bootstrap, dsn, args.rate, args.seconds, args.accounts, headers)
                 rss = lat.pop("rss")
+                figures.stages = lat.pop("stages") or {}
                 for name, value in lat.items():
                     setattr(figures, name, value)
                 if rss and (figures.peak_rss_mb is None or rss > figures.peak_rss_mb):
@@ -418,6 +547,19 @@ async def main(args: argparse.Namespace) -> int:
     print(table(rows))
     for name, value in ratios.items():
         print(f"{name}: {value}")
+    budgets = [r for r in rows if r.cpu_us_per_command]
+    if budgets:
+        roles = list(budgets[0].cpu_us_per_command)
+        print(
+            "\nCPU µs per command in the throughput run (from /proc; the load generator includes its reader):"
+        )
+        print(f"{'pipeline':12} " + " ".join(f"{role:>9}" for role in [*roles, "total"]))
+        for r in budgets:
+            cells = [r.cpu_us_per_command.get(role, 0.0) for role in roles]
+            print(f"{r.pipeline:12} " + " ".join(f"{c:9.1f}" for c in [*cells, sum(cells)]))
+    if "oprunner" in by and by["oprunner"].stages:
+        print("\noprunner's stages at the latency run's rate (per batch; from its /metrics):")
+        print(stage_table(by["oprunner"].stages))
     out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"e2e-{int(time.time())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     commit = git_commit()

@@ -81,8 +81,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.stage_seconds = Histogram(
+            "oprunner_stage_seconds",
+            "Time a batch of commands spends in each stage, from produced to published",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self._stages: dict[str, Any] = {}
+
+    def stage(self, name: str, seconds: float) -> None:
+        """One batch's time in stage ``name`` (STAGES lists them, in pipeline order)."""
+        child = self._stages.get(name)
+        if child is None:
+            child = self._stages[name] = self.stage_seconds.labels(name)
+        child.observe(seconds)
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+STAGES = ("queued", "parse", "admit", "claim", "run", "commit", "publish_wait", "publish")
+"""A batch's way through the runner: ``queued`` from its oldest command's produce time (the
+producer's timestamp) to its batch starting, which holds the broker's hop and any wait for a
+batch slot; ``parse``; ``admit`` (validate, authenticate, authorize); ``claim``; ``run`` (the
+handlers); ``commit`` (outcomes written, transaction committed); ``publish_wait`` (queued
+behind other publishes); ``publish`` (sent and acknowledged)."""
 
 
 def start_span(op: str, command_id: str, correlation_id: str, traceparent: str | None) -> Span:

@@ -142,7 +142,7 @@ class CommandConsumer:
         self.park_after_attempts = park_after_attempts
         self.park_after_seconds = park_after_seconds
         self.cleaner = OutboxCleaner(executor.store)
-        self.outgoing = PublishQueue(publisher, self.cleaner, max_pending=max_in_flight * 4)
+        self.outgoing = PublishQueue(publisher, self.cleaner, max_pending=max_in_flight * 4, metrics=metrics)
         self.consumer = consumer_factory(
             group_id=group_id,
             enable_auto_commit=False,
@@ -277,6 +277,11 @@ class CommandConsumer:
 
     async def _process(self, messages: list[Any]) -> bool:
         """Take a batch to durable outcomes; False if stopping first (offsets not done)."""
+        if self.metrics is not None:  # since its oldest command was produced (producer's clock)
+            oldest = min((m.timestamp for m in messages if m.timestamp and m.timestamp > 0), default=None)
+            if oldest is not None:
+                self.metrics.stage("queued", max(0.0, time.time() - oldest / 1000))
+        parsing = time.perf_counter()
         commands: list[tuple[Any, CommandEnvelope, str | None]] = []
         dead: list[tuple[Any, str]] = []
         for message in messages:
@@ -295,6 +300,8 @@ class CommandConsumer:
             if lettered is None:
                 return False
             await self.outgoing.submit(*lettered)
+        if self.metrics is not None:
+            self.metrics.stage("parse", time.perf_counter() - parsing)
         if not commands:
             return True
         batch = [(c, t) for _, c, t in commands]

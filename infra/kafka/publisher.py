@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +23,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import DefaultPartitioner
 
+from runner.observability import Metrics
 from runner.settings import Settings
 from runner.store import OutboxRow, Publication, Store, Sweep
 
@@ -257,14 +260,24 @@ class PublishQueue:
     outbox's job, so it need not hold up the next batch. Bounded: ``submit`` waits when
     ``max_pending`` publications are queued (Kafka slower than the database)."""
 
-    def __init__(self, publisher: KafkaPublisher, cleaner: OutboxCleaner, *, max_pending: int = 4096) -> None:
+    def __init__(
+        self,
+        publisher: KafkaPublisher,
+        cleaner: OutboxCleaner,
+        *,
+        max_pending: int = 4096,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.publisher = publisher
         self.cleaner = cleaner
+        self.metrics = metrics
         self._queue: asyncio.Queue[tuple[Sequence[Publication], Sequence[int]]] = asyncio.Queue(max_pending)
+        self._queued_at: deque[float] = deque()  # when each item in the queue was submitted
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, publications: Sequence[Publication], ids: Sequence[int]) -> None:
         await self._queue.put((publications, ids))
+        self._queued_at.append(time.perf_counter())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="oprunner-publisher")
@@ -277,8 +290,17 @@ class PublishQueue:
             await self._send(items)
 
     async def _send(self, items: list[tuple[Sequence[Publication], Sequence[int]]]) -> None:
+        started = time.perf_counter()
+        oldest = self._queued_at[0] if self._queued_at else started
+        for _ in items:
+            if self._queued_at:
+                self._queued_at.popleft()
+        if self.metrics is not None:
+            self.metrics.stage("publish_wait", started - oldest)
         try:
             await self.publisher.publish([p for pubs, _ in items for p in pubs])
+            if self.metrics is not None:
+                self.metrics.stage("publish", time.perf_counter() - started)
         except Exception:  # left in the outbox: the relay publishes them
             _log.warning(
                 "publishing %d outcomes failed; the outbox relay will retry", len(items), exc_info=True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -63,7 +64,15 @@ class Batches:
         self.retrier = retrier
         self.metrics = metrics
 
+    def _stage(self, name: str, since: float) -> float:
+        """Count the time since ``since`` to stage ``name``; the time now."""
+        now = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.stage(name, now - since)
+        return now
+
     async def execute(self, items: Sequence[tuple[CommandEnvelope, str | None]]) -> list[Outcome]:
+        started = time.perf_counter()
         try:
             async with self._reader(len(items)) as db:
                 admitted = await asyncio.gather(*(self.admission.admit(c, bearer(t), db) for c, t in items))
@@ -83,8 +92,10 @@ class Batches:
             else:
                 keys.add(a.call.run_key)
                 batch[i] = a
+        claiming = self._stage("admit", started)
         owner = self.claims.owner()  # one execution holds the whole batch's claims
         held = await self._claim(batch, owner, verdicts, alone)
+        self._stage("claim", claiming)
         try:
             async with self.claims.heartbeat([h.request.key for h in held.values()], owner) as quiet:
                 done, again = await self._run(held, verdicts, quiet)
@@ -137,6 +148,7 @@ class Batches:
         run again alone, with the transient error that ended it (None when their batch form
         failed: each then runs the plain handler)."""
         again: dict[int, BaseException | None] = {}
+        running = time.perf_counter()
         async with self.store.transaction() as tx:
             outputs: dict[int, dict[str, Any]] = {}  # the result data of each command run
             groups: dict[int, list[int]] = {}  # operations with a batch handler -> their commands
@@ -174,10 +186,12 @@ class Batches:
             decided = {i: self.recorder.verdict(v) for i, v in verdicts.items()}
             # The heartbeat and the commit lock the same rows, in other orders: stop it first.
             await quiet_heartbeat()
+            committing = self._stage("run", running)
             completed_ids, decided_ids = await tx.complete_many(
                 [(held[i].request.key, held[i].request.owner, r) for i, r in completed.items()],
                 list(decided.values()),
             )
+        self._stage("commit", committing)
         out = [(i, outcome(r, ids)) for (i, r), ids in zip(completed.items(), completed_ids, strict=True)]
         out += [
             (i, outcome(r, ids, replayed=verdicts[i].replay is not None))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runner import EnvelopeError, OperationError, RetryableError, command
+from runner import EnvelopeError, Executor, OperationError, RetryableError, command
 from runner.auth import JwtAuthenticator
 from runner.envelope import nul_paths
 from runner.model import REDACTED
@@ -468,3 +468,17 @@ async def test_what_a_stranger_makes_long_stays_short_in_the_audit(app: App) -> 
     assert out.status == "rejected"
     assert len(json.dumps(out.audit["data"])) < 2048, len(json.dumps(out.audit["data"]))
     assert len(out.result["data"]["error"]["message"]) <= 500
+
+
+async def test_a_batch_counts_its_time_in_each_stage(app: App) -> None:
+    """What the benchmark's stage breakdown reads: one observation per stage per batch."""
+    from runner.observability import Metrics
+
+    metrics = Metrics()
+    executor = Executor(app.registry, app.store, app.executor.authenticator, metrics=metrics)
+    token = app.token("alice")
+    items = [(command("docs.pay", {**GOOD, "docId": f"d{i}"}, id=f"staged-{i}"), token) for i in (1, 2)]
+    await executor.execute_many(items)
+    text = metrics.render().decode()
+    for stage in ("admit", "claim", "run", "commit"):
+        assert f'oprunner_stage_seconds_count{{stage="{stage}"}} 1.0' in text, stage
