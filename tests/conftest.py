@@ -160,6 +160,9 @@ def pytest_addoption(parser: Any) -> None:
 
 
 def pytest_configure(config: Any) -> None:
+    # The session's local broker is noida-db unless OPRUNNER_DEV_BROKER says otherwise: the
+    # suite takes 291 s on it against 475 s on Tansu (README, "Two local brokers").
+    os.environ.setdefault("OPRUNNER_DEV_BROKER", "noida")
     if config.getoption("--chaos-full", default=False):
         settings.load_profile("full")
 
