@@ -122,7 +122,12 @@ class Pipeline:
 
     def start(self) -> None:
         if self.kind == "oprunner":
-            cmd = [sys.executable, "-m", "runner", "serve", "bench.app:registry"]
+            profile = os.environ.get("BENCH_PROFILE")  # a file: run it under cProfile
+            cmd = [
+                sys.executable,
+                *(["-m", "cProfile", "-o", profile] if profile else []),
+                *["-m", "runner", "serve", "bench.app:registry"],
+            ]
             self.env["OPRUNNER_LOG_LEVEL"] = "INFO"  # "serving" marks readiness
         else:
             cmd = [sys.executable, "-m", "bench.pipelines", self.kind]
