@@ -72,6 +72,7 @@ class OperationClient:
         self._broker = KafkaBroker(bootstrap, acks="all", enable_idempotence=idempotent_producer, logger=None)
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._listening = asyncio.Lock()  # one results reader, however many first calls at once
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._streams: list[asyncio.Queue[dict[str, Any]]] = []
 
@@ -185,8 +186,11 @@ class OperationClient:
     async def _listen(self) -> None:
         """Read the results topic from its end, without a consumer group (``TimeoutError``
         if the topic does not exist within seconds: a reader never creates it)."""
-        if self._reader is not None:
-            return
+        async with self._listening:
+            if self._reader is None:
+                await self._start_reading()
+
+    async def _start_reading(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="latest"
         )

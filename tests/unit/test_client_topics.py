@@ -52,3 +52,41 @@ async def test_a_topic_that_never_appears_is_an_error_and_is_never_named_to_the_
     with pytest.raises(TimeoutError, match=r"'ops\.results' does not exist"):
         await assign_whole_topic(consumer, "ops.results", wait=0.2)  # type: ignore[arg-type]
     assert consumer.subscribed == [] and consumer.calls >= 2
+
+
+async def test_concurrent_first_calls_start_one_results_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runner.client as client_module
+
+    made: list[object] = []
+
+    class Consumer:
+        def __init__(self, **_: object) -> None:
+            made.append(self)
+
+        async def start(self) -> None:
+            await asyncio.sleep(0.01)  # both first calls are waiting here at once
+
+        async def stop(self) -> None: ...
+
+        async def seek_to_end(self, *_: object) -> None: ...
+
+        async def position(self, _: object) -> int:
+            return 0
+
+        def __aiter__(self) -> Consumer:
+            return self
+
+        async def __anext__(self) -> object:
+            await asyncio.Event().wait()  # no results arrive
+            raise StopAsyncIteration
+
+    async def whole_topic(consumer: object, topic: str, **_: object) -> list[TopicPartition]:
+        return [TopicPartition(topic, 0)]
+
+    monkeypatch.setattr(client_module, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(client_module, "assign_whole_topic", whole_topic)
+    client = client_module.OperationClient("127.0.0.1:1")
+    await asyncio.gather(client._listen(), client._listen())
+    assert len(made) == 1
+    assert client._reader is not None
+    client._reader.cancel()
