@@ -37,7 +37,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.app import LEDGER_SCHEMA as SCHEMA
-from infra.devservices import Postgres, free_port, new_broker
+from infra.devservices import Postgres, broker_class, free_port, new_broker
 from infra.kafka import ensure_topics
 from infra.postgres import migrate
 from runner import mint_token
@@ -94,7 +94,7 @@ class Pipeline:
             **os.environ,
             "OPRUNNER_KAFKA_BOOTSTRAP": bootstrap,
             "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": os.environ.get(
-                "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER", str(new_broker().idempotent).lower()
+                "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER", str(broker_class().idempotent).lower()
             ),
             "OPRUNNER_DATABASE_URL": dsn,
             "OPRUNNER_JWT_SECRET": SECRET,

