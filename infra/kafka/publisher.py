@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -253,6 +252,9 @@ class OutboxCleaner:
         await self.flush()
 
 
+_Queued = tuple[Sequence[Publication], Sequence[int], float]
+
+
 class PublishQueue:
     """Publishes committed outcomes in the background, in large pipelined sends.
 
@@ -271,13 +273,12 @@ class PublishQueue:
         self.publisher = publisher
         self.cleaner = cleaner
         self.metrics = metrics
-        self._queue: asyncio.Queue[tuple[Sequence[Publication], Sequence[int]]] = asyncio.Queue(max_pending)
-        self._queued_at: deque[float] = deque()  # when each item in the queue was submitted
+        # (publications, their outbox ids, when they were submitted)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, publications: Sequence[Publication], ids: Sequence[int]) -> None:
-        await self._queue.put((publications, ids))
-        self._queued_at.append(time.perf_counter())
+        await self._queue.put((publications, ids, time.perf_counter()))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="oprunner-publisher")
@@ -289,16 +290,12 @@ class PublishQueue:
                 items.append(self._queue.get_nowait())
             await self._send(items)
 
-    async def _send(self, items: list[tuple[Sequence[Publication], Sequence[int]]]) -> None:
+    async def _send(self, items: list[_Queued]) -> None:
         started = time.perf_counter()
-        oldest = self._queued_at[0] if self._queued_at else started
-        for _ in items:
-            if self._queued_at:
-                self._queued_at.popleft()
         if self.metrics is not None:
-            self.metrics.stage("publish_wait", started - oldest)
+            self.metrics.stage("publish_wait", started - min(at for _, _, at in items))
         try:
-            await self.publisher.publish([p for pubs, _ in items for p in pubs])
+            await self.publisher.publish([p for pubs, _, _ in items for p in pubs])
             if self.metrics is not None:
                 self.metrics.stage("publish", time.perf_counter() - started)
         except Exception:  # left in the outbox: the relay publishes them
@@ -306,7 +303,7 @@ class PublishQueue:
                 "publishing %d outcomes failed; the outbox relay will retry", len(items), exc_info=True
             )
             return
-        for _, ids in items:
+        for _, ids, _ in items:
             self.cleaner.add(ids)
 
     async def stop(self) -> None:
