@@ -23,6 +23,7 @@ from ..app import App
 from ..auth import mint_token
 from ..errors import StartupError
 from ..settings import DEV_JWT_SECRET, Settings
+from . import DEFAULT_APP
 from .serve import Running, serve
 
 DEV_SECRET = DEV_JWT_SECRET
@@ -274,7 +275,7 @@ def _banner(settings: Settings, app: App, target: str | None = None) -> str:
             if spec.key == "billing.capturePayment"
             else json.dumps(_example(spec.io.input.model_json_schema(by_alias=True)), separators=(",", ":"))
         )
-        where = f" --app {target}" if target and target != "handlers:app" else ""
+        where = f" --app {target}" if target and target != DEFAULT_APP else ""
         lines.append(f"  {env} oprunner call {spec.key} '{example}'{where} --token {alice}")
     lines.append(f"  {env} oprunner tail results")
     return "\n".join(lines)
