@@ -24,11 +24,14 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ConfigDict, Field
 
+from runner.client import getmany_paced
+
 BOOTSTRAP = os.environ["OPRUNNER_KAFKA_BOOTSTRAP"]
 COMMANDS = os.environ["OPRUNNER_COMMANDS_TOPIC"]
 RESULTS = os.environ["OPRUNNER_RESULTS_TOPIC"]
 GROUP = os.environ["OPRUNNER_GROUP_ID"]
 FETCH_WAIT = int(os.environ.get("OPRUNNER_FETCH_MAX_WAIT_MS", "500"))
+IDLE_PAUSE = int(os.environ.get("OPRUNNER_FETCH_IDLE_PAUSE_MS", "0"))
 
 
 async def bare() -> None:
@@ -47,7 +50,7 @@ async def bare() -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=100, max_records=500)
+        batches = await getmany_paced(consumer, timeout_ms=100, max_records=500, idle_pause_ms=IDLE_PAUSE)
         futures = [
             await producer.send(
                 RESULTS, b'{"status":"succeeded"}', key=m.key, headers=[("causation", m.value[:64])]

@@ -53,6 +53,45 @@ async def assign_whole_topic(consumer: AIOKafkaConsumer, topic: str, *, wait: fl
     return sorted(consumer.assignment())
 
 
+async def getmany_paced(
+    consumer: AIOKafkaConsumer,
+    *,
+    timeout_ms: int,
+    max_records: int | None = None,
+    idle_pause_ms: int = 0,
+) -> dict[Any, list[Any]]:
+    """``consumer.getmany``, for a broker that answers an empty fetch at once instead of
+    holding it up to ``fetch_max_wait_ms`` as Kafka does (noida-db): there aiokafka's
+    background fetcher asks again at once, and an idle consumer costs most of a core, in
+    itself and in the broker. With ``idle_pause_ms``, each round lets the fetcher ask once
+    (``POLL_MS``) and, if nothing came, pauses the partitions that were idle for that long
+    (``pause``/``resume``: no fetch while paused; an answer that lands meanwhile is kept for
+    the next round), until ``timeout_ms``. 0 (the default, for brokers that hold fetches) is
+    plain ``getmany``. Partitions the caller paused stay paused."""
+    if idle_pause_ms <= 0:
+        got: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return got
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_ms / 1000
+    while True:
+        fetched: dict[Any, list[Any]] = await consumer.getmany(
+            timeout_ms=min(timeout_ms, POLL_MS), max_records=max_records
+        )
+        if fetched or loop.time() >= deadline:
+            return fetched
+        idle = consumer.assignment() - consumer.paused()
+        consumer.pause(*idle)
+        try:
+            await asyncio.sleep(idle_pause_ms / 1000)
+        finally:  # only what is still assigned: a rebalance may have taken some meanwhile
+            consumer.resume(*(idle & consumer.assignment()))
+
+
+POLL_MS = 1
+"""How long a paced round lets the fetcher ask: a loopback round trip is about half of it.
+It must leave the resumed fetcher a turn of the loop, or it would never fetch at all."""
+
+
 class OperationClient:
     def __init__(
         self,
@@ -63,8 +102,10 @@ class OperationClient:
         results_topic: str = "ops.results",
         source: str = "oprunner.client",
         idempotent_producer: bool = False,
+        fetch_idle_pause_ms: int = 0,
     ) -> None:
         self.bootstrap = bootstrap
+        self.fetch_idle_pause_ms = fetch_idle_pause_ms  # see getmany_paced
         self.registry = registry
         self.commands_topic = commands_topic
         self.results_topic = results_topic
@@ -208,13 +249,17 @@ class OperationClient:
 
     async def _read(self) -> None:
         assert self._consumer is not None
-        async for message in self._consumer:
-            try:
-                event = _json.loads(message.value)
-            except ValueError:
-                continue
-            future = self._waiting.get(event.get("correlationid", ""))
-            if future is not None and not future.done():
-                future.set_result(event)
-            for queue in self._streams:
-                queue.put_nowait(event)
+        while True:
+            fetched = await getmany_paced(
+                self._consumer, timeout_ms=1000, idle_pause_ms=self.fetch_idle_pause_ms
+            )
+            for message in (m for messages in fetched.values() for m in messages):
+                try:
+                    event = _json.loads(message.value)
+                except ValueError:
+                    continue
+                future = self._waiting.get(event.get("correlationid", ""))
+                if future is not None and not future.done():
+                    future.set_result(event)
+                for queue in self._streams:
+                    queue.put_nowait(event)

@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from runner.auth import Actor, bearer
+from runner.client import getmany_paced
 from runner.envelope import (
     CommandEnvelope,
     parse_command,
@@ -122,6 +123,7 @@ class CommandConsumer:
         max_message_bytes: int = _DEFAULTS["max_message_bytes"],
         session_timeout_ms: int = _DEFAULTS["session_timeout_ms"],
         fetch_max_wait_ms: int = _DEFAULTS["fetch_max_wait_ms"],
+        fetch_idle_pause_ms: int = _DEFAULTS["fetch_idle_pause_ms"],
         commit_interval: float = 0.2,
         drain_timeout: float = _DEFAULTS["shutdown_timeout"],
         park_after_attempts: int = 5,
@@ -136,6 +138,7 @@ class CommandConsumer:
         self.batch_size = max(1, batch_size)
         self.max_batches = max(1, max_batches)
         self.max_message_bytes = max_message_bytes
+        self.fetch_idle_pause_ms = fetch_idle_pause_ms
         self.metrics = metrics
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
@@ -184,7 +187,12 @@ class CommandConsumer:
         committer = asyncio.create_task(self._commit_loop(), name="oprunner-committer")
         try:
             while not stop.is_set():
-                fetched = await self.consumer.getmany(timeout_ms=100, max_records=self.max_in_flight)
+                fetched = await getmany_paced(
+                    self.consumer,
+                    timeout_ms=100,
+                    max_records=self.max_in_flight,
+                    idle_pause_ms=self.fetch_idle_pause_ms,
+                )
                 revocations = self._revocations
                 for tp, messages in fetched.items():
                     for message in messages:

@@ -257,6 +257,7 @@ def _client(settings: Settings, registry: OperationRegistry | None) -> Any:
         registry=registry,
         commands_topic=settings.commands_topic,
         results_topic=settings.results_topic,
+        fetch_idle_pause_ms=settings.fetch_idle_pause_ms,
     )
 
 

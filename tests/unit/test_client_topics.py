@@ -73,12 +73,9 @@ async def test_concurrent_first_calls_start_one_results_reader(monkeypatch: pyte
         async def position(self, _: object) -> int:
             return 0
 
-        def __aiter__(self) -> Consumer:
-            return self
-
-        async def __anext__(self) -> object:
+        async def getmany(self, **_: object) -> dict[object, list[object]]:
             await asyncio.Event().wait()  # no results arrive
-            raise StopAsyncIteration
+            return {}
 
     async def whole_topic(consumer: object, topic: str, **_: object) -> list[TopicPartition]:
         return [TopicPartition(topic, 0)]
