@@ -28,7 +28,8 @@ tracer = trace.get_tracer("oprunner")
 
 
 class Metrics:
-    """The runner's Prometheus metrics, in a registry of their own."""
+    """The runner's Prometheus metrics, in a registry of their own. Gauges say how workers'
+    values combine (``multiprocess_mode``), which only ``serve --workers`` uses."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -51,10 +52,16 @@ class Metrics:
             "oprunner_dead_letters", "Messages sent to the dead-letter topic", registry=self.registry
         )
         self.in_flight = Gauge(
-            "oprunner_in_flight", "Commands fetched and not yet finished", registry=self.registry
+            "oprunner_in_flight",
+            "Commands fetched and not yet finished",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.outbox_backlog = Gauge(
-            "oprunner_outbox_backlog", "Outbox rows not yet published", registry=self.registry
+            "oprunner_outbox_backlog",
+            "Outbox rows not yet published",
+            registry=self.registry,
+            multiprocess_mode="livemax",  # every worker counts the same table
         )
         self.batches = Counter("oprunner_batches", "Batches run in one transaction", registry=self.registry)
         self.parked = Counter(
@@ -67,6 +74,7 @@ class Metrics:
             "Messages in a partition past what this process has committed",
             ["topic", "partition"],
             registry=self.registry,
+            multiprocess_mode="livesum",  # a partition is one worker's at a time
         )
         self.webhook_deliveries = Counter(
             "oprunner_webhook_deliveries",
@@ -79,6 +87,7 @@ class Metrics:
             "oprunner_oldest_unfinished_seconds",
             "Age of the oldest fetched command whose outcome is not yet durable",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
 
         self.stage_seconds = Histogram(
@@ -98,6 +107,14 @@ class Metrics:
         child.observe(seconds)
 
     def render(self) -> bytes:
+        """This process's metrics; under ``serve --workers`` (``PROMETHEUS_MULTIPROC_DIR`` set
+        by the supervisor) every live worker's, summed, whichever worker the scrape reached."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(merged))
         return bytes(generate_latest(self.registry))
 
 

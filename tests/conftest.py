@@ -101,7 +101,8 @@ async def topics(kafka_bootstrap: str) -> Any:
 @pytest.fixture
 def serving(kafka_bootstrap: str) -> Iterator[Any]:
     """Start ``oprunner serve`` processes for one test: ``serving(topics, dsn, app=...,
-    bootstrap=..., wait=True, **OPRUNNER_settings)``; every one is killed by PID at the end."""
+    bootstrap=..., wait=True, workers=1, **OPRUNNER_settings)``; every one is killed by PID
+    at the end (a supervisor's workers then get SIGTERM from the kernel)."""
     from tests.support import ServeProcess
 
     started: list[ServeProcess] = []
@@ -114,13 +115,15 @@ def serving(kafka_bootstrap: str) -> Iterator[Any]:
         bootstrap: str | None = None,
         wait: bool = True,
         cwd: Any = None,
+        workers: int = 1,
         **extra: str,
     ) -> ServeProcess:
         env = topics.env(bootstrap or kafka_bootstrap, dsn, **extra)
-        proc = ServeProcess(env, app=app, **({"cwd": cwd} if cwd is not None else {})).start()
+        args = ("--workers", str(workers)) if workers != 1 else ()
+        proc = ServeProcess(env, app=app, args=args, **({"cwd": cwd} if cwd is not None else {})).start()
         started.append(proc)
         if wait:
-            proc.wait_serving()
+            proc.wait_serving(count=workers, timeout=30 * workers)
         return proc
 
     yield start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,8 +125,10 @@ class ServeProcess:
         app: str = "tests.apps.ledger:registry",
         log: Path | None = None,
         cwd: Path = ROOT,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.cwd = cwd
+        self.args = args
         self.http_port = int(env.get("OPRUNNER_HTTP_PORT") or free_port())
         self.env = {**os.environ, **env, "OPRUNNER_HTTP_PORT": str(self.http_port)}
         self.app = app
@@ -135,7 +138,7 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runner", "serve", self.app],
+                [sys.executable, "-m", "runner", "serve", self.app, *self.args],
                 env=self.env,
                 cwd=self.cwd,
                 stdout=out,
@@ -143,13 +146,14 @@ class ServeProcess:
             )
         return self
 
-    def wait_serving(self, timeout: float = 30.0) -> None:
+    def wait_serving(self, timeout: float = 30.0, count: int = 1) -> None:
+        """Until ``count`` "serving" lines are in the log (one per worker)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()[-2000:]}")
-            if "serving" in self.output():
+            if len(re.findall(r"\bserving \d+ operations", self.output())) >= count:
                 return
             time.sleep(0.05)
         raise AssertionError(f"serve not ready in {timeout}s: {self.output()[-2000:]}")

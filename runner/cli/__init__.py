@@ -138,20 +138,47 @@ def serve(
     target: Annotated[
         str, typer.Argument(metavar="APP", help="The app (or a registry), as module:attribute.")
     ] = DEFAULT_APP,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            help="Serving processes in one consumer group behind one HTTP port ('auto': one per core).",
+        ),
+    ] = "1",
+    http_fd: Annotated[int | None, typer.Option("--http-fd", hidden=True)] = None,
+    ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
 ) -> None:
     """Consume commands, run them exactly once, publish results and audit events.
 
     Configured by OPRUNNER_* variables (see the README). Stops on SIGTERM/SIGINT after
-    finishing in-flight commands and committing their offsets.
+    finishing in-flight commands and committing their offsets. With --workers N, a
+    supervisor runs N of these (restarting any that dies) and passes the signal to all.
     """
+    import socket
+
     from ..errors import StartupError
     from .serve import serve as run_serve
+    from .workers import Supervisor, worker_count
 
     settings = _settings()
     _configure_logging(settings.log_level, settings.log_format)
-    served = load_app(target)
     try:
-        run_async(run_serve(settings, served))
+        count = worker_count(workers)
+    except ValueError as exc:
+        fail(str(exc))
+    if count > 1 and http_fd is None:
+        load_app(target)  # a bad target is one line here, not N workers' failures
+        raise typer.Exit(Supervisor(target, count, settings).run())
+    served = load_app(target)
+    sock = socket.socket(fileno=http_fd) if http_fd is not None else None
+
+    def ready(_: Any) -> None:  # tell the supervisor this worker is serving
+        if ready_fd is not None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+
+    try:
+        run_async(run_serve(settings, served, http_socket=sock, on_ready=ready))
     except StartupError as exc:
         fail(str(exc))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import socket
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -219,6 +220,7 @@ class HttpServer:
         header_timeout: float = 10.0,
         max_concurrency: int = 256,
         shutdown_timeout: float = 10.0,
+        sock: socket.socket | None = None,
     ) -> None:
         class _Server(uvicorn.Server):
             @contextlib.contextmanager
@@ -243,10 +245,12 @@ class HttpServer:
         )
         self.server = _Server(config)
         self.port = port
+        self.sock = sock  # a listening socket given by the supervisor (``serve --workers``)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name="oprunner-http")
+        sockets = [self.sock] if self.sock is not None else None
+        self._task = asyncio.create_task(self.server.serve(sockets=sockets), name="oprunner-http")
         while not self.server.started:
             if self._task.done():  # uvicorn exits (SystemExit) when it cannot bind
                 with contextlib.suppress(BaseException):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -298,10 +299,17 @@ class Runtime:
     resources: contextlib.AsyncExitStack
 
 
-async def build_runtime(settings: Settings, target: App | OperationRegistry, *, dev: bool = False) -> Runtime:
+async def build_runtime(
+    settings: Settings,
+    target: App | OperationRegistry,
+    *,
+    dev: bool = False,
+    http_socket: socket.socket | None = None,
+) -> Runtime:
     """Check the app and the configuration, reach the database (migrated) and the broker,
     and wire every part; raise ``StartupError`` naming what failed, having closed what it
-    opened. ``dev`` admits the published development secret, nothing else."""
+    opened. ``dev`` admits the published development secret, nothing else; ``http_socket``
+    is a listening socket to serve HTTP on instead of binding one (a worker's)."""
     app = as_app(target)
     try:
         app.registry.check()
@@ -397,6 +405,7 @@ async def build_runtime(settings: Settings, target: App | OperationRegistry, *, 
             header_timeout=settings.http_header_timeout,
             max_concurrency=settings.http_max_concurrency,
             shutdown_timeout=settings.http_shutdown_timeout,
+            sock=http_socket,
         )
         resources = opened.pop_all()
     return Runtime(
@@ -471,6 +480,8 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Running], Awaitable[None] | None] | None = None,
     dev: bool = False,
+    http_socket: socket.socket | None = None,
 ) -> None:
     """Run ``target`` (an ``App``, or a registry alone): ``build_runtime``, then ``run``."""
-    await run(await build_runtime(settings, target, dev=dev), stop=stop, on_ready=on_ready)
+    runtime = await build_runtime(settings, target, dev=dev, http_socket=http_socket)
+    await run(runtime, stop=stop, on_ready=on_ready)

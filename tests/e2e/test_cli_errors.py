@@ -73,6 +73,9 @@ def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> 
             "OPRUNNER_COMMAND_TOKEN_TTL must not outlast OPRUNNER_RUN_RETENTION_DAYS",
         ),
         (("specs", "show", "billing.nope"), {}, "unknown operation"),
+        (("serve", "--workers", "0"), {}, "--workers must be at least 1"),
+        (("serve", "--workers", "many"), {}, "--workers must be a number or 'auto'"),
+        (("serve", "nope:registry", "--workers", "2"), {}, "cannot import 'nope'"),
     ],
 )
 def test_startup_problems_are_one_line(args: tuple[str, ...], env: dict[str, str], expected: str) -> None:
@@ -94,3 +97,21 @@ def test_migrate_applies_and_is_idempotent(database_url: str) -> None:
     for _ in range(2):
         result = oprunner("migrate", OPRUNNER_DATABASE_URL=database_url)
         assert result.returncode == 0 and "up to date" in result.stdout
+
+
+def test_workers_that_cannot_reach_the_database_fail_once() -> None:
+    """The first worker starts alone: a bad configuration is one worker's one line, and the
+    supervisor exits with its code instead of starting the others or restarting it."""
+    result = oprunner(
+        "serve",
+        "tests.apps.ledger:registry",
+        "--workers",
+        "3",
+        OPRUNNER_DATABASE_URL=f"postgresql://x@127.0.0.1:{free_port()}/x",
+        OPRUNNER_HTTP_PORT=str(free_port()),
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("oprunner: ")]
+    assert len(errors) == 1 and "cannot reach the database" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert "worker 1 started" not in result.stderr + result.stdout
