@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import re
-import uuid
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -187,14 +187,31 @@ def parse_command(
     )
 
 
+_last_stamp: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The time now in UTC, to the millisecond (``2026-12-01T17:38:26.123Z``); formatted once
+    per millisecond: a batch's events share their stamp, and formatting is on every command's
+    path."""
+    global _last_stamp
+    now = time.time_ns() // 1_000_000
+    if now != _last_stamp[0]:
+        when = datetime.fromtimestamp(now // 1000, UTC).replace(microsecond=now % 1000 * 1000)
+        _last_stamp = (now, when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return _last_stamp[1]
+
+
+_V4 = (0xFFFFFFFF_FFFF_0FFF_3FFF_FFFFFFFFFFFF, 0x00000000_0000_4000_8000_000000000000)
 
 
 def new_id() -> str:
     """A random (version 4) UUID; from ``random`` rather than ``os.urandom``: ids must be
-    unique, not secret, and this is on every command's path."""
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+    unique, not secret, and this is on every command's path (written out directly: the
+    ``uuid.UUID`` object costs 3x as much)."""
+    n = random.getrandbits(128) & _V4[0] | _V4[1]
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def build_event(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import sys
 import traceback
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -126,8 +127,37 @@ handlers); ``commit`` (outcomes written, transaction committed); ``publish_wait`
 behind other publishes); ``publish`` (sent and acknowledged)."""
 
 
+_drop_unsampled = False
+"""True once ``configure_tracing`` installed its own sampler (record a span only when the
+trace it continues was sampled): ``start_span`` then builds the non-recording span of an
+unsampled command itself, as the SDK would, without the SDK's sampler and span machinery
+(~12 µs of a command's CPU)."""
+
+_PARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def _unrecorded(traceparent: str | None) -> Span | None:
+    """The span the SDK would make for a command its sampler drops: the parent's trace (or a
+    new one), a new span id, not sampled. None when the parent was sampled (record it)."""
+    parent = _PARENT.fullmatch(traceparent) if traceparent else None
+    trace_id = int(parent.group(1), 16) if parent else 0
+    if parent and trace_id and int(parent.group(2), 16):
+        if int(parent.group(3), 16) & 1:
+            return None
+    else:  # no usable parent: a new trace, which the parent-based sampler does not record
+        trace_id = 0
+    while not trace_id:
+        trace_id = random.getrandbits(128)
+    span_id = 0
+    while not span_id:
+        span_id = random.getrandbits(64)
+    return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(0)))
+
+
 def start_span(op: str, command_id: str, correlation_id: str, traceparent: str | None) -> Span:
     """A span for one command, child of the producer's span when it sent a ``traceparent``."""
+    if _drop_unsampled and (span := _unrecorded(traceparent)) is not None:
+        return span
     parent = propagate.extract({"traceparent": traceparent}) if traceparent else None
     return tracer.start_span(
         f"oprunner {op}",
@@ -175,9 +205,11 @@ def configure_tracing() -> None:
         from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
     except ImportError:
         return
+    global _drop_unsampled
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(ALWAYS_OFF)
-        trace.set_tracer_provider(TracerProvider(sampler=sampler))
+        own = not os.environ.get("OTEL_TRACES_SAMPLER")
+        trace.set_tracer_provider(TracerProvider(sampler=ParentBased(ALWAYS_OFF) if own else None))
+        _drop_unsampled = own
 
 
 # Characters that never reach a log line or a terminal as they are: C0 controls (CR, LF,

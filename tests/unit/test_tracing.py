@@ -53,3 +53,45 @@ async def test_an_unsampled_command_records_no_span_but_passes_a_trace_on(
     version, trace_id, span_id, flags = out.result["traceparent"].split("-")
     assert version == "00" and len(trace_id) == 32 and len(span_id) == 16
     assert int(flags, 16) & 1 == 0  # not sampled: a subscriber need not record its part either
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "continues"),
+    [
+        (None, False),
+        (f"00-{TRACE_ID}-00f067aa0ba902b7-00", True),  # the producer did not sample: continue, unrecorded
+        (f"00-{'0' * 32}-00f067aa0ba902b7-00", False),  # an invalid trace id: a new trace
+        (f"00-{TRACE_ID}-{'0' * 16}-00", False),  # an invalid parent span id: a new trace
+        ("01-not-a-traceparent", False),
+    ],
+)
+def test_an_unsampled_span_is_what_the_sdk_would_make(
+    spans: InMemorySpanExporter, traceparent: str | None, continues: bool
+) -> None:
+    """``start_span`` skips the SDK for spans its sampler drops; what it makes must be the same:
+    not recording, not sampled, the parent's trace when there is a valid one, a new span id."""
+    from opentelemetry.trace import NonRecordingSpan
+
+    from runner import observability
+
+    assert observability._drop_unsampled  # configure_tracing installed its own sampler
+    ours = observability.start_span("docs.pay", "c1", "c1", traceparent)
+    observability._drop_unsampled = False
+    try:
+        sdks = observability.start_span("docs.pay", "c1", "c1", traceparent)
+    finally:
+        observability._drop_unsampled = True
+    for span in (ours, sdks):
+        context = span.get_span_context()
+        assert isinstance(span, NonRecordingSpan) and not span.is_recording()
+        assert context.is_valid and not context.trace_flags.sampled and not context.is_remote
+        assert (f"{context.trace_id:032x}" == TRACE_ID) is continues
+    assert ours.get_span_context().span_id != sdks.get_span_context().span_id
+
+
+def test_a_sampled_parent_still_goes_through_the_sdk(spans: InMemorySpanExporter) -> None:
+    from runner import observability
+
+    span = observability.start_span("docs.pay", "c1", "c1", f"00-{TRACE_ID}-00f067aa0ba902b7-01")
+    assert span.is_recording() and span.get_span_context().trace_flags.sampled
+    span.end()
