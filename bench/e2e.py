@@ -1,6 +1,13 @@
-"""End-to-end benchmark: oprunner against the bare pipe and a hand-written consumer.
+"""End-to-end benchmark: oprunner against the bare pipe and two hand-written consumers.
 
-    python -m bench.e2e [--commands 20000] [--rate 1000] [--seconds 20]
+    python -m bench.e2e [--commands 20000] [--rate 1000] [--seconds 20] [--workers 2]
+                        [--only broker,bare,handwritten,batched,oprunner,workers]
+
+Rows: ``bare`` (aiokafka consume -> produce, nothing else), ``handwritten`` (the FastStream
+consumer a team writes first: a transaction and an awaited publish per message),
+``batched`` (the one it writes for speed: FastStream's batch subscriber, a transaction per
+batch), ``oprunner`` (one ``serve``) and ``oprunner-wN`` (``serve --workers N``); see
+``bench/pipelines.py``.
 
 One run, one broker, one database, one message set (``ledger.credit`` commands over 1,000
 accounts, each with a JWT). For each pipeline: throughput (commands produced beforehand,
@@ -45,7 +52,9 @@ from runner.client import getmany_paced
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
-PIPELINES = ("broker", "bare", "handwritten", "oprunner")
+PIPELINES = ("broker", "bare", "handwritten", "batched", "oprunner", "workers")
+WORKERS = [2]
+"""``serve --workers N`` for the ``workers`` row (``--workers``)."""
 IDLE_PAUSE_MS = int(os.environ.get("OPRUNNER_FETCH_IDLE_PAUSE_MS", broker_class().fetch_idle_pause_ms))
 """What every pipeline's consumers pause between empty fetches (``runner.client.getmany_paced``):
 on a broker that answers them at once (noida), an idle consumer would otherwise spin."""
@@ -121,37 +130,39 @@ class Pipeline:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []  # each oprunner process's HTTP port (its /metrics)
         self.log = Path(f"/tmp/bench-{kind}-{suffix}.log")
-        self.processes = int(os.environ.get("BENCH_PROCESSES", "1")) if kind == "oprunner" else 1
+        self.workers = WORKERS[0] if kind == "workers" else 1  # "serving" lines to wait for
 
     async def topics(self) -> None:
         await ensure_topics(
             self.bootstrap, {self.commands: 4, self.results: 4, self.env["OPRUNNER_AUDIT_TOPIC"]: 4}
         )
 
+    @property
+    def name(self) -> str:
+        return f"oprunner-w{self.workers}" if self.kind == "workers" else self.kind
+
     def start(self) -> None:
-        if self.kind == "oprunner":
+        if self.kind in ("oprunner", "workers"):
             profile = os.environ.get("BENCH_PROFILE")  # a file: run it under cProfile
             cmd = [
                 sys.executable,
-                *(["-m", "cProfile", "-o", profile] if profile else []),
+                *(["-m", "cProfile", "-o", profile] if profile and self.kind == "oprunner" else []),
                 *["-m", "runner", "serve", "bench.app:registry"],
+                *(["--workers", str(self.workers)] if self.kind == "workers" else []),
             ]
             self.env["OPRUNNER_LOG_LEVEL"] = "INFO"  # "serving" marks readiness
         else:
             cmd = [sys.executable, "-m", "bench.pipelines", self.kind]
-        for n in range(self.processes):
-            self.ports.append(free_port())
-            env = {**self.env, "OPRUNNER_HTTP_PORT": str(self.ports[-1])}
-            with self.log.open("ab") as out:
-                self.procs.append(
-                    subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-                )
-            deadline = time.monotonic() + 60
-            marker = "serving" if self.kind == "oprunner" else "ready"
-            while self.log.read_text(errors="replace").count(marker) < n + 1:
-                if self.procs[-1].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.kind} did not start: {self.log.read_text()[-1500:]}")
-                time.sleep(0.05)
+        self.ports.append(free_port())
+        env = {**self.env, "OPRUNNER_HTTP_PORT": str(self.ports[-1])}
+        with self.log.open("ab") as out:
+            self.procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60 * self.workers
+        marker = "ready" if self.kind in ("bare", "handwritten", "batched") else "serving "
+        while self.log.read_text(errors="replace").count(marker) < self.workers:
+            if self.procs[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind} did not start: {self.log.read_text()[-1500:]}")
+            time.sleep(0.05)
 
     def peak_rss_mb(self) -> float | None:
         """The largest peak RSS (VmHWM) among the pipeline's processes."""
@@ -284,7 +295,7 @@ async def throughput(
         seen = {c for c, _ in got}
         stamps = [t for _, t in got]
         first, last = (min(stamps) / 1000, max(stamps) / 1000) if stamps else (0.0, 0.0)
-        figures = Figures(kind, commands=len(seen), seconds=round(last - first, 3))
+        figures = Figures(pipe.name, commands=len(seen), seconds=round(last - first, 3))
         figures.per_second = round((len(seen) - 1) / (last - first), 1) if last > first else 0.0
         if len(seen) < n:
             figures.notes.append(f"only {len(seen)} of {n} results before the deadline")
@@ -530,6 +541,7 @@ def git_commit() -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
+    WORKERS[0] = args.workers
     headers = [("authorization", f"Bearer {mint_token(SECRET, sub='alice', tenant='t1', ttl=7200)}".encode())]
     chosen = [p for p in PIPELINES if p in args.only.split(",")]
     with services() as (bootstrap, dsn):
@@ -558,10 +570,10 @@ async def main(args: argparse.Namespace) -> int:
             print(table([figures]).splitlines()[-1], flush=True)
     by = {r.pipeline: r for r in rows}
     ratios = {}
-    if "oprunner" in by:
-        for base in ("bare", "handwritten"):
+    for ours in [r.pipeline for r in rows if r.pipeline.startswith("oprunner")]:
+        for base in ("bare", "handwritten", "batched"):
             if base in by and by[base].per_second:
-                ratios[f"oprunner/{base}"] = round(by["oprunner"].per_second / by[base].per_second, 3)
+                ratios[f"{ours}/{base}"] = round(by[ours].per_second / by[base].per_second, 3)
     print()
     print(table(rows))
     for name, value in ratios.items():
@@ -605,4 +617,5 @@ if __name__ == "__main__":
         "--latency", default="broker,bare,oprunner", help="pipelines whose latency is measured"
     )
     parser.add_argument("--json", default="", help="where to write the figures")
+    parser.add_argument("--workers", type=int, default=2, help="serve --workers N for the workers row")
     sys.exit(asyncio.run(main(parser.parse_args())))
