@@ -9,6 +9,7 @@ SDK configured the API creates no spans but still passes the incoming context on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -99,6 +100,16 @@ class Metrics:
             registry=self.registry,
         )
         self._stages: dict[str, Any] = {}
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """A partition this process no longer owns: its lag series goes. Under ``serve
+        --workers`` a series cannot be removed (prometheus_client keeps it in the worker's
+        file), so it reads 0 there, or the new owner's lag would be added to a stale one."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.consumer_lag.labels(topic, str(partition)).set(0)
+            return
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
 
     def stage(self, name: str, seconds: float) -> None:
         """One batch's time in stage ``name`` (STAGES lists them, in pipeline order)."""

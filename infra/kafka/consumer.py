@@ -553,5 +553,4 @@ class CommandConsumer:
         for tp in partitions:
             self._parts.pop(tp, None)
             if self.metrics is not None:
-                with contextlib.suppress(KeyError):
-                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+                self.metrics.forget_partition(tp.topic, tp.partition)

@@ -158,8 +158,10 @@ def serve(
 
     from ..errors import StartupError
     from .serve import serve as run_serve
-    from .workers import Supervisor, worker_count
+    from .workers import Supervisor, die_with_supervisor, worker_count
 
+    if http_fd is not None:  # a worker of a supervisor's
+        die_with_supervisor()
     settings = _settings()
     _configure_logging(settings.log_level, settings.log_format)
     try:
