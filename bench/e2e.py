@@ -48,7 +48,7 @@ from infra.devservices import Postgres, broker_class, free_port, new_broker
 from infra.kafka import ensure_topics
 from infra.postgres import migrate
 from runner import mint_token
-from runner.client import getmany_paced
+from runner.client import PacedFetch
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
@@ -56,12 +56,15 @@ PIPELINES = ("broker", "bare", "handwritten", "batched", "oprunner", "workers")
 SLOW_COMMANDS = 4000
 WORKERS = [2]
 """``serve --workers N`` for the ``workers`` row (``--workers``)."""
-IDLE_PAUSE_MS = int(os.environ.get("OPRUNNER_FETCH_IDLE_PAUSE_MS", broker_class().fetch_idle_pause_ms))
-"""What every pipeline's consumers pause between empty fetches (``runner.client.getmany_paced``):
-on a broker that answers them at once (noida), an idle consumer would otherwise spin."""
-READER_PAUSE_MS = min(IDLE_PAUSE_MS, 1)
-"""The benchmark's own readers pause less: at most 1 ms is added to what they measure, and
-they no longer take a core from the pipeline under test."""
+FETCH_INTERVAL_MS = int(
+    os.environ.get("OPRUNNER_FETCH_MIN_INTERVAL_MS", broker_class().fetch_min_interval_ms)
+)
+"""How often at most every pipeline's consumers fetch (``runner.client.PacedFetch``): on a
+broker that answers every fetch at once (noida), a consumer would otherwise ask thousands of
+times a second, idle or not."""
+READER_INTERVAL_MS = min(FETCH_INTERVAL_MS, 1)
+"""The benchmark's own readers fetch up to every 1 ms: at most that is added to what they
+measure, and they no longer take a core from the pipeline under test."""
 
 
 @dataclass
@@ -78,6 +81,9 @@ class Figures:
     p99_ms: float | None = None
     peak_rss_mb: float | None = None
     cpu_us_per_command: dict[str, float] = field(default_factory=dict)
+    latency_cpu_us_per_command: dict[str, float] = field(default_factory=dict)
+    """The same during the latency run, at its fixed rate (small batches: the per-batch costs
+    weigh more than at full speed)."""
     """CPU time per command of each process group during the throughput run, from /proc."""
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     """oprunner's per-batch time in each stage during the latency run (``runner.observability.STAGES``)."""
@@ -124,7 +130,7 @@ class Pipeline:
             "OPRUNNER_TOPIC_REPLICATION_FACTOR": "1",
             "OPRUNNER_TOPIC_MIN_INSYNC_REPLICAS": "1",
             "OPRUNNER_FETCH_MAX_WAIT_MS": "5",  # Tansu holds fetches to the deadline; all three get 5
-            "OPRUNNER_FETCH_IDLE_PAUSE_MS": str(IDLE_PAUSE_MS),  # noida answers them at once
+            "OPRUNNER_FETCH_MIN_INTERVAL_MS": str(FETCH_INTERVAL_MS),  # noida answers them at once
             "OPRUNNER_HTTP_PORT": str(free_port()),
             "OPRUNNER_LOG_LEVEL": "WARNING",
         }
@@ -259,10 +265,9 @@ async def collect(
     got: list[tuple[str, int]] = []
     seen: set[str] = set()
     deadline = time.monotonic() + within
+    paced = PacedFetch(consumer, READER_INTERVAL_MS)
     while not ids <= seen and time.monotonic() < deadline:
-        fetched = await getmany_paced(
-            consumer, timeout_ms=200, max_records=5000, idle_pause_ms=READER_PAUSE_MS
-        )
+        fetched = await paced.getmany(timeout_ms=200, max_records=5000)
         for messages in fetched.values():
             for m in messages:
                 cause = causation(kind, m)
@@ -333,12 +338,13 @@ async def latency(
     await produce(bootstrap, pipe.commands, warm, headers)
     await collect(consumer, kind, {c for _, _, c in warm}, 60)
     before = pipe.stage_counts() if kind == "oprunner" else {}
+    cpu_before = cpu_by_role([p.pid for p in pipe.procs])
+
+    paced = PacedFetch(consumer, READER_INTERVAL_MS)
 
     async def read(until: float) -> None:
         while time.monotonic() < until and len(received) < total:
-            fetched = await getmany_paced(
-                consumer, timeout_ms=50, max_records=5000, idle_pause_ms=READER_PAUSE_MS
-            )
+            fetched = await paced.getmany(timeout_ms=50, max_records=5000)
             for messages in fetched.values():
                 now = time.monotonic()
                 for m in messages:
@@ -364,6 +370,7 @@ async def latency(
         await reading
         rss = pipe.peak_rss_mb()
         stages = stage_breakdown(before, pipe.stage_counts()) if kind == "oprunner" else {}
+        cpu = cpu_per_command(cpu_before, cpu_by_role([p.pid for p in pipe.procs]), len(received))
     finally:
         await producer.stop()
         await consumer.stop()
@@ -382,6 +389,7 @@ async def latency(
         "p99_ms": pct(0.99),
         "rss": rss,
         "stages": stages,
+        "latency_cpu_us_per_command": cpu,
     }
 
 
@@ -564,6 +572,7 @@ async def main(args: argparse.Namespace) -> int:
                 lat = await latency(kind, bootstrap, dsn, args.rate, args.seconds, args.accounts, headers)
                 rss = lat.pop("rss")
                 figures.stages = lat.pop("stages") or {}
+                figures.latency_cpu_us_per_command = lat.pop("latency_cpu_us_per_command")
                 for name, value in lat.items():
                     setattr(figures, name, value)
                 if rss and (figures.peak_rss_mb is None or rss > figures.peak_rss_mb):
@@ -584,15 +593,18 @@ async def main(args: argparse.Namespace) -> int:
     print(table(rows))
     for name, value in ratios.items():
         print(f"{name}: {value}")
-    budgets = [r for r in rows if r.cpu_us_per_command]
-    if budgets:
-        roles = list(budgets[0].cpu_us_per_command)
-        print(
-            "\nCPU µs per command in the throughput run (from /proc; the load generator includes its reader):"
-        )
+    for attribute, when in (
+        ("cpu_us_per_command", "in the throughput run"),
+        ("latency_cpu_us_per_command", "in the latency run"),
+    ):
+        budgets = [r for r in rows if getattr(r, attribute)]
+        if not budgets:
+            continue
+        roles = list(getattr(budgets[0], attribute))
+        print(f"\nCPU µs per command {when} (from /proc; the load generator includes its reader):")
         print(f"{'pipeline':12} " + " ".join(f"{role:>9}" for role in [*roles, "total"]))
         for r in budgets:
-            cells = [r.cpu_us_per_command.get(role, 0.0) for role in roles]
+            cells = [getattr(r, attribute).get(role, 0.0) for role in roles]
             print(f"{r.pipeline:12} " + " ".join(f"{c:9.1f}" for c in [*cells, sum(cells)]))
     if "oprunner" in by and by["oprunner"].stages:
         print("\noprunner's stages at the latency run's rate (per batch; from its /metrics):")

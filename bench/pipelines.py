@@ -29,14 +29,14 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ConfigDict, Field
 
-from runner.client import getmany_paced
+from runner.client import PacedFetch
 
 BOOTSTRAP = os.environ["OPRUNNER_KAFKA_BOOTSTRAP"]
 COMMANDS = os.environ["OPRUNNER_COMMANDS_TOPIC"]
 RESULTS = os.environ["OPRUNNER_RESULTS_TOPIC"]
 GROUP = os.environ["OPRUNNER_GROUP_ID"]
 FETCH_WAIT = int(os.environ.get("OPRUNNER_FETCH_MAX_WAIT_MS", "500"))
-IDLE_PAUSE = int(os.environ.get("OPRUNNER_FETCH_IDLE_PAUSE_MS", "0"))
+FETCH_INTERVAL = int(os.environ.get("OPRUNNER_FETCH_MIN_INTERVAL_MS", "0"))
 
 
 async def bare() -> None:
@@ -54,8 +54,9 @@ async def bare() -> None:
     print("ready", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    paced = PacedFetch(consumer, FETCH_INTERVAL)
     while not stop.is_set():
-        batches = await getmany_paced(consumer, timeout_ms=100, max_records=500, idle_pause_ms=IDLE_PAUSE)
+        batches = await paced.getmany(timeout_ms=100, max_records=500)
         futures = [
             await producer.send(
                 RESULTS, b'{"status":"succeeded"}', key=m.key, headers=[("causation", m.value[:64])]

@@ -53,38 +53,46 @@ async def assign_whole_topic(consumer: AIOKafkaConsumer, topic: str, *, wait: fl
     return sorted(consumer.assignment())
 
 
-async def getmany_paced(
-    consumer: AIOKafkaConsumer,
-    *,
-    timeout_ms: int,
-    max_records: int | None = None,
-    idle_pause_ms: int = 0,
-) -> dict[Any, list[Any]]:
-    """``consumer.getmany``, for a broker that answers an empty fetch at once instead of
-    holding it up to ``fetch_max_wait_ms`` as Kafka does (noida-db): there aiokafka's
-    background fetcher asks again at once, and an idle consumer costs most of a core, in
-    itself and in the broker. With ``idle_pause_ms``, each round lets the fetcher ask once
-    (``POLL_MS``) and, if nothing came, pauses the partitions that were idle for that long
-    (``pause``/``resume``: no fetch while paused; an answer that lands meanwhile is kept for
-    the next round), until ``timeout_ms``. 0 (the default, for brokers that hold fetches) is
-    plain ``getmany``. Partitions the caller paused stay paused."""
-    if idle_pause_ms <= 0:
-        got: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return got
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_ms / 1000
-    while True:
-        fetched: dict[Any, list[Any]] = await consumer.getmany(
-            timeout_ms=min(timeout_ms, POLL_MS), max_records=max_records
-        )
-        if fetched or loop.time() >= deadline:
-            return fetched
-        idle = consumer.assignment() - consumer.paused()
-        consumer.pause(*idle)
-        try:
-            await asyncio.sleep(idle_pause_ms / 1000)
-        finally:  # only what is still assigned: a rebalance may have taken some meanwhile
-            consumer.resume(*(idle & consumer.assignment()))
+class PacedFetch:
+    """``consumer.getmany`` for a broker that answers a fetch at once instead of holding it
+    until data or ``fetch_max_wait_ms`` (and ``fetch_min_bytes``), as Kafka does: noida-db.
+    There aiokafka's background fetcher asks again the moment an answer lands, empty or with
+    one record, and each round costs the client and the broker CPU: an idle consumer took
+    most of a core, and at 1,000 messages a second every consumer fetched more often still.
+
+    With ``interval_ms``, rounds come at most that often: between them the consumer's
+    partitions are paused (``pause``/``resume``: no fetch; an answer that lands meanwhile is
+    kept for the next round), so what arrives waits in the broker and comes in one answer,
+    as ``fetch_min_bytes`` with ``fetch_max_wait_ms`` would make Kafka do it. The price is up
+    to ``interval_ms`` more latency per hop. 0 (the default, for brokers that hold fetches)
+    is plain ``getmany``. Partitions the caller paused stay paused. One per consumer."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, interval_ms: int = 0) -> None:
+        self.consumer = consumer
+        self.interval = interval_ms / 1000
+        self._last = 0.0  # when the last round asked
+
+    async def getmany(self, *, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
+        consumer = self.consumer
+        if self.interval <= 0:
+            got: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            return got
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            if (wait := self._last + self.interval - loop.time()) > 0:
+                quiet = consumer.assignment() - consumer.paused()
+                consumer.pause(*quiet)
+                try:
+                    await asyncio.sleep(wait)
+                finally:  # only what is still assigned: a rebalance may have taken some meanwhile
+                    consumer.resume(*(quiet & consumer.assignment()))
+            fetched: dict[Any, list[Any]] = await consumer.getmany(
+                timeout_ms=min(timeout_ms, POLL_MS), max_records=max_records
+            )
+            self._last = loop.time()
+            if fetched or loop.time() >= deadline:
+                return fetched
 
 
 POLL_MS = 1
@@ -102,10 +110,10 @@ class OperationClient:
         results_topic: str = "ops.results",
         source: str = "oprunner.client",
         idempotent_producer: bool = False,
-        fetch_idle_pause_ms: int = 0,
+        fetch_min_interval_ms: int = 0,
     ) -> None:
         self.bootstrap = bootstrap
-        self.fetch_idle_pause_ms = fetch_idle_pause_ms  # see getmany_paced
+        self.fetch_min_interval_ms = fetch_min_interval_ms  # see PacedFetch
         self.registry = registry
         self.commands_topic = commands_topic
         self.results_topic = results_topic
@@ -249,10 +257,9 @@ class OperationClient:
 
     async def _read(self) -> None:
         assert self._consumer is not None
+        paced = PacedFetch(self._consumer, self.fetch_min_interval_ms)
         while True:
-            fetched = await getmany_paced(
-                self._consumer, timeout_ms=1000, idle_pause_ms=self.fetch_idle_pause_ms
-            )
+            fetched = await paced.getmany(timeout_ms=1000)
             for message in (m for messages in fetched.values() for m in messages):
                 try:
                     event = _json.loads(message.value)

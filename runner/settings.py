@@ -79,11 +79,11 @@ class Settings(BaseSettings):
     """How long a fetch may wait for data. Kafka answers as soon as data arrives, so its default
     costs no latency there; a broker that holds every fetch to this deadline (the local Tansu
     broker does) adds up to this much to each command: ``dev`` and the benchmark use 5."""
-    fetch_idle_pause_ms: int = Field(default=0, ge=0)
-    """For a broker that answers an empty fetch at once, ignoring ``fetch_max_wait_ms``
-    (noida-db): an idle consumer then asks again at once, burning a core between itself and
-    the broker. This long a pause between empty fetches stops that, at up to this much
-    latency for the first message after a quiet spell. 0 (Kafka, Tansu): no pause."""
+    fetch_min_interval_ms: int = Field(default=0, ge=0)
+    """For a broker that answers every fetch at once, ignoring ``fetch_max_wait_ms`` and
+    ``fetch_min_bytes`` (noida-db): a consumer then asks again the moment an answer lands,
+    thousands of times a second, idle or not. This makes its fetch rounds at most this often
+    (``runner.client.PacedFetch``), at up to this much latency per hop. 0 (Kafka, Tansu): off."""
     topic_partitions: int = Field(default=4, ge=1)
     run_retention_days: float = Field(default=30, ge=0)
     """Completed runs are forgotten after this: the idempotency window (0 keeps them)."""

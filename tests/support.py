@@ -37,13 +37,13 @@ def idempotence() -> bool:
     return broker_class().idempotent
 
 
-def idle_pause_ms() -> int:
-    """``OPRUNNER_FETCH_IDLE_PAUSE_MS`` when set, else what the session's local broker needs."""
-    if (given := os.environ.get("OPRUNNER_FETCH_IDLE_PAUSE_MS")) is not None:
+def min_interval_ms() -> int:
+    """``OPRUNNER_FETCH_MIN_INTERVAL_MS`` when set, else what the session's local broker needs."""
+    if (given := os.environ.get("OPRUNNER_FETCH_MIN_INTERVAL_MS")) is not None:
         return int(given)
     from infra.devservices import broker_class
 
-    return broker_class().fetch_idle_pause_ms
+    return broker_class().fetch_min_interval_ms
 
 
 def token(sub: str = "alice", **claims: Any) -> str:
@@ -108,7 +108,7 @@ class Topics:
             "OPRUNNER_GROUP_ID": self.group,
             "OPRUNNER_SESSION_TIMEOUT_MS": "6000",
             "OPRUNNER_FETCH_MAX_WAIT_MS": "5",
-            "OPRUNNER_FETCH_IDLE_PAUSE_MS": str(idle_pause_ms()),
+            "OPRUNNER_FETCH_MIN_INTERVAL_MS": str(min_interval_ms()),
             "OPRUNNER_SHUTDOWN_TIMEOUT": "20",
             "OPRUNNER_TOPIC_REPLICATION_FACTOR": "1",
             "OPRUNNER_TOPIC_MIN_INSYNC_REPLICAS": "1",

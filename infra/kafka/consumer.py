@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from runner.auth import Actor, bearer
-from runner.client import getmany_paced
+from runner.client import PacedFetch
 from runner.envelope import (
     CommandEnvelope,
     parse_command,
@@ -123,7 +123,7 @@ class CommandConsumer:
         max_message_bytes: int = _DEFAULTS["max_message_bytes"],
         session_timeout_ms: int = _DEFAULTS["session_timeout_ms"],
         fetch_max_wait_ms: int = _DEFAULTS["fetch_max_wait_ms"],
-        fetch_idle_pause_ms: int = _DEFAULTS["fetch_idle_pause_ms"],
+        fetch_min_interval_ms: int = _DEFAULTS["fetch_min_interval_ms"],
         commit_interval: float = 0.2,
         drain_timeout: float = _DEFAULTS["shutdown_timeout"],
         park_after_attempts: int = 5,
@@ -138,7 +138,7 @@ class CommandConsumer:
         self.batch_size = max(1, batch_size)
         self.max_batches = max(1, max_batches)
         self.max_message_bytes = max_message_bytes
-        self.fetch_idle_pause_ms = fetch_idle_pause_ms
+        self.fetch_min_interval_ms = fetch_min_interval_ms
         self.metrics = metrics
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
@@ -156,6 +156,7 @@ class CommandConsumer:
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_partition_fetch_bytes=max(max_message_bytes + 65536, 1048576),
         )
+        self.fetching = PacedFetch(self.consumer, fetch_min_interval_ms)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight = 0  # slots taken: fetched messages not yet finished or dropped
         self._parts: dict[TopicPartition, _Partition] = {}
@@ -187,12 +188,7 @@ class CommandConsumer:
         committer = asyncio.create_task(self._commit_loop(), name="oprunner-committer")
         try:
             while not stop.is_set():
-                fetched = await getmany_paced(
-                    self.consumer,
-                    timeout_ms=100,
-                    max_records=self.max_in_flight,
-                    idle_pause_ms=self.fetch_idle_pause_ms,
-                )
+                fetched = await self.fetching.getmany(timeout_ms=100, max_records=self.max_in_flight)
                 revocations = self._revocations
                 for tp, messages in fetched.items():
                     for message in messages:

@@ -286,7 +286,7 @@ def _client(settings: Settings, registry: OperationRegistry | None) -> Any:
         registry=registry,
         commands_topic=settings.commands_topic,
         results_topic=settings.results_topic,
-        fetch_idle_pause_ms=settings.fetch_idle_pause_ms,
+        fetch_min_interval_ms=settings.fetch_min_interval_ms,
     )
 
 
@@ -383,7 +383,17 @@ def tail(
     if stream not in topics:
         fail("STREAM must be results, audit or dlq")
     try:
-        asyncio.run(follow(settings.kafka_bootstrap, topics[stream], stream, as_json, from_beginning, limit))
+        asyncio.run(
+            follow(
+                settings.kafka_bootstrap,
+                topics[stream],
+                stream,
+                as_json,
+                from_beginning,
+                limit,
+                settings.fetch_min_interval_ms,
+            )
+        )
     except (OSError, TimeoutError) as exc:
         fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
 

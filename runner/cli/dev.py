@@ -64,7 +64,7 @@ def _settings(services: Any) -> Settings:
         http_port=free_port(),
         session_timeout_ms=6000,
         fetch_max_wait_ms=5,  # the local broker holds each fetch to its deadline
-        fetch_idle_pause_ms=services.broker.fetch_idle_pause_ms,  # or answers it at once
+        fetch_min_interval_ms=services.broker.fetch_min_interval_ms,  # or answers it at once
         shutdown_timeout=10,
         log_level="WARNING",
         topic_replication_factor=1,  # one local broker
@@ -168,7 +168,7 @@ async def _demo(settings: Settings, running: Running) -> list[Step]:
         settings.kafka_bootstrap,
         commands_topic=settings.commands_topic,
         results_topic=settings.results_topic,
-        fetch_idle_pause_ms=settings.fetch_idle_pause_ms,
+        fetch_min_interval_ms=settings.fetch_min_interval_ms,
     ) as client:
         for step, data, extra in script:
             event = await client.call(step.op, data, token=alice, timeout=60, key=data["invoiceId"], **extra)

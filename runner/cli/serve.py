@@ -366,7 +366,7 @@ async def build_runtime(
             max_message_bytes=settings.max_message_bytes,
             session_timeout_ms=settings.session_timeout_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            fetch_idle_pause_ms=settings.fetch_idle_pause_ms,
+            fetch_min_interval_ms=settings.fetch_min_interval_ms,
             drain_timeout=settings.shutdown_timeout,
             park_after_attempts=settings.park_after_attempts,
             park_after_seconds=settings.park_after_seconds,

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ..client import assign_whole_topic
+from ..client import PacedFetch, assign_whole_topic
 from ..observability import escape_controls
 from ..settings import Settings
 
@@ -76,7 +76,13 @@ HEADERS = {
 
 
 async def follow(
-    bootstrap: str, topic: str, stream: str, as_json: bool, from_beginning: bool, limit: int | None
+    bootstrap: str,
+    topic: str,
+    stream: str,
+    as_json: bool,
+    from_beginning: bool,
+    limit: int | None,
+    fetch_interval_ms: int = 0,
 ) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -93,11 +99,14 @@ async def follow(
         if not as_json:
             typer.echo(HEADERS[stream])
         seen = 0
-        async for message in consumer:
-            typer.echo(_json_line(message) if as_json else _row(stream, message))
-            seen += 1
-            if limit is not None and seen >= limit:
-                return
+        paced = PacedFetch(consumer, fetch_interval_ms)
+        while True:
+            fetched = await paced.getmany(timeout_ms=1000)
+            for message in (m for messages in fetched.values() for m in messages):
+                typer.echo(_json_line(message) if as_json else _row(stream, message))
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
     finally:
         await consumer.stop()
 

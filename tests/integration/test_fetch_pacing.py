@@ -1,5 +1,5 @@
-"""``getmany_paced`` against the session's broker: a paced consumer, idle for a while, still
-gets what is sent next, from every partition; a partition its caller paused is not fetched."""
+"""``PacedFetch`` against the session's broker: a paced consumer, idle for a while, still gets
+what is sent next, from every partition; a partition its caller paused is not fetched."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from runner.client import assign_whole_topic, getmany_paced
+from runner.client import PacedFetch, assign_whole_topic
 
 
 async def _until(consumer: AIOKafkaConsumer, want: int, within: float) -> list[bytes]:
     got: list[bytes] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
+    paced = PacedFetch(consumer, 2)
     while len(got) < want and loop.time() < deadline:
-        fetched = await getmany_paced(consumer, timeout_ms=200, idle_pause_ms=2)
+        fetched = await paced.getmany(timeout_ms=200)
         got += [m.value for messages in fetched.values() for m in messages]
     return got
 

@@ -1,14 +1,15 @@
-"""``getmany_paced`` on a fake consumer: on a broker that answers an empty fetch at once, an
-idle consumer's partitions are paused between empty rounds (no fetch while paused) and
-resumed, and nothing the caller paused, or a rebalance took, is resumed by it."""
+"""``PacedFetch`` on a fake consumer: on a broker that answers every fetch at once, fetch
+rounds come at most once per interval, the partitions paused in between (no fetch while
+paused); nothing the caller paused, or a rebalance took, is resumed by it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
 
-from runner.client import getmany_paced
+from runner.client import PacedFetch
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -48,19 +49,32 @@ class FakeConsumer:
 
 async def test_off_is_plain_getmany() -> None:
     consumer = FakeConsumer([{}], {A, B})
-    assert await getmany_paced(consumer, timeout_ms=100) == {}  # type: ignore[arg-type]
+    assert await PacedFetch(consumer).getmany(timeout_ms=100) == {}  # type: ignore[arg-type]
     assert consumer.timeouts == [100] and consumer.log == []
 
 
-async def test_data_returns_at_once_without_pausing() -> None:
+async def test_the_first_round_asks_at_once_and_data_returns_at_once() -> None:
     consumer = FakeConsumer([{A: ["m"]}], {A, B})
-    got = await getmany_paced(consumer, timeout_ms=100, idle_pause_ms=1)  # type: ignore[arg-type]
+    got = await PacedFetch(consumer, 5).getmany(timeout_ms=100)  # type: ignore[arg-type]
     assert got == {A: ["m"]} and consumer.log == []
 
 
-async def test_empty_rounds_pause_then_resume_until_data_comes() -> None:
+async def test_the_next_round_waits_out_the_interval_paused() -> None:
+    """What arrives meanwhile waits in the broker, to come in the next round's one answer."""
+    consumer = FakeConsumer([{A: ["m1"]}, {A: ["m2", "m3"]}], {A, B})
+    paced = PacedFetch(consumer, 50)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    await paced.getmany(timeout_ms=1000)
+    asked = loop.time()
+    assert await paced.getmany(timeout_ms=1000) == {A: ["m2", "m3"]}
+    assert loop.time() - asked >= 0.045
+    assert consumer.log == [("pause", frozenset({A, B})), ("resume", frozenset({A, B}))]
+    assert consumer.paused_now == set()
+
+
+async def test_empty_rounds_pause_between_them_until_data_comes() -> None:
     consumer = FakeConsumer([{}, {}, {B: ["m"]}], {A, B})
-    got = await getmany_paced(consumer, timeout_ms=1000, idle_pause_ms=1)  # type: ignore[arg-type]
+    got = await PacedFetch(consumer, 1).getmany(timeout_ms=1000)  # type: ignore[arg-type]
     assert got == {B: ["m"]}
     assert consumer.log == [("pause", frozenset({A, B})), ("resume", frozenset({A, B}))] * 2
     assert consumer.timeouts == [1, 1, 1] and consumer.paused_now == set()
@@ -68,14 +82,14 @@ async def test_empty_rounds_pause_then_resume_until_data_comes() -> None:
 
 async def test_gives_up_at_its_timeout() -> None:
     consumer = FakeConsumer([], {A})
-    assert await getmany_paced(consumer, timeout_ms=20, idle_pause_ms=5) == {}  # type: ignore[arg-type]
+    assert await PacedFetch(consumer, 5).getmany(timeout_ms=20) == {}  # type: ignore[arg-type]
     assert 2 <= len(consumer.timeouts) <= 5 and consumer.paused_now == set()
 
 
 async def test_what_the_caller_paused_stays_paused() -> None:
     consumer = FakeConsumer([{}, {A: ["m"]}], {A, B})
     consumer.paused_now = {B}
-    await getmany_paced(consumer, timeout_ms=1000, idle_pause_ms=1)  # type: ignore[arg-type]
+    await PacedFetch(consumer, 1).getmany(timeout_ms=1000)  # type: ignore[arg-type]
     assert consumer.log == [("pause", frozenset({A})), ("resume", frozenset({A}))]
     assert consumer.paused_now == {B}
 
@@ -83,5 +97,5 @@ async def test_what_the_caller_paused_stays_paused() -> None:
 async def test_a_partition_revoked_during_the_pause_is_not_resumed() -> None:
     consumer = FakeConsumer([{}, {A: ["m"]}], {A, B})
     consumer.on_pause = lambda: consumer.assigned.discard(B)  # a rebalance takes B meanwhile
-    await getmany_paced(consumer, timeout_ms=1000, idle_pause_ms=1)  # type: ignore[arg-type]
+    await PacedFetch(consumer, 1).getmany(timeout_ms=1000)  # type: ignore[arg-type]
     assert consumer.log[-1] == ("resume", frozenset({A}))
