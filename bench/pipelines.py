@@ -81,7 +81,9 @@ class Command(BaseModel):
     data: Credit
 
 
-def handwritten() -> None:
+def faststream_app(keys: str) -> tuple[KafkaBroker, FastStream, dict[str, asyncpg.Pool]]:
+    """What both FastStream pipelines share: the broker, the app, a pool (in ``state``) and
+    the table of idempotency keys ``keys``, and "ready" printed once subscribed."""
     logging.basicConfig(level=logging.WARNING)  # per-message logs (DEBUG) filtered; errors shown
     broker = KafkaBroker(BOOTSTRAP, acks="all", log_level=logging.DEBUG)
     app = FastStream(broker)
@@ -91,13 +93,18 @@ def handwritten() -> None:
     async def connect() -> None:
         state["pool"] = await asyncpg.create_pool(os.environ["OPRUNNER_DATABASE_URL"], min_size=1, max_size=2)
         await state["pool"].execute(
-            "CREATE TABLE IF NOT EXISTS bench_handwritten_keys"
-            " (key text PRIMARY KEY, at timestamptz DEFAULT now())"
+            f"CREATE TABLE IF NOT EXISTS {keys} (key text PRIMARY KEY, at timestamptz DEFAULT now())"
         )
 
     @app.after_startup
     async def ready() -> None:
         print("ready", flush=True)
+
+    return broker, app, state
+
+
+def handwritten() -> None:
+    broker, app, state = faststream_app("bench_handwritten_keys")
 
     @broker.subscriber(
         COMMANDS,
@@ -128,22 +135,7 @@ def handwritten() -> None:
 
 
 def batched() -> None:
-    logging.basicConfig(level=logging.WARNING)
-    broker = KafkaBroker(BOOTSTRAP, acks="all", log_level=logging.DEBUG)
-    app = FastStream(broker)
-    state: dict[str, asyncpg.Pool] = {}
-
-    @app.on_startup
-    async def connect() -> None:
-        state["pool"] = await asyncpg.create_pool(os.environ["OPRUNNER_DATABASE_URL"], min_size=1, max_size=2)
-        await state["pool"].execute(
-            "CREATE TABLE IF NOT EXISTS bench_batched_keys"
-            " (key text PRIMARY KEY, at timestamptz DEFAULT now())"
-        )
-
-    @app.after_startup
-    async def ready() -> None:
-        print("ready", flush=True)
+    broker, app, state = faststream_app("bench_batched_keys")
 
     @broker.subscriber(
         COMMANDS,
