@@ -44,7 +44,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.app import LEDGER_SCHEMA as SCHEMA
-from infra.devservices import Postgres, broker_class, free_port, new_broker
+from infra.devservices import Postgres, broker_client_env, free_port, new_broker
 from infra.kafka import ensure_topics
 from infra.postgres import migrate
 from runner import mint_token
@@ -56,15 +56,10 @@ PIPELINES = ("broker", "bare", "handwritten", "batched", "oprunner", "workers")
 SLOW_COMMANDS = 4000
 WORKERS = [2]
 """``serve --workers N`` for the ``workers`` row (``--workers``)."""
-FETCH_INTERVAL_MS = int(
-    os.environ.get("OPRUNNER_FETCH_MIN_INTERVAL_MS", broker_class().fetch_min_interval_ms)
-)
-"""How often at most every pipeline's consumers fetch (``runner.client.PacedFetch``): on a
-broker that answers every fetch at once (noida), a consumer would otherwise ask thousands of
-times a second, idle or not."""
-READER_INTERVAL_MS = min(FETCH_INTERVAL_MS, 1)
-"""The benchmark's own readers fetch up to every 1 ms: at most that is added to what they
-measure, and they no longer take a core from the pipeline under test."""
+READER_INTERVAL_MS = min(int(broker_client_env()["OPRUNNER_FETCH_MIN_INTERVAL_MS"]), 1)
+"""The pipelines' consumers fetch at most as often as the broker needs (``PacedFetch``: noida
+answers every fetch at once); the benchmark's own readers up to every 1 ms there, so at most
+that is added to what they measure and they take no core from the pipeline under test."""
 
 
 @dataclass
@@ -116,9 +111,7 @@ class Pipeline:
         self.env = {
             **os.environ,
             "OPRUNNER_KAFKA_BOOTSTRAP": bootstrap,
-            "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": os.environ.get(
-                "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER", str(broker_class().idempotent).lower()
-            ),
+            **broker_client_env(),  # idempotent producers, paced fetches: what the broker takes
             "OPRUNNER_DATABASE_URL": dsn,
             "OPRUNNER_JWT_SECRET": SECRET,
             "OPRUNNER_COMMANDS_TOPIC": self.commands,
@@ -130,12 +123,10 @@ class Pipeline:
             "OPRUNNER_TOPIC_REPLICATION_FACTOR": "1",
             "OPRUNNER_TOPIC_MIN_INSYNC_REPLICAS": "1",
             "OPRUNNER_FETCH_MAX_WAIT_MS": "5",  # Tansu holds fetches to the deadline; all three get 5
-            "OPRUNNER_FETCH_MIN_INTERVAL_MS": str(FETCH_INTERVAL_MS),  # noida answers them at once
-            "OPRUNNER_HTTP_PORT": str(free_port()),
             "OPRUNNER_LOG_LEVEL": "WARNING",
         }
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.ports: list[int] = []  # each oprunner process's HTTP port (its /metrics)
+        self.proc: subprocess.Popen[bytes] | None = None  # none for the broker row
+        self.port = free_port()  # its HTTP port (oprunner's /metrics)
         self.log = Path(f"/tmp/bench-{kind}-{suffix}.log")
         self.workers = WORKERS[0] if kind == "workers" else 1  # "serving" lines to wait for
 
@@ -160,23 +151,27 @@ class Pipeline:
             self.env["OPRUNNER_LOG_LEVEL"] = "INFO"  # "serving" marks readiness
         else:
             cmd = [sys.executable, "-m", "bench.pipelines", self.kind]
-        self.ports.append(free_port())
-        env = {**self.env, "OPRUNNER_HTTP_PORT": str(self.ports[-1])}
+        env = {**self.env, "OPRUNNER_HTTP_PORT": str(self.port)}
         with self.log.open("ab") as out:
-            self.procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+            self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60 * self.workers
         marker = "ready" if self.kind in ("bare", "handwritten", "batched") else "serving "
         while self.log.read_text(errors="replace").count(marker) < self.workers:
-            if self.procs[-1].poll() is not None or time.monotonic() > deadline:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} did not start: {self.log.read_text()[-1500:]}")
             time.sleep(0.05)
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
     def peak_rss_mb(self) -> float | None:
-        """The largest peak RSS (VmHWM) among the pipeline's processes."""
+        """The largest peak RSS (VmHWM) among the pipeline's processes: a supervisor's
+        workers count, each on its own."""
         peaks = []
-        for proc in self.procs:
+        for pid in cpu_by_role(self.pids)["runner"]:
             try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
                         peaks.append(int(line.split()[1]) / 1024)
             except OSError:
@@ -184,39 +179,36 @@ class Pipeline:
         return max(peaks) if peaks else None
 
     def stage_counts(self) -> dict[str, dict[str, Any]]:
-        """Every process's ``oprunner_stage_seconds`` histogram, summed: stage -> sum, count
-        and cumulative bucket counts."""
+        """The ``oprunner_stage_seconds`` histogram (every worker's, summed, under
+        ``--workers``): stage -> sum, count and cumulative bucket counts."""
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
         out: dict[str, dict[str, Any]] = {}
-        for port in self.ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                text = response.read().decode()
-            for family in text_string_to_metric_families(text):
-                if family.name != "oprunner_stage_seconds":
-                    continue
-                for sample in family.samples:
-                    stage = out.setdefault(sample.labels["stage"], {"sum": 0.0, "count": 0.0, "buckets": {}})
-                    if sample.name.endswith("_sum"):
-                        stage["sum"] += sample.value
-                    elif sample.name.endswith("_count"):
-                        stage["count"] += sample.value
-                    elif sample.name.endswith("_bucket"):
-                        le = float(sample.labels["le"])
-                        stage["buckets"][le] = stage["buckets"].get(le, 0.0) + sample.value
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "oprunner_stage_seconds":
+                continue
+            for sample in family.samples:
+                stage = out.setdefault(sample.labels["stage"], {"sum": 0.0, "count": 0.0, "buckets": {}})
+                if sample.name.endswith("_sum"):
+                    stage["sum"] += sample.value
+                elif sample.name.endswith("_count"):
+                    stage["count"] += sample.value
+                elif sample.name.endswith("_bucket"):
+                    stage["buckets"][float(sample.labels["le"])] = sample.value
         return out
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 async def produce(
@@ -296,11 +288,11 @@ async def throughput(
         await collect(consumer, kind, {c for _, _, c in warm}, 60)
         batch = batch_for(kind, n, accounts, f"tp-{uuid.uuid4().hex[:6]}")
         ids = {c for _, _, c in batch}
-        cpu_before = cpu_by_role([p.pid for p in pipe.procs])
+        cpu_before = cpu_by_role(pipe.pids)
         producing = asyncio.create_task(produce(bootstrap, pipe.commands, batch, headers))
         got = await collect(consumer, kind, ids, max(120.0, n / 100))
         await producing
-        cpu = cpu_per_command(cpu_before, cpu_by_role([p.pid for p in pipe.procs]), n)
+        cpu = cpu_per_command(cpu_before, cpu_by_role(pipe.pids), n)
         seen = {c for c, _ in got}
         stamps = [t for _, t in got]
         first, last = (min(stamps) / 1000, max(stamps) / 1000) if stamps else (0.0, 0.0)
@@ -338,7 +330,7 @@ async def latency(
     await produce(bootstrap, pipe.commands, warm, headers)
     await collect(consumer, kind, {c for _, _, c in warm}, 60)
     before = pipe.stage_counts() if kind == "oprunner" else {}
-    cpu_before = cpu_by_role([p.pid for p in pipe.procs])
+    cpu_before = cpu_by_role(pipe.pids)
 
     paced = PacedFetch(consumer, READER_INTERVAL_MS)
 
@@ -370,7 +362,7 @@ async def latency(
         await reading
         rss = pipe.peak_rss_mb()
         stages = stage_breakdown(before, pipe.stage_counts()) if kind == "oprunner" else {}
-        cpu = cpu_per_command(cpu_before, cpu_by_role([p.pid for p in pipe.procs]), len(received))
+        cpu = cpu_per_command(cpu_before, cpu_by_role(pipe.pids), len(received))
     finally:
         await producer.stop()
         await consumer.stop()

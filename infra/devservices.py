@@ -107,6 +107,18 @@ def broker_class(kind: str | None = None) -> type[Broker] | type[NoidaBroker]:
     raise ServiceError(f"unknown local broker {kind!r}: tansu or noida")
 
 
+def broker_client_env(kind: str | None = None) -> dict[str, str]:
+    """The settings a client of the local broker of ``kind`` needs: whether its producers may
+    be idempotent, how often its consumers may fetch. Each as the environment sets it (a
+    broker of one's own), else as that broker needs it; for child processes' environments."""
+    cls = broker_class(kind)
+    needs = {
+        "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": str(cls.idempotent).lower(),
+        "OPRUNNER_FETCH_MIN_INTERVAL_MS": str(cls.fetch_min_interval_ms),
+    }
+    return {name: os.environ.get(name, value) for name, value in needs.items()}
+
+
 def new_broker(kind: str | None = None) -> LocalBroker:
     """An unstarted local broker of ``kind`` (default: ``OPRUNNER_DEV_BROKER``)."""
     return broker_class(kind)()

@@ -29,6 +29,11 @@ from . import _json
 tracer = trace.get_tracer("oprunner")
 
 
+def _across_workers() -> bool:
+    """Whether metrics live in files shared by a supervisor's workers (``serve --workers``)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 class Metrics:
     """The runner's Prometheus metrics, in a registry of their own. Gauges say how workers'
     values combine (``multiprocess_mode``), which only ``serve --workers`` uses."""
@@ -105,7 +110,7 @@ class Metrics:
         """A partition this process no longer owns: its lag series goes. Under ``serve
         --workers`` a series cannot be removed (prometheus_client keeps it in the worker's
         file), so it reads 0 there, or the new owner's lag would be added to a stale one."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if _across_workers():
             self.consumer_lag.labels(topic, str(partition)).set(0)
             return
         with contextlib.suppress(KeyError):
@@ -121,7 +126,7 @@ class Metrics:
     def render(self) -> bytes:
         """This process's metrics; under ``serve --workers`` (``PROMETHEUS_MULTIPROC_DIR`` set
         by the supervisor) every live worker's, summed, whichever worker the scrape reached."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if _across_workers():
             from prometheus_client import multiprocess
 
             merged = CollectorRegistry()

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from infra.devservices import free_port
+from infra.devservices import broker_client_env, free_port
 from infra.kafka import ensure_topics
 from runner import mint_token
 from runner.client import assign_whole_topic
@@ -30,20 +30,7 @@ SECRET = "integration-secret-that-is-long-enough!"
 def idempotence() -> bool:
     """Whether producers use ``enable_idempotence``: ``OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER``
     when set (a broker of one's own), else whether the session's local broker has it."""
-    if (given := os.environ.get("OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER")) is not None:
-        return given.lower() in ("1", "true", "yes")
-    from infra.devservices import broker_class
-
-    return broker_class().idempotent
-
-
-def min_interval_ms() -> int:
-    """``OPRUNNER_FETCH_MIN_INTERVAL_MS`` when set, else what the session's local broker needs."""
-    if (given := os.environ.get("OPRUNNER_FETCH_MIN_INTERVAL_MS")) is not None:
-        return int(given)
-    from infra.devservices import broker_class
-
-    return broker_class().fetch_min_interval_ms
+    return broker_client_env()["OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER"].lower() in ("1", "true", "yes")
 
 
 def token(sub: str = "alice", **claims: Any) -> str:
@@ -98,7 +85,7 @@ class Topics:
     def env(self, bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
         return {
             "OPRUNNER_KAFKA_BOOTSTRAP": bootstrap,
-            "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": str(idempotence()).lower(),
+            **broker_client_env(),  # idempotent producers, paced fetches: what the broker takes
             "OPRUNNER_DATABASE_URL": database_url,
             "OPRUNNER_JWT_SECRET": SECRET,
             "OPRUNNER_COMMANDS_TOPIC": self.commands,
@@ -108,7 +95,6 @@ class Topics:
             "OPRUNNER_GROUP_ID": self.group,
             "OPRUNNER_SESSION_TIMEOUT_MS": "6000",
             "OPRUNNER_FETCH_MAX_WAIT_MS": "5",
-            "OPRUNNER_FETCH_MIN_INTERVAL_MS": str(min_interval_ms()),
             "OPRUNNER_SHUTDOWN_TIMEOUT": "20",
             "OPRUNNER_TOPIC_REPLICATION_FACTOR": "1",
             "OPRUNNER_TOPIC_MIN_INSYNC_REPLICAS": "1",

@@ -138,7 +138,6 @@ class CommandConsumer:
         self.batch_size = max(1, batch_size)
         self.max_batches = max(1, max_batches)
         self.max_message_bytes = max_message_bytes
-        self.fetch_min_interval_ms = fetch_min_interval_ms
         self.metrics = metrics
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout

@@ -60,11 +60,9 @@ def worker_count(value: str) -> int:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """The one listening socket every worker accepts on (inheritable, so children get it)."""
+    """The one listening socket every worker accepts on (``pass_fds`` hands it to each)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=2048)
-    sock.set_inheritable(True)
-    return sock
+    return socket.create_server((host, port), family=family, backlog=2048)
 
 
 def die_with_supervisor() -> None:
