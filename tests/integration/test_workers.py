@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
+from infra.devservices import wait_until
 from tests.support import Reader, Topics, auth, caused, cloudevent, ledger_check, produce, seed_ledger, token
 
 
@@ -53,14 +53,6 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead too
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 async def test_two_workers_share_the_group_and_one_port_and_drain_on_sigterm(
@@ -108,7 +100,7 @@ async def test_a_worker_that_dies_is_started_again_and_nothing_is_lost_or_double
     async with Reader(kafka_bootstrap, topics.results) as results:
         await results.until(lambda m: len(m) >= 100, timeout=60)
         os.kill(victim, signal.SIGKILL)
-        until(lambda: worker_pids(proc)[1] != victim, 30, "worker 1 started again")
+        wait_until(lambda: worker_pids(proc)[1] != victim, timeout=30, what="worker 1 started again")
         proc.wait_serving(count=3, timeout=60)
         await produce(kafka_bootstrap, topics.commands, messages[500:])
         await results.until(lambda m: caused(m) >= ids, timeout=120)
@@ -129,4 +121,8 @@ async def test_workers_outlive_no_supervisor_killed_by_sigkill(serve: Any, ledge
     pids = worker_pids(proc)
     proc.signal(signal.SIGKILL)
     proc.wait(10)
-    until(lambda: not any(alive(pid) for pid in pids.values()), 60, "workers gone after their supervisor")
+    wait_until(
+        lambda: not any(alive(pid) for pid in pids.values()),
+        timeout=60,
+        what="workers gone after their supervisor",
+    )
