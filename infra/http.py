@@ -34,8 +34,10 @@ from runner.envelope import (
 from runner.errors import AuthError, EnvelopeError, StoreUnavailable, UnknownOperation
 from runner.executor import Executor, Outcome
 from runner.policy import administers
-from runner.store import Accepted, run_key
+from runner.store import Accepted, RunFilter, run_key
 from runner.webhooks import WebhookIngress
+
+from .runs import MAX_PAGE, RunsApi, visible_to
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 _log = logging.getLogger("oprunner.http")
@@ -276,7 +278,17 @@ class OpsApi:
             return not_found
         if not _may_see(actor, run):
             return not_found  # another actor's run: indistinguishable from none
-        return JSONResponse(run.to_json())
+        body = run.to_json()
+        where = visible_to(actor, RunFilter(command_id=run.command_id, replays=True))
+        try:  # the outcome and its replays, each as audited: only the entries this actor may see
+            trail = await self.executor.store.list_runs(where, after=0, limit=MAX_PAGE) if where else []
+        except Exception:
+            _log.warning("could not read the audit trail of %r", run_id[:255], exc_info=True)
+            return JSONResponse({"error": "the store is unavailable; try again"}, status_code=503)
+        body["audit"] = [entry.to_json(detail=True) for entry in trail]
+        body["correlationId"] = next((e.correlation_id for e in trail if e.correlation_id), None)
+        body["traceId"] = next((e.trace_id for e in trail if e.trace_id), None)
+        return JSONResponse(body)
 
     async def drain(self, within: float) -> None:
         if self._tasks:
@@ -298,6 +310,7 @@ def build_app(
     webhooks: WebhookIngress | None,
     checks: Mapping[str, ReadinessCheck],
     ops: OpsApi | None = None,
+    runs: RunsApi | None = None,
     extra_routes: list[Route] | None = None,
     body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
@@ -351,6 +364,7 @@ def build_app(
 
         routes += [
             Route(OPENAPI_PATH, openapi_document, methods=["GET"]),
+            *(runs.routes() if runs is not None else []),
             Route("/ops/runs/{id:anytext}", ops.show, methods=["GET"]),
             Route("/ops/{key}", ops.run, methods=["POST"]),
         ]

@@ -175,9 +175,59 @@ _COMPONENTS: dict[str, Any] = {
                     {"type": "null"},
                 ],
             },
+            "attempts": {"type": ["integer", "null"], "description": "null: no run was claimed"},
+            "createdAt": {"type": ["string", "null"], "format": "date-time"},
+            "completedAt": {"type": ["string", "null"], "format": "date-time"},
+            "correlationId": {"type": ["string", "null"]},
+            "traceId": {"type": ["string", "null"], "description": "the W3C trace id it ran in"},
+            "audit": {
+                "type": "array",
+                "description": "its audit entries that the caller may see, oldest first, with the "
+                "input as audited (sensitive fields redacted)",
+                "items": {"$ref": "#/components/schemas/AuditEntry"},
+            },
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "description": "One outcome in the audit log: an entry of the runs list.",
+        "required": ["id", "commandId", "op", "status", "recordedAt", "replayed"],
+        "properties": {
+            "id": {"type": "integer", "description": "increasing; the live stream's event id"},
+            "commandId": {"type": "string"},
+            "op": {"type": "string", "description": "empty for a dead letter"},
+            "version": {"type": ["string", "null"]},
+            "status": {"enum": ["succeeded", "failed", "rejected", "denied"]},
+            "decision": {"type": ["string", "null"]},
+            "actorId": {"type": ["string", "null"]},
+            "tenant": {"type": ["string", "null"]},
+            "correlationId": {"type": ["string", "null"]},
+            "traceId": {"type": ["string", "null"]},
+            "recordedAt": {"type": "string", "format": "date-time"},
+            "attempt": {"type": ["integer", "null"]},
+            "durationMs": {"type": ["number", "null"]},
+            "error": {"type": ["string", "null"], "description": "the error code"},
+            "reason": {"type": ["string", "null"]},
+            "replayed": {"type": "boolean", "description": "a stored result sent again"},
+            "deprecated": {"type": "boolean"},
+            "input": {"description": "as audited: redacted, or only its size and digest"},
+            "actor": {"type": ["object", "null"]},
+            "deadLetter": {"type": "string"},
         },
     },
 }
+
+_RUN_FILTERS = [
+    ("op", "operation key"),
+    ("status", "succeeded, failed, rejected or denied"),
+    ("actor", "the actor's subject"),
+    ("tenant", "the actor's tenant"),
+    ("correlationId", "the command's correlation id"),
+    ("commandId", "one command's entries"),
+    ("since", "recorded at or after this ISO 8601 time (UTC when no zone is given)"),
+    ("until", "recorded before this ISO 8601 time"),
+    ("replays", "`true`: include stored results sent again"),
+]
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -434,6 +484,80 @@ def openapi(
                 "401": _respond("no token, or a bad one", message),
                 "404": _respond("no such run visible to the caller", message),
                 "503": _busy("the store is unavailable, or " + _BUSY, message),
+            },
+        }
+    }
+    filters = [
+        {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+        for name, text in _RUN_FILTERS
+    ]
+    filters[1]["schema"] = {"enum": ["succeeded", "failed", "rejected", "denied"]}
+    for at in filters[6:8]:
+        at["schema"] = {"type": "string", "format": "date-time"}
+    filters[8]["schema"] = {"enum": ["true", "false"]}
+    paging = [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "entries per page (default 50)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "the `next` of the page before",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+    ]
+    listing = {
+        "type": "object",
+        "required": ["runs", "next"],
+        "properties": {
+            "runs": {"type": "array", "items": _ref("AuditEntry")},
+            "next": {"type": ["string", "null"], "description": "the next page's cursor; null at the end"},
+        },
+    }
+    paths["/ops/runs"] = {
+        "get": {
+            "summary": "Outcomes the caller may see, newest first; or, with `Accept: text/event-stream`, "
+            "a live stream of new ones",
+            "description": "A user or service sees their own, a tenant's admin the tenant's, an admin "
+            "without a tenant all. As Server-Sent Events, each entry is an `event: run` whose `id` is "
+            "the entry's; reconnect with `Last-Event-ID` to go on from it.",
+            "operationId": "listRuns",
+            "parameters": filters + paging,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {
+                    "description": "a page, or the live stream",
+                    "content": {
+                        "application/json": {"schema": listing},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                "400": _respond("a filter that cannot be used (the message names it)", message),
+                "401": _respond("no token, or a bad one", message),
+                "503": _busy("the store is unavailable, or " + _BUSY, message),
+            },
+        }
+    }
+    paths["/ops/specs"] = {
+        "get": {
+            "summary": "The catalog: every operation's metadata, schemas, policy and error codes",
+            "operationId": "listSpecs",
+            "security": [],
+            "responses": {
+                "200": _respond(
+                    "the catalog",
+                    {
+                        "type": "object",
+                        "required": ["specs"],
+                        "properties": {"specs": {"type": "array", "items": {"type": "object"}}},
+                    },
+                ),
+                "503": _busy(_BUSY),
             },
         }
     }

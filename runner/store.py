@@ -13,6 +13,7 @@ import enum
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -80,6 +81,9 @@ class OutcomeRecord:
     publications: tuple[Publication, ...] = field(default_factory=tuple)
     events: tuple[dict[str, Any], ...] = field(default_factory=tuple, compare=False)
     """The result and audit events as dicts (what ``publications`` carry, encoded)."""
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    """Kept with the audit entry, so the runs list can be filtered by them and link a trace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +208,14 @@ class Store(Protocol):
         latest audit entry of that command; else its acceptance (status ``pending``)."""
         ...
 
+    async def list_runs(
+        self, where: RunFilter, *, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> list[AuditEntry]:
+        """Audit entries (one per outcome) matching ``where``, newest first, below id ``before``
+        when given; with ``after``, oldest first above that id instead (what a live stream
+        sends next). At most ``limit``."""
+        ...
+
     async def accept(self, accepted: Accepted, lease_seconds: float) -> None:
         """Keep a command to run later; this process holds it for ``lease_seconds``. A command
         id already accepted (and not finished) is refused with an exception."""
@@ -230,6 +242,9 @@ class RunView:
     actor_id: str | None
     tenant_id: str | None
     idempotency_key: str | None = None
+    attempts: int | None = None  # None: no run was claimed (rejected, denied, pending)
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -238,4 +253,76 @@ class RunView:
             "op": self.op,
             "status": self.status,
             "result": self.result,
+            "attempts": self.attempts,
+            "createdAt": _iso(self.created_at),
+            "completedAt": _iso(self.completed_at),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """What a runs list asks for. The HTTP API narrows it to what the asking actor may see:
+    ``actor`` (exactly this subject and tenant, a missing tenant matching only a missing one)
+    for a user, ``tenant_id`` for a tenant's admin, ``command_id`` for a one-command token."""
+
+    op: str | None = None
+    status: str | None = None
+    actor_id: str | None = None
+    tenant_id: str | None = None
+    correlation_id: str | None = None
+    command_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: tuple[str | None, str | None] | None = None
+    replays: bool = False
+    """Include the entries of stored results sent again (a redelivery, a repeated key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit log entry: an outcome of one command, as the runs list and a run's trail show it."""
+
+    id: int
+    command_id: str
+    op: str
+    version: str | None
+    status: str
+    decision: str | None
+    actor_id: str | None
+    tenant_id: str | None
+    correlation_id: str | None
+    trace_id: str | None
+    recorded_at: datetime
+    data: dict[str, Any]
+
+    def to_json(self, *, detail: bool = False) -> dict[str, Any]:
+        """The list's fields; ``detail`` adds the audited input (redacted as it was recorded)."""
+        out = {
+            "id": self.id,
+            "commandId": self.command_id,
+            "op": self.op,
+            "version": self.version,
+            "status": self.status,
+            "decision": self.decision,
+            "actorId": self.actor_id,
+            "tenant": self.tenant_id,
+            "correlationId": self.correlation_id,
+            "traceId": self.trace_id,
+            "recordedAt": _iso(self.recorded_at),
+            "attempt": self.data.get("attempt"),
+            "durationMs": self.data.get("duration_ms"),
+            "error": self.data.get("error"),
+            "reason": self.data.get("reason"),
+            "replayed": bool(self.data.get("replayed")),
+            "deprecated": bool(self.data.get("deprecated")),
+        }
+        if detail:
+            out["input"] = self.data.get("input")
+            out["actor"] = self.data.get("actor")
+            if "deadLetter" in self.data:
+                out["deadLetter"] = self.data["deadLetter"]
+        return out
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None

@@ -15,14 +15,26 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from . import _json
 from .auth import mint_token
 from .envelope import command
 from .errors import LeaseLost
-from .store import Accepted, Claim, ClaimRequest, ClaimStatus, OutboxRow, OutcomeRecord, RunView, Sweep
+from .store import (
+    Accepted,
+    AuditEntry,
+    Claim,
+    ClaimRequest,
+    ClaimStatus,
+    OutboxRow,
+    OutcomeRecord,
+    RunFilter,
+    RunView,
+    Sweep,
+)
 
 __all__ = ["InMemoryStore", "MemoryRun", "NoDatabase", "command", "mint_token"]
 
@@ -42,6 +54,8 @@ class MemoryRun:
     tenant_id: str | None = None
     idempotency_key: str = ""
     outcome: str | None = None  # the outcome's status, once completed
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    completed_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -154,6 +168,7 @@ class InMemoryStore:
         self.audit_log: list[dict[str, Any]] = []
         self.accepted: dict[str, tuple[Accepted, float]] = {}  # command id -> it, held until
         self._records: list[OutcomeRecord] = []  # committed, in order: find_run's audit fallback
+        self._entries: list[AuditEntry] = []  # the same, as the audit log's entries
         self._outbox: dict[int, _Queued] = {}
         self._swept: set[int] = set()  # outbox rows locked by an open sweep
         self._locks: dict[str, tuple[_MemoryTransaction, asyncio.Event]] = {}  # run key -> holder
@@ -270,6 +285,9 @@ class InMemoryStore:
                 run.actor_id,
                 run.tenant_id,
                 run.idempotency_key,
+                run.attempts,
+                run.created_at,
+                run.completed_at,
             )
         record = next((r for r in reversed(self._records) if r.command_id == id), None)
         if record is None:
@@ -282,6 +300,14 @@ class InMemoryStore:
         result = {"status": record.status, **({"error": error} if error else {})}
         actor = data.get("actor") or {}
         return RunView(id, record.op, record.status, result, actor.get("id"), actor.get("tenant"))
+
+    async def list_runs(
+        self, where: RunFilter, *, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> list[AuditEntry]:
+        found = [e for e in self._entries if _matches(e, where)]
+        if after is not None:
+            return [e for e in found if e.id > after][:limit]
+        return [e for e in reversed(found) if before is None or e.id < before][:limit]
 
     async def accept(self, accepted: Accepted, lease_seconds: float) -> None:
         if accepted.command_id in self.accepted:  # Postgres: a primary key violation
@@ -315,9 +341,27 @@ class InMemoryStore:
             run = self.runs[key]
             run.status, run.outcome, run.owner, run.lease_until = "completed", record.status, None, 0.0
             run.result = _json.loads(_json.dumps(record.result))  # stored as JSON, read back as JSON
+            run.completed_at = datetime.now(UTC)
             self._done.pop(key, asyncio.Event()).set()
         self.audit_log.append(record.audit)
         self._records.append(record)
+        actor = record.audit.get("actor") or {}
+        self._entries.append(
+            AuditEntry(
+                len(self._entries) + 1,
+                record.command_id,
+                record.op,
+                record.version,
+                record.status,
+                record.audit.get("decision"),
+                actor.get("id"),
+                actor.get("tenant"),
+                record.correlation_id,
+                record.trace_id,
+                datetime.now(UTC),
+                _json.loads(_json.dumps(record.audit)),
+            )
+        )
         self._outbox.update((row.id, _Queued(row, began)) for row in rows)
 
     @property
@@ -325,3 +369,24 @@ class InMemoryStore:
         """The committed outbox rows not yet published (deleted), parked ones included: what
         Postgres's ``oprunner_outbox`` table holds."""
         return [q.row for q in sorted(self._outbox.values(), key=lambda q: q.row.id)]
+
+
+def _matches(entry: AuditEntry, where: RunFilter) -> bool:
+    """``where`` as ``infra.postgres``'s SQL reads it."""
+    wanted = (
+        (where.op, entry.op),
+        (where.status, entry.status),
+        (where.actor_id, entry.actor_id),
+        (where.tenant_id, entry.tenant_id),
+        (where.correlation_id, entry.correlation_id),
+        (where.command_id, entry.command_id),
+    )
+    if any(value is not None and value != actual for value, actual in wanted):
+        return False
+    if where.since is not None and entry.recorded_at < where.since:
+        return False
+    if where.until is not None and entry.recorded_at >= where.until:
+        return False
+    if where.actor is not None and where.actor != (entry.actor_id, entry.tenant_id):
+        return False
+    return where.replays or not entry.data.get("replayed")

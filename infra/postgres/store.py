@@ -19,12 +19,14 @@ from runner import _json
 from runner.errors import LeaseLost
 from runner.store import (
     Accepted,
+    AuditEntry,
     Claim,
     ClaimRequest,
     ClaimStatus,
     OutboxRow,
     OutcomeRecord,
     Publication,
+    RunFilter,
     RunView,
     Sweep,
 )
@@ -82,9 +84,11 @@ ob AS (
     RETURNING id
 ),
 au AS (
-    INSERT INTO oprunner_audit (command_id, op, version, status, decision, actor_id, data)
+    INSERT INTO oprunner_audit
+        (command_id, op, version, status, decision, actor_id, data, correlation_id, trace_id)
     SELECT * FROM unnest(
-        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::jsonb[])
+        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::jsonb[],
+        $17::text[], $18::text[])
 )
 SELECT (SELECT count(*) FROM done) AS completed, array(SELECT id FROM ob ORDER BY id) AS ids
 """
@@ -122,6 +126,8 @@ class PostgresTransaction:
             [r.audit.get("decision") for r in everything],
             actors,
             [_json.dumps(r.audit).decode() for r in everything],
+            [r.correlation_id for r in everything],
+            [r.trace_id for r in everything],
         )
         if row["completed"] != len(completions):
             raise LeaseLost(f"{len(completions) - row['completed']} of {len(completions)} claims")
@@ -262,7 +268,8 @@ class PostgresStore:
 
     async def find_run(self, id: str, key: str | None = None) -> RunView | None:
         row = await self.pool.fetchrow(
-            """SELECT command_id, idempotency_key, op, status, outcome, result, actor_id, tenant_id
+            """SELECT command_id, idempotency_key, op, status, outcome, result, actor_id, tenant_id,
+                      attempts, created_at, completed_at
                FROM oprunner_runs WHERE command_id = $1 OR run_key = $2
                ORDER BY (run_key = $2) DESC NULLS LAST LIMIT 1""",
             id,
@@ -279,6 +286,9 @@ class PostgresStore:
                 row["actor_id"],
                 row["tenant_id"],
                 row["idempotency_key"],
+                row["attempts"],
+                row["created_at"],
+                row["completed_at"],
             )
         audit = await self.pool.fetchrow(
             """SELECT op, status, actor_id, data FROM oprunner_audit
@@ -297,6 +307,25 @@ class PostgresStore:
         result = {"status": audit["status"], **({"error": error} if error else {})}
         tenant = (data.get("actor") or {}).get("tenant")
         return RunView(id, audit["op"], audit["status"], result, audit["actor_id"], tenant)
+
+    async def list_runs(
+        self, where: RunFilter, *, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> list[AuditEntry]:
+        conditions, args = _run_conditions(where)
+        if after is not None:
+            args.append(after)
+            conditions.append(f"id > ${len(args)}")
+        elif before is not None:
+            args.append(before)
+            conditions.append(f"id < ${len(args)}")
+        args.append(limit)
+        order = "ASC" if after is not None else "DESC"
+        rows = await self.pool.fetch(
+            f"""SELECT {_AUDIT_COLUMNS} FROM oprunner_audit
+                WHERE {" AND ".join(conditions) or "true"} ORDER BY id {order} LIMIT ${len(args)}""",
+            *args,
+        )
+        return [_audit_entry(row) for row in rows]
 
     async def accept(self, accepted: Accepted, lease_seconds: float) -> None:
         actor = accepted.actor or {}
@@ -330,6 +359,60 @@ class PostgresStore:
 
     async def backlog(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM oprunner_outbox WHERE failed_at IS NULL"))
+
+
+_AUDIT_COLUMNS = """id, command_id, op, version, status, decision, actor_id,
+    (data -> 'actor') ->> 'tenant' AS tenant_id, correlation_id, trace_id, recorded_at, data"""
+_TENANT = "((data -> 'actor') ->> 'tenant')"  # the expression oprunner_audit_by_tenant indexes
+
+
+def _run_conditions(where: RunFilter) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their arguments) for ``where``; every value is a parameter."""
+    conditions: list[str] = []
+    args: list[Any] = []
+
+    def add(template: str, value: Any) -> None:
+        args.append(value)
+        conditions.append(template.format(f"${len(args)}"))
+
+    for column, value in (
+        ("op", where.op),
+        ("status", where.status),
+        ("actor_id", where.actor_id),
+        (_TENANT, where.tenant_id),
+        ("correlation_id", where.correlation_id),
+        ("command_id", where.command_id),
+    ):
+        if value is not None:
+            add(f"{column} = {{}}", value)
+    if where.since is not None:
+        add("recorded_at >= {}", where.since)
+    if where.until is not None:
+        add("recorded_at < {}", where.until)
+    if where.actor is not None:
+        subject, tenant = where.actor
+        add("actor_id IS NOT DISTINCT FROM {}::text", subject)
+        add(f"{_TENANT} IS NOT DISTINCT FROM {{}}::text", tenant)
+    if not where.replays:
+        conditions.append("NOT coalesce((data ->> 'replayed')::boolean, false)")
+    return conditions, args
+
+
+def _audit_entry(row: asyncpg.Record) -> AuditEntry:
+    return AuditEntry(
+        row["id"],
+        row["command_id"],
+        row["op"],
+        row["version"],
+        row["status"],
+        row["decision"],
+        row["actor_id"],
+        row["tenant_id"],
+        row["correlation_id"],
+        row["trace_id"],
+        row["recorded_at"],
+        orjson.loads(row["data"]),
+    )
 
 
 def _outbox_row(row: asyncpg.Record) -> OutboxRow:

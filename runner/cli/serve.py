@@ -24,6 +24,7 @@ from infra.postgres import PostgresStore, connect_pool, migrate
 from infra.postgres.inbox import PostgresInbox
 from infra.postgres.migrate import status
 from infra.postgres.retention import Windows, prune
+from infra.runs import RunsApi
 
 from ..app import App, as_app
 from ..auth import CommandSigner, JwtAuthenticator, command_key
@@ -229,6 +230,7 @@ def build_http_app(
     extra: list[tuple[str, Any]] | None = None,
     metrics: Metrics | None = None,
     app: App | None = None,
+    runs: RunsApi | None = None,
 ) -> Any:
     """The app's webhooks (those configured), the operations API, health and readiness."""
 
@@ -261,6 +263,7 @@ def build_http_app(
         webhooks=ingress if sources else None,
         checks={"database": database, "kafka": kafka},
         ops=ops,
+        runs=runs,
         body_timeout=settings.http_body_timeout,
         extra_routes=[Route(path, endpoint, methods=["GET"]) for path, endpoint in extra or []],
     )
@@ -297,6 +300,7 @@ class Runtime:
     http: HttpServer
     metrics: Metrics
     resources: contextlib.AsyncExitStack
+    runs: RunsApi
 
 
 async def build_runtime(
@@ -394,8 +398,16 @@ async def build_runtime(
                 metrics.outbox_backlog.set(await asyncio.wait_for(store.backlog(), 2))
             return Response(metrics.render(), media_type=metrics.content_type)
 
+        runs = RunsApi(ops.executor)
         asgi = build_http_app(
-            settings, http_pool, broker, ops, extra=[("/metrics", scrape)], metrics=metrics, app=app
+            settings,
+            http_pool,
+            broker,
+            ops,
+            extra=[("/metrics", scrape)],
+            metrics=metrics,
+            app=app,
+            runs=runs,
         )
         http = HttpServer(
             asgi,
@@ -423,6 +435,7 @@ async def build_runtime(
         http,
         metrics,
         resources,
+        runs,
     )
 
 
@@ -456,6 +469,7 @@ async def run(
 
         async def stop_http_first() -> None:
             await stop.wait()  # stop taking HTTP commands, finish those in flight, then drain Kafka
+            rt.runs.close()  # live streams end, so they do not hold the HTTP drain
             await rt.http.stop()
             await rt.ops.drain(settings.shutdown_timeout)
 
@@ -468,6 +482,7 @@ async def run(
         for task in tasks:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        rt.runs.close()
         await rt.http.stop()
         await rt.resources.aclose()
     _log.info("stopped: %d commands, %d dead-lettered", rt.consumer.processed, rt.consumer.dead_lettered)

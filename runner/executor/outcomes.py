@@ -163,6 +163,8 @@ class Recorder:
                 Publication(self.audit_topic, key, _json.dumps(audit), headers),
             ),
             events=(result, audit),
+            correlation_id=command.correlation_id,
+            trace_id=call.traceparent.split("-")[1] if call.traceparent else None,
         )
 
     def verdict(self, v: Verdict) -> OutcomeRecord:

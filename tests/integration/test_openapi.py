@@ -76,6 +76,8 @@ EXPECTED_PATHS = {
     "/ops/billing.recordPaymentFailure",
     "/ops/billing.refundPayment",
     "/ops/runs/{id}",
+    "/ops/runs",
+    "/ops/specs",
     "/webhooks/{provider}",
     "/healthz",
     "/readyz",

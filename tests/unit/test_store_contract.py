@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -25,6 +26,7 @@ from runner.store import (
     OutboxRow,
     OutcomeRecord,
     Publication,
+    RunFilter,
     RunView,
     Store,
 )
@@ -69,6 +71,9 @@ def outcome(
     error: tuple[str, str] | None = None,
     actor: dict[str, Any] | None = ALICE,
     decision: str = "allow",
+    op: str = "docs.pay",
+    correlation_id: str | None = None,
+    replayed: bool = False,
 ) -> OutcomeRecord:
     """What ``Executor._record`` builds: result data, audit data, a result and an audit event."""
     data: dict[str, Any] = {"status": status}
@@ -77,7 +82,7 @@ def outcome(
     if error is not None:
         data["error"] = {"code": error[0], "message": error[1]}
     audit = {
-        "op": "docs.pay",
+        "op": op,
         "version": "1.0.0",
         "actor": actor,
         "decision": decision,
@@ -86,14 +91,14 @@ def outcome(
         "duration_ms": 1.5,
         "input": {"docId": "d1"},
         "deprecated": False,
-        "replayed": False,
+        "replayed": replayed,
         "error": error[0] if error else None,
         "reason": error[1] if error and status in ("denied", "rejected") else None,
     }
     key = command_id.encode()
     return OutcomeRecord(
         command_id=command_id,
-        op="docs.pay",
+        op=op,
         version="1.0.0",
         status=status,
         result=data,
@@ -102,6 +107,8 @@ def outcome(
             Publication("ops.results", key, b'{"type":"docs.pay.result","id":"%s"}' % key, HEADERS),
             Publication("ops.audit", key, b'{"type":"oprunner.audit","id":"%s"}' % key, HEADERS),
         ),
+        correlation_id=correlation_id or command_id,
+        trace_id="ab" * 16,
     )
 
 
@@ -452,12 +459,17 @@ class StoreContract:
     async def test_find_run_by_command_id_while_running_and_once_done(self, store: Store) -> None:
         assert await store.find_run("cmd-k1") is None
         await store.claim(request())
-        running = RunView("cmd-k1", "docs.pay", "running", None, "alice", "t1", "k1")
-        assert await store.find_run("cmd-k1") == running
+        running = await store.find_run("cmd-k1")
+        assert running is not None and running.created_at is not None and running.completed_at is None
+        assert replace(running, created_at=None) == RunView(
+            "cmd-k1", "docs.pay", "running", None, "alice", "t1", "k1", attempts=1
+        )
         await complete(store, "k1", "w1", outcome("cmd-k1", "failed", error=("NOPE", "no")))
         failed = {"status": "failed", "error": {"code": "NOPE", "message": "no"}}
-        assert await store.find_run("cmd-k1") == RunView(
-            "cmd-k1", "docs.pay", "failed", failed, "alice", "t1", "k1"
+        done = await store.find_run("cmd-k1")
+        assert done is not None and done.completed_at is not None and done.created_at == running.created_at
+        assert replace(done, created_at=None, completed_at=None) == RunView(
+            "cmd-k1", "docs.pay", "failed", failed, "alice", "t1", "k1", attempts=1
         )
 
     async def test_find_run_by_run_key_prefers_the_callers_own(self, store: Store) -> None:
@@ -497,6 +509,66 @@ class StoreContract:
         assert (await store.find_run("acc-1")).status == "denied"  # type: ignore[union-attr]
         await store.claim(request("k-acc", command_id="acc-1"))
         assert (await store.find_run("acc-1")).status == "running"  # type: ignore[union-attr]
+
+    # -- the runs list ---------------------------------------------------------------------
+
+    async def test_runs_are_listed_newest_first_and_paged_by_id(self, store: Store) -> None:
+        for n in range(5):
+            await store.record(outcome(f"c{n}"))
+        first = await store.list_runs(RunFilter(), limit=2)
+        assert [e.command_id for e in first] == ["c4", "c3"]
+        rest = await store.list_runs(RunFilter(), before=first[-1].id, limit=10)
+        assert [e.command_id for e in rest] == ["c2", "c1", "c0"]
+        newer = await store.list_runs(RunFilter(), after=rest[0].id, limit=10)  # a live stream's next
+        assert [e.command_id for e in newer] == ["c3", "c4"]
+        entry = first[0]
+        assert (entry.op, entry.status, entry.actor_id, entry.tenant_id) == (
+            "docs.pay",
+            "succeeded",
+            "alice",
+            "t1",
+        )
+        assert (entry.correlation_id, entry.trace_id, entry.data["input"]) == (
+            "c4",
+            "ab" * 16,
+            {"docId": "d1"},
+        )
+        assert entry.recorded_at.tzinfo is not None
+
+    async def test_runs_are_filtered_by_each_field(self, store: Store) -> None:
+        bob = {**ALICE, "id": "bob"}
+        other_tenant = {**ALICE, "tenant": "t2"}
+        no_tenant = {**ALICE, "tenant": None}
+        await store.record(outcome("a", correlation_id="flow-1"))
+        await store.record(outcome("b", "denied", actor=bob, op="docs.read", error=("FORBIDDEN", "no")))
+        await store.record(outcome("c", actor=other_tenant, correlation_id="flow-1"))
+        await store.record(outcome("d", actor=no_tenant))
+        await store.record(outcome("e", "rejected", actor=None, error=("INVALID_INPUT", "bad")))
+
+        async def ids(where: RunFilter) -> list[str]:
+            return sorted(e.command_id for e in await store.list_runs(where))
+
+        assert await ids(RunFilter()) == ["a", "b", "c", "d", "e"]
+        assert await ids(RunFilter(op="docs.read")) == ["b"]
+        assert await ids(RunFilter(status="succeeded")) == ["a", "c", "d"]
+        assert await ids(RunFilter(actor_id="bob")) == ["b"]
+        assert await ids(RunFilter(tenant_id="t1")) == ["a", "b"]
+        assert await ids(RunFilter(correlation_id="flow-1")) == ["a", "c"]
+        assert await ids(RunFilter(command_id="e")) == ["e"]
+        # one actor exactly: alice of t1 is not alice of t2, nor alice of no tenant
+        assert await ids(RunFilter(actor=("alice", "t1"))) == ["a"]
+        assert await ids(RunFilter(actor=("alice", None))) == ["d"]
+        assert await ids(RunFilter(actor=(None, None))) == ["e"]
+        everything = await store.list_runs(RunFilter())
+        middle = sorted(e.recorded_at for e in everything)[2]
+        assert len(await ids(RunFilter(since=middle))) + len(await ids(RunFilter(until=middle))) == 5
+
+    async def test_replays_are_listed_only_when_asked_for(self, store: Store) -> None:
+        await store.record(outcome("a"))
+        await store.record(outcome("a", replayed=True))
+        assert [e.data["replayed"] for e in await store.list_runs(RunFilter(command_id="a"))] == [False]
+        both = await store.list_runs(RunFilter(command_id="a", replays=True), after=0)
+        assert [e.data["replayed"] for e in both] == [False, True]
 
     # -- accepted commands ----------------------------------------------------------------
 

@@ -1,0 +1,230 @@
+"""The operator's runs API on ``oprunner serve``: the list with its filters and cursor, a
+run's page with its audit trail, the live stream, the catalog; each seen by the actors who may
+see it and by no one else."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from tests.support import ServeProcess, Topics, seed_ledger, token
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture
+async def ledger(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    await seed_ledger(clean_db, [("a1", "alice", "t1"), ("a2", "alice", "t1"), ("b1", "bob", "t1")])
+    yield clean_db
+
+
+@pytest.fixture
+def server(topics: Topics, database_url: str, serving: Any, ledger: asyncpg.Pool) -> ServeProcess:
+    return serving(topics, database_url)  # type: ignore[no-any-return]
+
+
+def bearer(sub: str = "alice", **claims: Any) -> dict[str, str]:
+    return {"authorization": f"Bearer {token(sub, **claims)}"}
+
+
+ALICE = bearer("alice", tenant="t1")
+BOB = bearer("bob", tenant="t1")
+ADMIN_T1 = bearer("ops-t1", kind="admin", tenant="t1")
+ADMIN_T2 = bearer("ops-t2", kind="admin", tenant="t2")
+ADMIN = bearer("ops", kind="admin")
+
+
+async def credit(
+    http: httpx.AsyncClient, account: Any, who: dict[str, str], **headers: str
+) -> dict[str, Any]:
+    r = await http.post(
+        "/ops/ledger.credit", json={"accountId": account, "amount": "1"}, headers={**who, **headers}
+    )
+    return dict(r.json())
+
+
+async def listed(http: httpx.AsyncClient, who: dict[str, str], **query: Any) -> list[dict[str, Any]]:
+    """Every page of the list, following ``next``."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {**query, **({"cursor": cursor} if cursor else {})}
+        r = await http.get("/ops/runs", params=params, headers=who)
+        assert r.status_code == 200, r.text
+        out += r.json()["runs"]
+        cursor = r.json()["next"]
+        if cursor is None:
+            return out
+
+
+async def test_the_list_is_filtered_paged_and_shows_each_actor_only_theirs(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        ok = [await credit(http, "a1", ALICE, **{"x-correlation-id": "flow-7"}) for _ in range(3)]
+        rejected = await credit(http, "", ALICE)  # an empty account id: invalid input
+        denied = await credit(http, "b1", ALICE)  # bob's account
+        bobs = await credit(http, "b1", BOB)
+        other_tenant = await credit(http, "a2", bearer("alice", tenant="t2"))  # not alice of t1
+        assert [r["status"] for r in (*ok, rejected, denied, bobs, other_tenant)] == [
+            "succeeded",
+            "succeeded",
+            "succeeded",
+            "rejected",
+            "denied",
+            "succeeded",
+            "denied",
+        ]
+        mine = {r["commandId"] for r in (*ok, rejected, denied)}
+
+        def ids(runs: list[dict[str, Any]]) -> set[str]:
+            return {r["commandId"] for r in runs}
+
+        alices = await listed(http, ALICE, limit=2)  # four pages of two: the cursor is followed
+        assert ids(alices) == mine and len(alices) == 5
+        assert [r["id"] for r in alices] == sorted((r["id"] for r in alices), reverse=True)  # newest first
+        denial = next(r for r in alices if r["commandId"] == denied["commandId"])
+        assert (denial["status"], denial["decision"], denial["error"]) == ("denied", "deny", "FORBIDDEN")
+        assert denial["actorId"] == "alice" and denial["tenant"] == "t1" and denial["op"] == "ledger.credit"
+        assert ids(await listed(http, ALICE, status="rejected")) == {rejected["commandId"]}
+        assert ids(await listed(http, ALICE, correlationId="flow-7")) == {r["commandId"] for r in ok}
+        assert ids(await listed(http, ALICE, op="billing.capturePayment")) == set()
+        # asking for someone else's is not a way round the rule: nothing, not an error
+        assert await listed(http, ALICE, actor="bob") == []
+        assert await listed(http, ALICE, tenant="t2") == []
+        assert ids(await listed(http, BOB)) == {bobs["commandId"]}
+        # a tenant's admin sees the tenant's, whoever acted; an admin of another tenant none of it
+        assert ids(await listed(http, ADMIN_T1)) == mine | {bobs["commandId"]}
+        assert ids(await listed(http, ADMIN_T1, actor="bob")) == {bobs["commandId"]}
+        assert ids(await listed(http, ADMIN_T2)) == {other_tenant["commandId"]}
+        assert await listed(http, ADMIN_T2, tenant="t1") == []
+        assert len(await listed(http, ADMIN)) == 7  # an admin without a tenant: everything
+        # time range: nothing recorded in the future, everything since a minute ago
+        assert await listed(http, ADMIN, since="2999-01-01T00:00:00Z") == []
+        assert len(await listed(http, ADMIN, since="2020-01-01T00:00:00+00:00", until="2999-01-01")) == 7
+
+
+async def test_bad_queries_and_missing_tokens_get_a_clear_answer(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        assert (await http.get("/ops/runs")).status_code == 401
+        assert (await http.get("/ops/runs", headers={"authorization": "Bearer nope"})).status_code == 401
+        for query, named in [
+            ({"status": "done"}, "status"),
+            ({"since": "yesterday"}, "since"),
+            ({"limit": "0"}, "limit"),
+            ({"limit": "201"}, "limit"),
+            ({"cursor": "-1"}, "cursor"),
+            ({"op": "x" * 2000}, "op"),
+            ({"actor": "a\x00b"}, "actor"),
+        ]:
+            r = await http.get("/ops/runs", params=query, headers=ALICE)
+            assert r.status_code == 400 and r.json()["error"].startswith(named), (query, r.text)
+        r = await http.get(
+            "/ops/runs", headers={**ALICE, "accept": "text/event-stream", "last-event-id": "x"}
+        )
+        assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"]
+
+
+async def test_a_runs_page_has_its_audit_trail_attempts_timings_and_trace(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        sent = {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01", "x-correlation-id": "flow-9"}
+        first = await credit(http, "a1", ALICE, **{"idempotency-key": "pay-once", **sent})
+        again = await credit(http, "a1", ALICE, **{"idempotency-key": "pay-once"})  # the stored result
+        assert first["status"] == again["status"] == "succeeded"
+        page = (await http.get(f"/ops/runs/{first['commandId']}", headers=ALICE)).json()
+        assert page["status"] == "succeeded" and page["attempts"] == 1
+        assert page["createdAt"] <= page["completedAt"]
+        assert page["traceId"] == TRACE and page["correlationId"] == "flow-9"
+        [entry] = page["audit"]  # the replay was sent as another command: its own entry
+        assert entry["input"]["accountId"] == "a1" and entry["actor"]["id"] == "alice"
+        assert entry["decision"] == "allow" and entry["durationMs"] >= 0
+        replays = await listed(http, ALICE, replays="true")
+        assert [r["replayed"] for r in replays if r["commandId"] == again["commandId"]] == [True]
+        assert again["commandId"] not in {r["commandId"] for r in await listed(http, ALICE)}
+        # another actor, the same tenant's admin, and another tenant's admin
+        assert (await http.get(f"/ops/runs/{first['commandId']}", headers=BOB)).status_code == 404
+        assert len((await http.get(f"/ops/runs/{first['commandId']}", headers=ADMIN_T1)).json()["audit"]) == 1
+        assert (await http.get(f"/ops/runs/{first['commandId']}", headers=ADMIN_T2)).status_code == 404
+
+
+async def test_the_catalog_lists_every_spec_with_its_schemas_and_policy(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        specs = {s["key"]: s for s in (await http.get("/ops/specs")).json()["specs"]}
+    credit_spec = specs["ledger.credit"]
+    assert credit_spec["version"] == "1.0.0" and credit_spec["kind"] == "command"
+    assert set(credit_spec["input"]["required"]) == {"accountId", "amount"}
+    assert credit_spec["policy"]["rules"][0]["resource"] == "account"
+    assert credit_spec["sensitive"] == [] and credit_spec["deprecated"] is False
+
+
+class Stream:
+    """An open ``GET /ops/runs`` as Server-Sent Events: the entries it has sent so far."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.events: list[tuple[int, dict[str, Any]]] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        event: dict[str, str] = {}
+        async for line in self.response.aiter_lines():
+            if line == "" and "data" in event:
+                self.events.append((int(event["id"]), orjson.loads(event["data"])))
+                event = {}
+            elif line and not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                event[name] = value
+
+    async def until(self, done: Any, timeout: float = 20.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while not done([e for _, e in self.events]):
+            assert time.monotonic() < deadline, f"stream has {self.events!r}"
+            assert not self.task.done(), "the stream ended"
+            await asyncio.sleep(0.05)
+        return [e for _, e in self.events]
+
+
+async def test_the_live_stream_sends_new_runs_as_they_happen_and_resumes(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=None)) as http:
+        before = await credit(http, "a1", ALICE)  # recorded before the stream opened: not sent
+        headers = {**ALICE, "accept": "text/event-stream"}
+        async with http.stream("GET", "/ops/runs", headers=headers, params={"status": "succeeded"}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            stream = Stream(r)
+            await asyncio.sleep(0)  # the stream has started reading
+            await credit(http, "b1", BOB)  # bob's: never on alice's stream
+            await credit(http, "b1", ALICE)  # denied: filtered out
+            new = [await credit(http, "a2", ALICE) for _ in range(3)]
+            seen = await stream.until(lambda es: len(es) >= 3)
+            assert [e["commandId"] for e in seen] == [n["commandId"] for n in new]  # in order, once each
+            last_id = stream.events[0][0]
+            stream.task.cancel()
+        # a client that comes back with Last-Event-ID gets what came after it, nothing twice
+        headers["last-event-id"] = str(last_id)
+        async with http.stream("GET", "/ops/runs", headers=headers, params={"status": "succeeded"}) as r:
+            resumed = Stream(r)
+            seen = await resumed.until(lambda es: len(es) >= 2)
+            assert [e["commandId"] for e in seen] == [n["commandId"] for n in new[1:]]
+            resumed.task.cancel()
+        assert before["commandId"] not in {e["commandId"] for e in seen}
+
+
+async def test_an_open_stream_does_not_hold_up_sigterm(server: ServeProcess) -> None:
+    headers = {**ADMIN, "accept": "text/event-stream"}
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=None)) as http,
+        http.stream("GET", "/ops/runs", headers=headers) as r,
+    ):
+        stream = Stream(r)
+        await credit(http, "a1", ALICE)
+        await stream.until(lambda es: len(es) >= 1)
+        server.signal(signal.SIGTERM)
+        # the server ends the stream itself, rather than let it hold the HTTP drain to its bound
+        await asyncio.wait_for(stream.task, 10)
+        assert server.wait(30) == 0
