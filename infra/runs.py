@@ -1,5 +1,5 @@
 """The operator's read side of the HTTP API: ``GET /ops/runs`` (a list, or a live stream),
-``GET /ops/specs`` and the dead-letter endpoints.
+``GET /ops/specs`` and the dead letters (``GET /ops/dlq``, ``POST /ops/dlq/replay``, admins only).
 
 A run here is an outcome in the audit log: every command that reached a decision has one,
 rejected and denied ones too (a claimed run alone would miss them). Who may see what is the
@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,7 +32,10 @@ from runner import _json
 from runner.auth import Actor, bearer
 from runner.errors import AuthError
 from runner.executor import Executor
+from runner.policy import administers
 from runner.store import RunFilter
+
+from .kafka.deadletters import DeadLetter
 
 _log = logging.getLogger("oprunner.http")
 
@@ -125,6 +129,31 @@ def _unavailable() -> JSONResponse:
     return JSONResponse({"error": "the store is unavailable; try again"}, status_code=503)
 
 
+class DeadLetters(Protocol):
+    """The dead-letter topic, as ``infra.kafka.deadletters.KafkaDeadLetters`` reads it."""
+
+    async def newest(self, limit: int) -> Sequence[DeadLetter]: ...
+
+    async def find(self, where: Sequence[tuple[int, int]]) -> Sequence[DeadLetter]: ...
+
+    async def replay(self, letters: Sequence[DeadLetter], token: str | None, owner: Any) -> None: ...
+
+
+def _administers_letter(actor: Actor, sender: dict[str, Any] | None) -> bool:
+    """An admin without a tenant: every dead letter; a tenant's admin: those its tenant sent."""
+    return administers(actor, sender.get("tenant") if sender else None, known=sender is not None)
+
+
+async def _small_body(request: Request, limit: int = 64 * 1024) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ValueError("body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _get_only(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -141,6 +170,7 @@ class RunsApi:
     """``GET /ops/runs`` and ``GET /ops/specs``; ``close`` ends the live streams (at drain)."""
 
     executor: Executor
+    dlq: DeadLetters | None = None
     poll_interval: float = 0.5
     keepalive: float = 15.0
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -155,6 +185,8 @@ class RunsApi:
         return [
             Route("/ops/runs", _get_only(self.list), methods=every),
             Route("/ops/specs", _get_only(self.specs), methods=every),
+            Route("/ops/dlq", _get_only(self.dead_letters), methods=every),
+            Route("/ops/dlq/replay", self.replay, methods=["POST"]),
         ]
 
     def _actor(self, request: Request) -> Actor | JSONResponse:
@@ -239,6 +271,72 @@ class RunsApi:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), seconds)
+
+    def _admin(self, request: Request) -> Actor | Response:
+        actor = self._actor(request)
+        if isinstance(actor, Actor) and (actor.kind != "admin" or actor.bound is not None):
+            return JSONResponse({"error": "dead letters are for admins"}, status_code=403)
+        return actor
+
+    async def dead_letters(self, request: Request) -> Response:
+        """``GET /ops/dlq``: the newest dead letters an admin may see (a tenant's admin: those
+        its tenant's actors sent)."""
+        actor = self._admin(request)
+        if isinstance(actor, Response):
+            return actor
+        if self.dlq is None:
+            return JSONResponse({"error": "no dead-letter topic is served here"}, status_code=404)
+        try:
+            limit = _int(request, "limit", low=1, high=MAX_PAGE) or DEFAULT_PAGE
+        except BadQuery as exc:
+            return _bad(str(exc))
+        try:
+            letters = await self.dlq.newest(limit if actor.tenant_id is None else MAX_PAGE)
+        except Exception:
+            _log.warning("could not read the dead-letter topic", exc_info=True)
+            return JSONResponse({"error": "the broker is unavailable; try again"}, status_code=503)
+        shown = [d.to_json() for d in letters if _administers_letter(actor, d.sender)][:limit]
+        return JSONResponse({"deadLetters": shown}, headers={"Cache-Control": "no-store"})
+
+    async def replay(self, request: Request) -> Response:
+        """``POST /ops/dlq/replay`` ``{"entries": [{"partition": 0, "offset": 7}, ...]}``: each
+        entry back on the commands topic, as ``oprunner dlq replay`` does it."""
+        actor = self._admin(request)
+        if isinstance(actor, Response):
+            return actor
+        if self.dlq is None:
+            return JSONResponse({"error": "no dead-letter topic is served here"}, status_code=404)
+        try:
+            body = _json.loads(await _small_body(request))
+            where = [(int(e["partition"]), int(e["offset"])) for e in body["entries"]]
+            if not 0 < len(where) <= MAX_PAGE or any(p < 0 or o < 0 for p, o in where):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return _bad(f'body: {{"entries": [{{"partition": P, "offset": O}}, ...]}}, 1 to {MAX_PAGE}')
+        token = bearer(request.headers.get("authorization"))
+        try:
+            found = await self.dlq.find(where)
+            letters = [d for d in found if _administers_letter(actor, d.sender)]
+            runnable = [d for d in letters if d.header("dlq-truncated") != "true"]
+            await self.dlq.replay(runnable, token, (actor.user_id, actor.tenant_id))
+        except Exception:
+            _log.warning("could not replay dead letters", exc_info=True)
+            return JSONResponse(
+                {"error": "the broker is unavailable; nothing is known replayed"}, status_code=503
+            )
+        done = {(d.partition, d.offset) for d in runnable}
+        cut = {(d.partition, d.offset) for d in letters} - done
+
+        def entries(keys: set[tuple[int, int]]) -> list[dict[str, int]]:
+            return [{"partition": p, "offset": o} for p, o in sorted(keys)]
+
+        return JSONResponse(
+            {
+                "replayed": entries(done),
+                "truncated": entries(cut),  # cut short when dead-lettered: not the command it was
+                "notFound": entries(set(where) - done - cut),  # or not this admin's to replay
+            }
+        )
 
     async def specs(self, request: Request) -> Response:
         """The catalog: every spec's metadata, schemas, policy and error codes."""

@@ -543,6 +543,76 @@ def openapi(
             },
         }
     }
+    dead_letters_only = (
+        "for admins: an admin without a tenant sees every one, a tenant's admin those its tenant sent"
+    )
+    paths["/ops/dlq"] = {
+        "get": {
+            "summary": "The newest dead letters, with their reasons",
+            "description": dead_letters_only + ".",
+            "operationId": "listDeadLetters",
+            "parameters": [paging[0]],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": _respond(
+                    "newest first",
+                    {
+                        "type": "object",
+                        "required": ["deadLetters"],
+                        "properties": {"deadLetters": {"type": "array", "items": {"type": "object"}}},
+                    },
+                ),
+                "400": _respond("a limit that cannot be used", message),
+                "401": _respond("no token, or a bad one", message),
+                "403": _respond("not an admin", message),
+                "404": _respond("no dead-letter topic is served here", message),
+                "503": _busy("the broker is unavailable, or " + _BUSY, message),
+            },
+        }
+    }
+    entry = {
+        "type": "object",
+        "required": ["partition", "offset"],
+        "properties": {
+            "partition": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0},
+        },
+    }
+    entries = {"type": "array", "items": entry}
+    paths["/ops/dlq/replay"] = {
+        "post": {
+            "summary": "Send dead letters back to the commands topic",
+            "description": dead_letters_only + ". The admin's token goes back only on what that admin "
+            "sent; the rest go back without one. A command replayed twice runs once (same id and key).",
+            "operationId": "replayDeadLetters",
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": _json_content(
+                    {
+                        "type": "object",
+                        "required": ["entries"],
+                        "properties": {"entries": {**entries, "minItems": 1, "maxItems": 200}},
+                    }
+                ),
+            },
+            "responses": {
+                "200": _respond(
+                    "what was sent back, what was cut short when dead-lettered, what is not there",
+                    {
+                        "type": "object",
+                        "required": ["replayed", "truncated", "notFound"],
+                        "properties": {"replayed": entries, "truncated": entries, "notFound": entries},
+                    },
+                ),
+                "400": _respond("not a list of 1 to 200 entries", message),
+                "401": _respond("no token, or a bad one", message),
+                "403": _respond("not an admin", message),
+                "404": _respond("no dead-letter topic is served here", message),
+                "503": _busy("the broker is unavailable: nothing is known replayed, or " + _BUSY, message),
+            },
+        }
+    }
     paths["/ops/specs"] = {
         "get": {
             "summary": "The catalog: every operation's metadata, schemas, policy and error codes",

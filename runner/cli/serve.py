@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from infra.http import OpsApi, build_app
 from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay, ensure_topics
+from infra.kafka.deadletters import KafkaDeadLetters
 from infra.kafka.publisher import producer_options
 from infra.postgres import PostgresStore, connect_pool, migrate
 from infra.postgres.inbox import PostgresInbox
@@ -398,7 +399,10 @@ async def build_runtime(
                 metrics.outbox_backlog.set(await asyncio.wait_for(store.backlog(), 2))
             return Response(metrics.render(), media_type=metrics.content_type)
 
-        runs = RunsApi(ops.executor)
+        dlq = KafkaDeadLetters(
+            settings.kafka_bootstrap, settings.dlq_topic, settings.commands_topic, publisher.publish
+        )
+        runs = RunsApi(ops.executor, dlq=dlq)
         asgi = build_http_app(
             settings,
             http_pool,

@@ -8,6 +8,8 @@ from typing import Any
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from infra.kafka.deadletters import replay_headers, sender_of
+
 from ..client import PacedFetch, assign_whole_topic
 from ..observability import escape_controls
 from ..settings import Settings
@@ -146,13 +148,9 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: st
                     if message.offset >= end.get(tp, 0) or count >= limit:
                         done.add(tp)
                         break
-                    headers = [
-                        (k, v)
-                        for k, v in (message.headers or ())
-                        if not k.startswith("dlq-") and k.lower() != "authorization"
-                    ]
-                    if token is not None and owner is not None and _sender(message) == owner:
-                        headers.append(("authorization", f"Bearer {token}".encode()))
+                    headers = replay_headers(
+                        message.headers or (), sender_of(message.headers or ()), token, owner
+                    )
                     if dry_run:
                         typer.echo(_row("dlq", message))
                     else:
@@ -180,12 +178,3 @@ def _claims_of(token: str) -> tuple[Any, Any] | None:
     except jwt.PyJWTError:
         return None
     return claims.get("sub"), claims.get("tenant")
-
-
-def _sender(message: Any) -> tuple[Any, Any] | None:
-    raw = next((v for k, v in (message.headers or ()) if k == "dlq-actor"), None)
-    try:
-        sender = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return (sender.get("sub"), sender.get("tenant")) if isinstance(sender, dict) else None

@@ -78,6 +78,8 @@ EXPECTED_PATHS = {
     "/ops/runs/{id}",
     "/ops/runs",
     "/ops/specs",
+    "/ops/dlq",
+    "/ops/dlq/replay",
     "/webhooks/{provider}",
     "/healthz",
     "/readyz",

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import ServeProcess, Topics, seed_ledger, token
+from tests.support import Reader, ServeProcess, Topics, auth, caused, cloudevent, produce, seed_ledger, token
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -29,6 +29,12 @@ async def ledger(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def server(topics: Topics, database_url: str, serving: Any, ledger: asyncpg.Pool) -> ServeProcess:
     return serving(topics, database_url)  # type: ignore[no-any-return]
+
+
+async def add_account(db: asyncpg.Pool, account: str, owner: str, tenant: str | None) -> None:
+    await db.execute(
+        "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, $2, $3)", account, owner, tenant
+    )
 
 
 def bearer(sub: str = "alice", **claims: Any) -> dict[str, str]:
@@ -228,3 +234,58 @@ async def test_an_open_stream_does_not_hold_up_sigterm(server: ServeProcess) -> 
         # the server ends the stream itself, rather than let it hold the HTTP drain to its bound
         await asyncio.wait_for(stream.task, 10)
         assert server.wait(30) == 0
+
+
+async def test_admins_list_and_replay_dead_letters_and_lend_their_token_to_their_own_only(
+    topics: Topics, database_url: str, serving: Any, ledger: asyncpg.Pool, kafka_bootstrap: str
+) -> None:
+    server = serving(topics, database_url, OPRUNNER_PARK_AFTER_ATTEMPTS="2", OPRUNNER_PARK_AFTER_SECONDS="0")
+    ops = ("ops", {"kind": "admin", "tenant": None})
+    # a row whose deferred foreign key fails at COMMIT, every time: parked, until the row it
+    # names exists (below), as an operator would fix the cause and then replay
+    poison = {"accountId": "a1", "amount": "1", "fail": "DEFERRED_FK"}
+    alices = cloudevent("ledger.credit", poison, id="parked-alice")
+    own = cloudevent("ledger.credit", {**poison, "accountId": "o1"}, id="parked-ops")
+    await add_account(ledger, "o1", "ops", None)  # the operator's own account
+    await produce(
+        kafka_bootstrap,
+        topics.commands,
+        [
+            (b"x", b"\xffnot json", auth("alice", tenant="t1")),
+            (b"a1", alices, auth("alice", tenant="t1")),
+            (b"o1", own, auth(ops[0], **ops[1])),
+        ],
+    )
+    async with Reader(kafka_bootstrap, topics.dlq) as dlq:
+        await dlq.until(lambda ms: len(ms) >= 3, timeout=60)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        assert (await http.get("/ops/dlq")).status_code == 401
+        assert (await http.get("/ops/dlq", headers=ALICE)).status_code == 403  # not an admin
+        shown = (await http.get("/ops/dlq", headers=ADMIN)).json()["deadLetters"]
+        assert len(shown) == 3
+        by_code: dict[str, list[dict[str, Any]]] = {}
+        for letter in shown:
+            by_code.setdefault(letter["code"], []).append(letter)
+        [malformed] = by_code["MALFORMED"]
+        assert malformed["sender"]["sub"] == "alice" and malformed["preview"].endswith("not json")
+        assert malformed["bytes"] == 9 and malformed["source"].startswith(topics.commands + "/")
+        parked = {orjson.loads(d["preview"])["id"]: d for d in by_code["RETRIES_EXHAUSTED"]}
+        assert set(parked) == {"parked-alice", "parked-ops"} and parked["parked-ops"]["attempts"] == 2
+        # a tenant's admin sees what its tenant's actors sent, and nothing else
+        t1 = (await http.get("/ops/dlq", headers=ADMIN_T1)).json()["deadLetters"]
+        assert {d["sender"]["sub"] for d in t1} == {"alice"} and len(t1) == 2
+        assert (await http.get("/ops/dlq", headers=ADMIN_T2)).json()["deadLetters"] == []
+        assert (await http.post("/ops/dlq/replay", json={"entries": []}, headers=ADMIN)).status_code == 400
+        await add_account(ledger, "no-such-account", "alice", "t1")
+        where = [{"partition": d["partition"], "offset": d["offset"]} for d in parked.values()]
+        refused = await http.post("/ops/dlq/replay", json={"entries": where}, headers=ADMIN_T2)
+        assert refused.json()["replayed"] == [] and len(refused.json()["notFound"]) == 2
+        done = await http.post("/ops/dlq/replay", json={"entries": where}, headers=bearer(ops[0], **ops[1]))
+        assert sorted(done.json()["replayed"], key=lambda e: e["offset"]) == sorted(
+            where, key=lambda e: e["offset"]
+        )
+    # the operator's own command ran with their token; alice's went back without one: denied
+    async with Reader(kafka_bootstrap, topics.results) as results:
+        await results.until(lambda ms: {"parked-alice", "parked-ops"} <= caused(ms), timeout=60)
+    statuses = {e["causationid"]: e["data"]["status"] for e in results.events()}
+    assert statuses == {"parked-ops": "succeeded", "parked-alice": "denied"}
