@@ -37,6 +37,7 @@ from runner.policy import administers
 from runner.store import Accepted, RunFilter, run_key
 from runner.webhooks import WebhookIngress
 
+from . import console
 from .runs import MAX_PAGE, RunsApi, visible_to
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -364,7 +365,7 @@ def build_app(
 
         routes += [
             Route(OPENAPI_PATH, openapi_document, methods=["GET"]),
-            *(runs.routes() if runs is not None else []),
+            *(runs.routes() + console.routes() if runs is not None else []),
             Route("/ops/runs/{id:anytext}", ops.show, methods=["GET"]),
             Route("/ops/{key}", ops.run, methods=["POST"]),
         ]
