@@ -298,6 +298,109 @@ async function showDlq() {
     el("button", { type: "button", id: "replay", onclick: replay, hidden: !rows.length }, "Replay selected"), out);
 }
 
+// -- overview --------------------------------------------------------------------------
+
+const SAMPLES = 60; // two minutes at one scrape every two seconds
+const history = [];
+
+function parseMetrics(text) {
+  const out = [];
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const m = line.match(/^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)/);
+    if (!m) continue;
+    const labels = {};
+    for (const [, k, v] of (m[2] || "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[k] = v;
+    out.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+function sample(metrics, at) {
+  const sum = (name, test = () => true) => metrics.filter((m) => m.name === name && test(m.labels))
+    .reduce((a, m) => a + m.value, 0);
+  const byStatus = {};
+  for (const m of metrics.filter((m) => m.name === "oprunner_commands_total")) {
+    byStatus[m.labels.status] = (byStatus[m.labels.status] || 0) + m.value;
+  }
+  const buckets = {};
+  for (const m of metrics.filter((m) => m.name === "oprunner_handler_seconds_bucket")) {
+    buckets[m.labels.le] = (buckets[m.labels.le] || 0) + m.value;
+  }
+  return { at, byStatus, total: Object.values(byStatus).reduce((a, b) => a + b, 0), buckets,
+           lag: sum("oprunner_consumer_lag"), backlog: sum("oprunner_outbox_backlog") };
+}
+
+function quantile(buckets, q) {
+  const bounds = Object.keys(buckets).sort((a, b) => (a === "+Inf") - (b === "+Inf") || Number(a) - Number(b));
+  const count = buckets["+Inf"] || 0;
+  if (!count) return null;
+  const bound = bounds.find((le) => buckets[le] >= q * count);
+  return bound === "+Inf" ? Infinity : Number(bound);
+}
+
+function recent(first, last) { // the handler-time buckets between two samples
+  const out = {};
+  for (const [le, n] of Object.entries(last.buckets)) out[le] = n - ((first && first.buckets[le]) || 0);
+  return out;
+}
+
+function spark(values, label) {
+  const w = 240, h = 48, max = Math.max(1, ...values);
+  const points = values.map((v, i) => `${(i / Math.max(1, values.length - 1)) * w},${h - (v / max) * (h - 4) - 2}`);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  for (const [k, v] of Object.entries({ viewBox: `0 0 ${w} ${h}`, width: w, height: h, role: "img", "aria-label": label })) svg.setAttribute(k, v);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points.join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#1f5fbf");
+  line.setAttribute("stroke-width", "2");
+  svg.append(line);
+  return svg;
+}
+
+function ms(seconds) {
+  if (seconds === null) return "–";
+  return seconds === Infinity ? "> largest bucket" : `≤ ${Math.round(seconds * 1000 * 10) / 10} ms`;
+}
+
+async function showOverview() {
+  const box = el("div", { id: "overview" });
+  view().replaceChildren(el("h2", {}, "Overview"), el("p", { class: "muted" },
+    "From this service's /metrics, every 2 s (all workers); rates over the last two minutes seen here."), box);
+  const control = new AbortController();
+  stopStream = () => control.abort();
+  while (!control.signal.aborted) {
+    try {
+      const response = await fetch("/metrics", { signal: control.signal });
+      history.push(sample(parseMetrics(await response.text()), Date.now()));
+      if (history.length > SAMPLES) history.shift();
+      const last = history[history.length - 1];
+      const rates = history.slice(1).map((s, i) => Math.max(0, (s.total - history[i].total) / ((s.at - history[i].at) / 1000)));
+      const window = recent(history.length > 1 ? history[0] : null, last);
+      const statuses = ["succeeded", "failed", "rejected", "denied"];
+      const most = Math.max(1, ...statuses.map((k) => last.byStatus[k] || 0));
+      box.replaceChildren(
+        el("section", { class: "tile" }, el("h3", {}, "Throughput"),
+          el("p", { id: "throughput" }, `${(rates[rates.length - 1] || 0).toFixed(1)} commands/s`), spark(rates, "commands per second")),
+        el("section", { class: "tile" }, el("h3", {}, "Outcomes since start"),
+          el("table", { id: "outcomes" }, el("tbody", {}, statuses.map((k) => el("tr", {},
+            el("th", { scope: "row" }, statusText(k)), el("td", {}, String(last.byStatus[k] || 0)),
+            el("td", {}, el("meter", { min: 0, max: most, value: last.byStatus[k] || 0, "aria-label": k }))))))),
+        el("section", { class: "tile" }, el("h3", {}, "Handler time"),
+          el("p", { id: "handler-time" }, `p50 ${ms(quantile(window, 0.5))} · p99 ${ms(quantile(window, 0.99))}`)),
+        el("section", { class: "tile" }, el("h3", {}, "Consumer lag"),
+          el("p", { id: "lag" }, `${last.lag} messages`), spark(history.map((s) => s.lag), "consumer lag")),
+        el("section", { class: "tile" }, el("h3", {}, "Outbox backlog"),
+          el("p", { id: "backlog" }, `${last.backlog} rows`), spark(history.map((s) => s.backlog), "outbox backlog")));
+    } catch (e) {
+      if (control.signal.aborted) return;
+      box.replaceChildren(el("p", { class: "error" }, `Could not read /metrics: ${e.message}`));
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
 // -- routing ---------------------------------------------------------------------------
 
 async function route() {
@@ -314,6 +417,7 @@ async function route() {
     if (parts[0] === "specs") await showSpecs(parts[1]);
     else if (parts[0] === "runs" && parts.length > 1) await showRun(parts.slice(1).join("/"));
     else if (parts[0] === "dlq") await showDlq();
+    else if (parts[0] === "overview") await showOverview();
     else await showRuns(new URLSearchParams(search || ""));
   } catch (e) {
     if (e.message !== "401") view().replaceChildren(el("p", { class: "error" }, `Could not load: ${e.message}`));

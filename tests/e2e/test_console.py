@@ -127,6 +127,16 @@ async def test_an_operator_sends_watches_inspects_filters_and_replays(
     await expect(page.locator("#runs-body tr")).to_have_count(3)
     await shot(page, "runs")
 
+    # the overview: outcomes counted from /metrics, charts drawn
+    await page.click("nav a[data-view=overview]")
+    await expect(page.locator("#outcomes")).to_contain_text("succeeded2")
+    await expect(page.locator("#outcomes")).to_contain_text("denied1")
+    await expect(page.locator("#handler-time")).to_contain_text("p50 ≤")
+    await expect(page.locator("#overview svg polyline")).to_have_count(3)
+    await expect(page.locator("#lag")).to_contain_text("messages")
+    await shot(page, "overview")
+    await page.click("nav a[data-view=runs]")
+
     # filter: the denied one only; then open it by keyboard
     await page.select_option("#f-status", "denied")
     await page.click("#run-filters button[type=submit]")
