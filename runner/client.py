@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -100,7 +100,75 @@ POLL_MS = 1
 It must leave the resumed fetcher a turn of the loop, or it would never fetch at all."""
 
 
+class Result(Mapping[str, Any]):
+    """A result event as ``call`` and ``results`` give it: the outcome's ``status`` and its
+    ``output`` or ``error``, with the ids that tie it to its command. It is also the
+    CloudEvent itself, as a read-only mapping (``result["data"]``), as received."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self.event.get("data")
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def status(self) -> str:
+        """``succeeded``, ``failed``, ``rejected`` or ``denied``."""
+        return str(self.data.get("status", ""))
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        """The operation's output (wire names), when it succeeded."""
+        output = self.data.get("output")
+        return output if isinstance(output, dict) else None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """``{"code", "message", ...}`` when it did not succeed (rejections name the fields)."""
+        error = self.data.get("error")
+        return error if isinstance(error, dict) else None
+
+    @property
+    def error_code(self) -> str | None:
+        return str(self.error["code"]) if self.error and "code" in self.error else None
+
+    @property
+    def command_id(self) -> str:
+        """The id of the command this answers (the event's ``causationid``)."""
+        return str(self.event.get("causationid", ""))
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self.event.get("correlationid", ""))
+
+    @property
+    def op(self) -> str:
+        return str(self.event.get("type", "")).removesuffix(".result")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.event[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.event)
+
+    def __len__(self) -> int:
+        return len(self.event)
+
+    def __repr__(self) -> str:
+        return f"Result({self.op!r}, {self.status!r}, command_id={self.command_id!r})"
+
+
 class OperationClient:
+    """Send commands to the commands topic and read their results (``async with`` it)."""
+
     def __init__(
         self,
         bootstrap: str,
@@ -122,11 +190,15 @@ class OperationClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._listening = asyncio.Lock()  # one results reader, however many first calls at once
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._streams: list[asyncio.Queue[dict[str, Any]]] = []
+        self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._streams: list[asyncio.Queue[Result]] = []
 
     async def __aenter__(self) -> OperationClient:
-        await self._broker.connect()
+        try:
+            await self._broker.connect()
+        except BaseException:
+            await self._broker.stop()  # what connect opened, closed: no "Unclosed" noise
+            raise
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -194,11 +266,14 @@ class OperationClient:
         version: str | None = None,
         key: str | None = None,
         timeout: float = 30.0,
-    ) -> dict[str, Any]:
-        """Send and wait for this command's result event (matched by correlation id)."""
+    ) -> Result:
+        """Send and wait for this command's ``Result`` (matched by correlation id: the call
+        gives the command a correlation id of its own). ``CallTimeout`` if none comes within
+        ``timeout`` seconds: the command may still run. A rejected, denied or failed command
+        is a ``Result`` too, not an exception: look at ``result.status``."""
         await self._listen()
         correlation = make_command(op, {}).id
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future
         try:
             await self.send(
@@ -219,16 +294,18 @@ class OperationClient:
 
     # -- results --------------------------------------------------------------------------
 
-    async def results(self, op: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Result events from now on (``op`` filters by operation key), until cancelled."""
+    async def results(self, op: str | None = None) -> AsyncIterator[Result]:
+        """Every ``Result`` published from now on, anyone's (``op`` filters by operation
+        key), until the loop stops or is cancelled. At least once: deduplicate on
+        ``result.command_id`` if a repeat matters."""
         await self._listen()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[Result] = asyncio.Queue()
         self._streams.append(queue)
         try:
             while True:
-                event = await queue.get()
-                if op is None or event.get("type") == f"{op}.result":
-                    yield event
+                result = await queue.get()
+                if op is None or result.op == op:
+                    yield result
         finally:
             self._streams.remove(queue)
 
@@ -243,8 +320,8 @@ class OperationClient:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="latest"
         )
-        await consumer.start()
         try:
+            await consumer.start()
             tps = await assign_whole_topic(consumer, self.results_topic)
         except BaseException:
             await consumer.stop()
@@ -265,8 +342,11 @@ class OperationClient:
                     event = _json.loads(message.value)
                 except ValueError:
                     continue
-                future = self._waiting.get(event.get("correlationid", ""))
+                if not isinstance(event, dict):
+                    continue
+                result = Result(event)
+                future = self._waiting.get(result.correlation_id)
                 if future is not None and not future.done():
-                    future.set_result(event)
+                    future.set_result(result)
                 for queue in self._streams:
-                    queue.put_nowait(event)
+                    queue.put_nowait(result)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "oprunner-dev-secret-not-for-production-0123456789"
@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     prune_interval: float = Field(default=3600, ge=0)
     """``serve`` prunes (and makes the next audit partitions) this often; 0 leaves it to
     ``oprunner prune``."""
-    log_level: str = "INFO"
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(lambda v: str(v).upper())
+    ] = "INFO"
     log_format: Literal["json", "text"] = "json"
     source: str = "oprunner"

@@ -297,24 +297,59 @@ def _registry_or_none(target: str) -> OperationRegistry | None:
         return None
 
 
+def _known(
+    registry: OperationRegistry | None, op: str, version: str | None, app_: str, data: dict[str, Any]
+) -> None:
+    """An operation the app does not have, or input its spec refuses, is one line before
+    anything connects."""
+    from pydantic import ValidationError
+
+    from ..errors import UnknownOperation
+
+    if registry is None:
+        return
+    try:
+        registry.get(op, version).spec.io.input.model_validate(data)
+    except UnknownOperation as exc:
+        fail(f"{exc}: not in {app_} (name the app with --app module:attribute)")
+    except ValidationError as exc:
+        fail(f"invalid input: {_fields(exc)}")
+
+
+def _fields(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors())
+
+
+def _quiet_kafka() -> None:
+    """The CLI says itself what went wrong with the broker, in one line: aiokafka's own
+    connection errors and unclosed-client warnings would only repeat it, as noise."""
+    import logging
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def _kafka_error(exc: BaseException) -> bool:
+    library = type(exc).__module__.startswith(("aiokafka", "faststream"))
+    return library or isinstance(exc, OSError | TimeoutError)
+
+
 async def _with_client(settings: Settings, registry: OperationRegistry | None, fn: Any) -> Any:
     from pydantic import ValidationError
 
     from ..errors import UnknownOperation
 
+    _quiet_kafka()
     try:
         async with _client(settings, registry) as client:
             return await fn(client)
     except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
-        fail(f"invalid input: {fields}")
+        fail(f"invalid input: {_fields(exc)}")
     except UnknownOperation as exc:
         fail(f"{exc}: not in this app (name the app with --app module:attribute)")
-    except (OSError, TimeoutError) as exc:
-        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
     except Exception as exc:
-        if type(exc).__module__.startswith(("aiokafka", "faststream")):
-            fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}")
+        if _kafka_error(exc):
+            fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
         raise
 
 
@@ -329,13 +364,15 @@ def send(
 ) -> None:
     """Publish one command to the commands topic and print its id."""
     settings, data, bearer_token = _settings(), _input(input), _token(token)
+    registry = _registry_or_none(app_)
+    _known(registry, op, version, app_, data)
 
     async def run(client: Any) -> str:
         return str(
             await client.send(op, data, token=bearer_token, idempotency_key=idempotency_key, version=version)
         )
 
-    typer.echo(asyncio.run(_with_client(settings, _registry_or_none(app_), run)))
+    typer.echo(asyncio.run(_with_client(settings, registry, run)))
 
 
 @app.command()
@@ -352,6 +389,8 @@ def call(
     from ..client import CallTimeout
 
     settings, data, bearer_token = _settings(), _input(input), _token(token)
+    registry = _registry_or_none(app_)
+    _known(registry, op, version, app_, data)
 
     async def run(client: Any) -> dict[str, Any]:
         result: dict[str, Any] = await client.call(
@@ -360,7 +399,7 @@ def call(
         return result
 
     try:
-        event = asyncio.run(_with_client(settings, _registry_or_none(app_), run))
+        event = asyncio.run(_with_client(settings, registry, run))
     except CallTimeout as exc:
         fail(str(exc))
     typer.echo(json.dumps(event["data"], indent=2))
@@ -382,6 +421,7 @@ def tail(
     topics = {"results": settings.results_topic, "audit": settings.audit_topic, "dlq": settings.dlq_topic}
     if stream not in topics:
         fail("STREAM must be results, audit or dlq")
+    _quiet_kafka()
     try:
         asyncio.run(
             follow(
@@ -394,8 +434,10 @@ def tail(
                 settings.fetch_min_interval_ms,
             )
         )
-    except (OSError, TimeoutError) as exc:
-        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
+    except Exception as exc:
+        if not _kafka_error(exc):
+            raise
+        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
 
 
 @app.command()
@@ -437,10 +479,13 @@ def dlq_replay(
     from .tail import replay_dlq
 
     settings = _settings()
+    _quiet_kafka()
     try:
         count = asyncio.run(replay_dlq(settings, limit=limit, dry_run=dry_run, token=token))
-    except (OSError, TimeoutError) as exc:
-        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
+    except Exception as exc:
+        if not _kafka_error(exc):
+            raise
+        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
     typer.echo(f"{'would replay' if dry_run else 'replayed'} {count} message(s)")
 
 

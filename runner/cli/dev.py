@@ -15,12 +15,13 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import typer
 
 from ..app import App
 from ..auth import mint_token
+from ..client import Result
 from ..errors import StartupError
 from ..settings import DEV_JWT_SECRET, Settings
 from . import DEFAULT_APP
@@ -206,10 +207,10 @@ async def _demo(settings: Settings, running: Running) -> list[Step]:
     return steps
 
 
-async def _first_for(results: Any, command_id: str) -> dict[str, Any]:
-    async for event in results:
-        if event.get("causationid") == command_id:
-            return dict(event)
+async def _first_for(results: Any, command_id: str) -> Result:
+    async for result in results:
+        if result.command_id == command_id:
+            return cast(Result, result)
     raise RuntimeError("results ended")
 
 

@@ -91,8 +91,8 @@ async def follow(
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",  # for partitions added later
     )
-    await consumer.start()
     try:
+        await consumer.start()  # a failed start is stopped too: nothing left open
         tps = await assign_whole_topic(consumer, topic)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
@@ -131,10 +131,10 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: st
         session_timeout_ms=settings.session_timeout_ms,
     )
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await consumer.start()
-    await producer.start()
     count = 0
     try:
+        await consumer.start()  # a failed start is stopped too (finally): nothing left open
+        await producer.start()
         # start waited for the subscribed topic's metadata: its partitions are known here
         partitions = consumer.partitions_for_topic(settings.dlq_topic) or set()
         end = await consumer.end_offsets([TopicPartition(settings.dlq_topic, p) for p in partitions])

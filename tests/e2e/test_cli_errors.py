@@ -76,6 +76,20 @@ def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> 
         (("serve", "--workers", "0"), {}, "--workers must be at least 1"),
         (("serve", "--workers", "many"), {}, "--workers must be a number or 'auto'"),
         (("serve", "nope:registry", "--workers", "2"), {}, "cannot import 'nope'"),
+        (("serve",), {"OPRUNNER_LOG_LEVEL": "loud"}, "bad setting OPRUNNER_LOG_LEVEL"),
+        # the producer's mistakes are caught before anything connects (no broker runs here)
+        (
+            ("send", "billing.nope", "{}", "--token", "t"),
+            {},
+            "unknown operation 'billing.nope': not in handlers:app",
+        ),
+        (("call", "billing.nope", "{}", "--token", "t"), {}, "unknown operation 'billing.nope'"),
+        (
+            ("send", "billing.capturePayment", '{"amount": "-1"}', "--token", "t"),
+            {},
+            "invalid input: invoiceId: Field required; amount: Input should be greater than 0",
+        ),
+        (("send", "billing.capturePayment", "not json", "--token", "t"), {}, "INPUT"),
     ],
 )
 def test_startup_problems_are_one_line(args: tuple[str, ...], env: dict[str, str], expected: str) -> None:
@@ -91,6 +105,26 @@ def test_unreachable_broker_is_one_line(database_url: str) -> None:
         OPRUNNER_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
     )
     _one_line_error(result, "cannot reach Kafka")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tail", "results"),
+        ("dlq", "replay"),
+        (
+            "send",
+            "billing.capturePayment",
+            '{"invoiceId": "i", "amount": "1", "currency": "eur", "paymentMethodId": "pm"}',
+            "--token",
+            "t",
+        ),
+    ],
+)
+def test_an_unreachable_broker_is_one_line_for_the_producer_commands(args: tuple[str, ...]) -> None:
+    result = oprunner(*args, OPRUNNER_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    _one_line_error(result, "cannot reach Kafka at 127.0.0.1:")
+    assert "Unclosed" not in result.stderr and "Unable connect" not in result.stderr
 
 
 def test_migrate_applies_and_is_idempotent(database_url: str) -> None:
