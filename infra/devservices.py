@@ -8,6 +8,8 @@ is started from a pip-installed package on a free 127.0.0.1 port, polled until i
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -21,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 PG_USER = "oprunner-pg"
 
@@ -67,6 +69,8 @@ def _stop_pid(
 
 class LocalBroker(Protocol):
     """A Kafka-protocol broker on loopback, started and stopped by PID."""
+
+    port: int
 
     @property
     def bootstrap(self) -> str: ...
@@ -320,12 +324,15 @@ class Postgres:
         )
 
     def start(self, timeout: float = 60.0) -> Postgres:
+        """Start on ``datadir`` (created, and initialized when empty), else on a new temp dir."""
         self.user = _unprivileged_user()
         if self.datadir is None:
             base = Path(tempfile.mkdtemp(prefix="oprunner-pg-", dir="/tmp"))
-            if self.user:
-                shutil.chown(base, user=self.user)
             self.datadir = base / "data"
+        if not (self.datadir / "PG_VERSION").exists():
+            self.datadir.parent.mkdir(parents=True, exist_ok=True)
+            if self.user:
+                shutil.chown(self.datadir.parent, user=self.user)
             try:
                 self._run(
                     "initdb",
@@ -344,6 +351,9 @@ class Postgres:
 
     def start_existing(self, timeout: float = 60.0) -> None:
         assert self.datadir is not None
+        if (self.datadir / "postmaster.pid").exists():  # left running by a process killed outright
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.datadir} -c max_connections=200"
             " -c shared_buffers=128MB -c listen_addresses=127.0.0.1"
@@ -492,6 +502,114 @@ class LocalServices:
             if service is not None:
                 with contextlib.suppress(Exception):
                     service.stop()
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user who owns none of ``path``'s existing ancestors can walk down to it."""
+    return all(not part.exists() or part.stat().st_mode & 0o001 for part in [path, *path.parents])
+
+
+def _state_data_dir(state: Path, name: str) -> Path:
+    """Where a kept service's data goes: in the state dir, unless Postgres must run as another
+    user (we are root) who cannot walk down to it (under ``/root``, or pytest's temp dirs);
+    then in ``/var/tmp`` (kept across reboots, unlike ``/tmp``), named after the state dir."""
+    inside = state / name
+    if _unprivileged_user() is None or _reachable_by_others(state):
+        return inside
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
+    return Path("/var/tmp") / f"oprunner-dev-{digest}" / name
+
+
+_OURS = ("tansu", "noida-db", "infra.stripe_standin")
+
+
+def _stop_leftovers(pids: dict[str, int]) -> None:
+    """Stop what a ``dev`` killed outright left running (its Postgres is stopped by its data
+    dir's pid file instead): only processes that are still one of ours."""
+    for pid in pids.values():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone
+        if any(name in command for name in _OURS):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
+
+
+def _free_or_new(port: int | None) -> int:
+    return port if port is not None and not port_open(port) else free_port()
+
+
+def _private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds a secret)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+@dataclass
+class KeptServices:
+    """What ``kept_services`` started and where it keeps them (``state.json`` in the state dir)."""
+
+    services: LocalServices
+    state: Path
+    values: dict[str, Any]
+    fresh: bool  # the state dir was new (or reset): nothing was kept
+
+
+@contextlib.contextmanager
+def kept_services(state: Path, *, stripe: bool, reset: bool = False) -> Iterator[KeptServices]:
+    """``oprunner dev``'s services with their state kept in ``state``: the database, the
+    broker's data (noida-db; Tansu keeps none), the ports (the same again while they are
+    free) and whatever the caller stores in ``values`` (``dev`` keeps its JWT secret there).
+    ``reset`` forgets all of it first. Stopped on exit, data kept."""
+    state = state.resolve()  # Postgres is given absolute paths (its socket dir, its data)
+    pg_data, broker_data = _state_data_dir(state, "postgres"), _state_data_dir(state, "broker")
+    if reset:
+        for path in (state, pg_data.parent if pg_data.parent != state else None):
+            if path is not None and path.exists():
+                shutil.rmtree(path)
+    state.mkdir(parents=True, exist_ok=True)
+    file = state / "state.json"
+    fresh = not file.exists()
+    values: dict[str, Any] = {} if fresh else json.loads(file.read_text())
+    ports = values.setdefault("ports", {})
+    _stop_leftovers(values.pop("pids", {}))
+    services = LocalServices()
+    try:
+        postgres = Postgres(port=_free_or_new(ports.get("postgres")), datadir=pg_data / "data")
+        services.postgres = postgres.start()
+        broker = new_broker()
+        broker.port = _free_or_new(ports.get("broker"))
+        if isinstance(broker, NoidaBroker):
+            broker_data.mkdir(parents=True, exist_ok=True)
+            broker.data_dir = broker_data
+        services.broker = broker.start()
+        if stripe:
+            services.stripe = StripeStandIn(port=_free_or_new(ports.get("stripe"))).start()
+        ports.update(postgres=postgres.port, broker=broker.port)
+        if services.stripe is not None:
+            ports["stripe"] = services.stripe.port
+        running = {"broker": getattr(broker, "proc", None)}
+        if services.stripe is not None:
+            running["stripe"] = services.stripe.proc
+        # so that a dev killed outright has them stopped by the next one
+        values["pids"] = {name: proc.pid for name, proc in running.items() if proc is not None}
+        _private(file, json.dumps(values, indent=2))
+        try:
+            yield KeptServices(services, state, values, fresh)
+        finally:
+            values.pop("pids", None)  # stopped below
+            _private(file, json.dumps(values, indent=2))  # with what the caller kept
+    finally:
+        for service in (services.stripe, services.broker):
+            if service is not None:
+                with contextlib.suppress(Exception):
+                    service.stop()
+        if services.postgres is not None:
+            with contextlib.suppress(Exception):
+                services.postgres.stop(remove=False)
 
 
 @contextlib.contextmanager

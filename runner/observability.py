@@ -403,10 +403,13 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             pass
 
 
-def configure_logging(level: str, fmt: str = "json") -> None:
+def configure_logging(level: str, fmt: str = "json", *, commands: bool = False) -> None:
+    """Logs to stderr at ``level``; ``commands``: one line per command outcome at INFO
+    (``oprunner.commands``: operation, status, error code, duration, command id)."""
     handler = _Handler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("oprunner.commands").setLevel(logging.INFO if commands else logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -97,4 +97,6 @@ class Settings(BaseSettings):
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(lambda v: str(v).upper())
     ] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    log_commands: bool = False
+    """One log line per command outcome at INFO (``oprunner dev`` turns it on)."""
     source: str = "oprunner"

@@ -127,10 +127,10 @@ def run_async(main: Any) -> Any:
     return uvloop.run(main)
 
 
-def _configure_logging(level: str, fmt: str = "json") -> None:
+def _configure_logging(level: str, fmt: str = "json", commands: bool = False) -> None:
     from ..observability import configure_logging
 
-    configure_logging(level, fmt)
+    configure_logging(level, fmt, commands=commands)
 
 
 @app.command()
@@ -163,7 +163,7 @@ def serve(
     if http_fd is not None:  # a worker of a supervisor's
         die_with_supervisor()
     settings = _settings()
-    _configure_logging(settings.log_level, settings.log_format)
+    _configure_logging(settings.log_level, settings.log_format, settings.log_commands)
     try:
         count = worker_count(workers)
     except ValueError as exc:
@@ -497,16 +497,27 @@ def dev(
     target: Annotated[
         str, typer.Argument(metavar="APP", help="The app (or a registry), as module:attribute.")
     ] = DEFAULT_APP,
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Where the database, broker data, ports and secret are kept.")
+    ] = Path(".oprunner"),
+    reset: Annotated[bool, typer.Option("--reset", help="Forget the kept state first: start clean.")] = False,
+    reload: Annotated[
+        bool, typer.Option("--reload", help="Serve again whenever a .py or .sql file here changes.")
+    ] = False,
 ) -> None:
     """Start a local broker and Postgres (and a Stripe stand-in for an app that uses Stripe),
-    migrate, seed, and serve.
+    migrate, seed, and serve, logging one line per command.
 
-    Nothing to configure: every service runs on a free loopback port and is stopped on exit.
+    Nothing to configure: the services run on loopback and keep their state in --state-dir
+    (the same ports, secret and data next time; --reset forgets it). --demo uses fresh
+    services and forgets them.
     """
     from .dev import run_dev
 
-    _configure_logging("WARNING", "text")
-    raise typer.Exit(run_dev(load_app(target), demo=demo, target=target))
+    _configure_logging("WARNING", "text", commands=True)
+    raise typer.Exit(
+        run_dev(load_app(target), demo=demo, target=target, state_dir=state_dir, reset=reset, reload=reload)
+    )
 
 
 def _settings() -> Settings:

@@ -12,9 +12,12 @@ import contextlib
 import hashlib
 import hmac
 import json
+import secrets
+import shlex
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import typer
@@ -45,14 +48,14 @@ class Step:
         return self.status == self.expected
 
 
-def _settings(services: Any) -> Settings:
+def _settings(services: Any, *, secret: str = DEV_SECRET, http_port: int | None = None) -> Settings:
     from infra.devservices import free_port
 
     return Settings(
         kafka_bootstrap=services.broker.bootstrap,
         kafka_idempotent_producer=services.broker.idempotent,  # Tansu has none; noida has
         database_url=services.postgres.dsn,
-        jwt_secret=DEV_SECRET,
+        jwt_secret=secret,
         **(
             {
                 "stripe_api_key": DEV_STRIPE_KEY,
@@ -62,12 +65,13 @@ def _settings(services: Any) -> Settings:
             if services.stripe is not None
             else {}
         ),
-        http_port=free_port(),
+        http_port=http_port or free_port(),
         session_timeout_ms=6000,
         fetch_max_wait_ms=5,  # the local broker holds each fetch to its deadline
         fetch_min_interval_ms=services.broker.fetch_min_interval_ms,  # or answers it at once
         shutdown_timeout=10,
         log_level="WARNING",
+        log_commands=True,  # one line per command: operation, status, error code, time
         topic_replication_factor=1,  # one local broker
         topic_min_insync_replicas=1,
     )
@@ -253,9 +257,47 @@ def _uses_stripe(app: App) -> bool:
     return "stripe" in app.clients or "stripe" in app.webhooks
 
 
-def _banner(settings: Settings, app: App, target: str | None = None) -> str:
-    alice = mint_token(DEV_SECRET, sub="alice", tenant="acme", ttl=86400)
-    env = f"OPRUNNER_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+def _token(settings: Settings) -> str:
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else DEV_SECRET
+    return mint_token(secret, sub="alice", tenant="acme", ttl=86400)
+
+
+def _kept_token(values: dict[str, Any], secret: str) -> str:
+    """The dev token kept in the state, while it has a day left; else a new one (a week)."""
+    import jwt
+
+    kept = values.get("token")
+    if isinstance(kept, str):
+        try:
+            claims = jwt.decode(kept, secret, algorithms=["HS256"])
+            if claims.get("exp", 0) > time.time() + 86400:
+                return kept
+        except jwt.PyJWTError:
+            pass
+    values["token"] = mint_token(secret, sub="alice", tenant="acme", ttl=7 * 86400)
+    return str(values["token"])
+
+
+def exports(settings: Settings, token: str | None = None) -> dict[str, str]:
+    """The environment a shell needs to talk to what ``dev`` serves (``oprunner call``,
+    ``tail``, ``dlq``, an app's own producer), a token for alice of tenant acme included."""
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else DEV_SECRET
+    database = settings.database_url.get_secret_value() if settings.database_url else ""
+    return {
+        "OPRUNNER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": str(settings.kafka_idempotent_producer).lower(),
+        "OPRUNNER_FETCH_MIN_INTERVAL_MS": str(settings.fetch_min_interval_ms),
+        "OPRUNNER_DATABASE_URL": database,
+        "OPRUNNER_JWT_SECRET": secret,
+        "OPRUNNER_HTTP_PORT": str(settings.http_port),
+        "OPRUNNER_TOKEN": token or _token(settings),
+    }
+
+
+def _banner(
+    settings: Settings, app: App, target: str | None = None, state: Any = None, token: str | None = None
+) -> str:
+    alice = token or _token(settings)
     http = f"http://127.0.0.1:{settings.http_port}"
     specs = sorted(app.registry, key=lambda s: (s.kind != "command", s.key))
     routes = ", ".join(["POST /ops/<key>", *(f"/webhooks/{name}" for name in sorted(app.webhooks))])
@@ -267,12 +309,19 @@ def _banner(settings: Settings, app: App, target: str | None = None) -> str:
     ]
     if settings.stripe_api_base:
         lines.append(f"  Stripe       {settings.stripe_api_base}  (webhook secret {DEV_WEBHOOK_SECRET})")
+    secret = exports(settings)["OPRUNNER_JWT_SECRET"]
     lines += [
         f"  HTTP         {http}  ({routes})",
-        f"  JWT secret   {DEV_SECRET}",
+        f"  console      {http}/console  (sign in with the token)",
+        f"  JWT secret   {secret}",
         f"  token        {alice}  (alice, tenant acme)",
-        "Try:",
     ]
+    if state is not None:
+        kept = "kept from the last run" if not state.fresh else "new"
+        lines.append(f"  state        {state.state}  ({kept}; oprunner dev --reset starts clean)")
+        lines.append(f"In another shell:  source {state.state / 'env'}  (or paste these):")
+        lines += [f"  export {name}={shlex.quote(value)}" for name, value in exports(settings, alice).items()]
+    lines.append("Try:")
     if specs:
         spec = specs[0]
         example = (
@@ -281,8 +330,8 @@ def _banner(settings: Settings, app: App, target: str | None = None) -> str:
             else json.dumps(_example(spec.io.input.model_json_schema(by_alias=True)), separators=(",", ":"))
         )
         where = f" --app {target}" if target and target != DEFAULT_APP else ""
-        lines.append(f"  {env} oprunner call {spec.key} '{example}'{where} --token {alice}")
-    lines.append(f"  {env} oprunner tail results")
+        lines.append(f"  oprunner call {spec.key} '{example}'{where}")
+    lines.append("  oprunner tail results")
     return "\n".join(lines)
 
 
@@ -296,16 +345,56 @@ DEMO_APP = "billing"
 """The scripted demo drives the bundled billing app's operations."""
 
 
-def run_dev(app: App, *, demo: bool, target: str | None = None) -> int:
-    from infra.devservices import ServiceError, local_services
+def run_dev(
+    app: App,
+    *,
+    demo: bool,
+    target: str | None = None,
+    state_dir: Path | None = None,
+    reset: bool = False,
+    reload: bool = False,
+) -> int:
+    """``--demo``: fresh services, the script, everything stopped and forgotten. Otherwise
+    the services keep their state in ``state_dir`` (database, broker data, ports, secret),
+    and ``reload`` serves in a child process started again whenever a ``.py`` or ``.sql``
+    file under the current directory changes; the services stay up across reloads."""
+    from infra.devservices import ServiceError, free_port, kept_services, local_services, port_open
 
     if demo and app.name != DEMO_APP:
         typer.echo(f"oprunner: --demo runs the bundled billing app's script; {app.name!r} has none", err=True)
         return 1
     try:
-        with local_services(stripe=_uses_stripe(app)) as services:
-            settings = _settings(services)
-            return asyncio.run(_run(settings, app, demo, target))
+        if demo:
+            with local_services(stripe=_uses_stripe(app)) as services:
+                return asyncio.run(_run(_settings(services), app, demo, target))
+        with kept_services(state_dir or Path(".oprunner"), stripe=_uses_stripe(app), reset=reset) as kept:
+            secret = kept.values.setdefault("jwt_secret", secrets.token_urlsafe(32))
+            port = kept.values["ports"].get("http")
+            if port is None or port_open(port):
+                port = kept.values["ports"]["http"] = free_port()
+            settings = _settings(kept.services, secret=secret, http_port=port)
+            token = _kept_token(kept.values, secret)
+            env = kept.state / "env"  # holds the secret and a token: only its owner reads it
+            env.touch(mode=0o600, exist_ok=True)
+            env.chmod(0o600)
+            env.write_text(
+                "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports(settings, token).items())
+            )
+            banner = _banner(settings, app, target, kept, token)
+            if not reload:
+                return asyncio.run(_run(settings, app, False, target, banner=banner))
+            import watchfiles
+
+            typer.echo(banner)
+            typer.echo(f"Reloading on changes to .py and .sql files under {Path.cwd()}.")
+            watchfiles.run_process(
+                *_watched(Path.cwd(), kept.state),
+                target=_serve_reloaded,
+                args=(settings, target or DEFAULT_APP),
+                watch_filter=watchfiles.PythonFilter(extra_extensions=(".sql",)),
+                callback=lambda changes: typer.echo(f"reloading: {len(changes)} file(s) changed"),
+            )
+            return 0
     except ServiceError as exc:
         typer.echo(f"oprunner: {exc}", err=True)
         return 1
@@ -316,7 +405,29 @@ def run_dev(app: App, *, demo: bool, target: str | None = None) -> int:
         return 130
 
 
-async def _run(settings: Settings, app: App, demo: bool, target: str | None) -> int:
+def _watched(folder: Path, state: Path) -> list[Path]:
+    """What ``--reload`` watches: the folder's entries but the state dir and hidden ones. The
+    database's files change all the time; watched, they would hold every reload back to the
+    watcher's debounce bound (it waits for a quiet moment)."""
+    return sorted(p for p in folder.iterdir() if p.resolve() != state and not p.name.startswith("."))
+
+
+def _serve_reloaded(settings: Settings, target: str) -> None:
+    """One ``--reload`` generation: the app imported afresh, served until the next change."""
+    from . import _configure_logging, load_app
+
+    _configure_logging("WARNING", "text", commands=True)
+    try:
+        asyncio.run(_run(settings, load_app(target), False, target, banner=None))
+    except StartupError as exc:  # e.g. a migration that fails: say so, wait for the next change
+        typer.echo(f"oprunner: {exc}", err=True)
+    except KeyboardInterrupt:
+        pass
+
+
+async def _run(
+    settings: Settings, app: App, demo: bool, target: str | None, *, banner: str | None = None
+) -> int:
     stop = asyncio.Event()
     ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
 
@@ -337,7 +448,7 @@ async def _run(settings: Settings, app: App, demo: bool, target: str | None) -> 
         return 1
     running = ready.result()
     if not demo:
-        typer.echo(_banner(settings, app, target))
+        typer.echo(banner if banner is not None else f"ready: the app {app.name!r} is served")
         await server
         return 0
     try:

@@ -9,6 +9,7 @@ became a command. What the audit keeps of the input depends on who sent it: see
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from ..observability import Metrics, end_span
 from ..store import OutcomeRecord, Publication, Store
 from .calls import AuditDecision, Call, Outcome, Status, Verdict
 from .retries import Retrier
+
+_commands = logging.getLogger("oprunner.commands")
 
 MAX_MESSAGE = 500
 """An error message is cut to this: it may name what a caller sent (field names, reasons),
@@ -177,11 +180,18 @@ class Recorder:
         return outcome(record, ids, replayed=v.replay is not None)
 
     def finish(self, call: Call, result: Outcome) -> None:
-        """Close the command's span and count its outcome."""
+        """Close the command's span, count its outcome, and log it when ``oprunner.commands``
+        logs at INFO (``dev`` does; ``OPRUNNER_LOG_COMMANDS``)."""
         if call.span is not None:
             end_span(call.span, result.status, result.error_code)
         if self.metrics is not None:
             self.metrics.commands.labels(call.spec.key if call.spec else "unknown", result.status).inc()
+        if _commands.isEnabledFor(logging.INFO):
+            took = (time.monotonic() - call.started) * 1000
+            code = f" {result.error_code}" if result.error_code else ""
+            replay = " (stored result)" if result.replayed else ""
+            line = "%s %s%s %.1f ms%s [%s]"
+            _commands.info(line, call.op, result.status, code, took, replay, call.command.id)
 
     def dead_letter(
         self,
