@@ -785,7 +785,11 @@ def catalog(registry: OperationRegistry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(registry: OperationRegistry, settings: Settings, outdir: Path) -> list[Path]:
+def write_docs(
+    registry: OperationRegistry, settings: Settings, outdir: Path, *, stylesheet: str | None = None
+) -> list[Path]:
+    """The JSON documents, the schemas and the Markdown catalog; with ``stylesheet`` (the
+    CSS text), also the browsable pages of ``runner.docs_html`` beside it."""
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "schemas").mkdir(exist_ok=True)
     written = []
@@ -800,4 +804,10 @@ def write_docs(registry: OperationRegistry, settings: Settings, outdir: Path) ->
     for spec in registry:
         put(outdir / "schemas" / f"{_name(spec)}.input.json", json.dumps(spec.input_schema(), indent=2))
         put(outdir / "schemas" / f"{_name(spec)}.output.json", json.dumps(spec.output_schema(), indent=2))
+    if stylesheet is not None:
+        from .docs_html import STYLESHEET, html_pages
+
+        put(outdir / STYLESHEET, stylesheet)
+        for name, text in html_pages(registry, settings).items():
+            put(outdir / name, text)
     return written

@@ -9,10 +9,17 @@ sends as text, never as HTML, so what an outsider put in a command cannot run in
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from runner import _json
+from runner.docs import asyncapi
+from runner.docs_html import html_pages
+from runner.registry import OperationRegistry
+from runner.settings import Settings
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -25,10 +32,36 @@ HEADERS = {
     "Cache-Control": "no-cache",
 }
 ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+ASSET_CSS = "/console/assets/console.css"
 
 
 def _read(name: str) -> bytes:
     return resources.files(__name__).joinpath(name).read_bytes()
+
+
+def stylesheet() -> str:
+    return _read("console.css").decode()
+
+
+def docs_routes(
+    registry: OperationRegistry, settings: Settings, openapi_document: dict[str, Any]
+) -> list[Route]:
+    """``/docs/``: the pages ``oprunner docs --html`` writes, for the app being served."""
+    pages = {name: text.encode() for name, text in html_pages(registry, settings, ASSET_CSS).items()}
+    documents = {
+        "openapi.json": _json.dumps(openapi_document),
+        "asyncapi.json": _json.dumps(asyncapi(registry, settings)),
+    }
+
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("name") or "index.html"
+        if name in pages:
+            return Response(pages[name], media_type="text/html; charset=utf-8", headers=HEADERS)
+        if name in documents:
+            return Response(documents[name], media_type="application/json", headers=HEADERS)
+        return Response(b"not found", status_code=404, media_type="text/plain", headers=HEADERS)
+
+    return [Route("/docs/", page, methods=["GET"]), Route("/docs/{name}", page, methods=["GET"])]
 
 
 def routes() -> list[Route]:

@@ -444,11 +444,19 @@ def tail(
 def docs(
     outdir: Annotated[Path, typer.Argument(help="Where to write the documents.")],
     app_: AppOption = DEFAULT_APP,
+    html: Annotated[
+        bool, typer.Option("--html", help="Also browsable pages (index.html), with no script and no CDN.")
+    ] = False,
 ) -> None:
     """Write AsyncAPI, OpenAPI, a JSON Schema per spec and a Markdown catalog."""
     from ..docs import write_docs
 
-    written = write_docs(load_registry(app_), _settings(), outdir)
+    stylesheet = None
+    if html:
+        from infra.console import stylesheet as console_css
+
+        stylesheet = console_css()
+    written = write_docs(load_registry(app_), _settings(), outdir, stylesheet=stylesheet)
     typer.echo(f"wrote {len(written)} files to {outdir}")
 
 

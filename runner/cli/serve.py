@@ -17,6 +17,7 @@ from faststream.kafka import KafkaBroker
 from starlette.responses import Response
 from starlette.routing import Route
 
+from infra.console import docs_routes
 from infra.http import OpsApi, build_app
 from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay, ensure_topics
 from infra.kafka.deadletters import KafkaDeadLetters
@@ -29,6 +30,7 @@ from infra.runs import RunsApi
 
 from ..app import App, as_app
 from ..auth import CommandSigner, JwtAuthenticator, command_key
+from ..docs import openapi
 from ..errors import RegistryError, StartupError
 from ..executor import Executor, Outcome
 from ..observability import Metrics, configure_tracing
@@ -260,13 +262,17 @@ def build_http_app(
     async def kafka() -> bool:
         return bool(await broker.ping(2))
 
+    routes = [Route(path, endpoint, methods=["GET"]) for path, endpoint in extra or []]
+    if app is not None and runs is not None:  # the served app's docs pages, linked from the console
+        document = openapi(app.registry, webhook_providers=sorted(sources), metrics=bool(extra))
+        routes += docs_routes(app.registry, settings, document)
     return build_app(
         webhooks=ingress if sources else None,
         checks={"database": database, "kafka": kafka},
         ops=ops,
         runs=runs,
         body_timeout=settings.http_body_timeout,
-        extra_routes=[Route(path, endpoint, methods=["GET"]) for path, endpoint in extra or []],
+        extra_routes=routes,
     )
 
 

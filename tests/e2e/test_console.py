@@ -158,6 +158,16 @@ async def test_an_operator_sends_watches_inspects_filters_and_replays(
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     await page.set_viewport_size({"width": 1280, "height": 800})
 
+    # the docs pages, linked from the console, made from the served app's specs
+    await page.click("nav a[href='/docs/']")
+    await page.click("text=Operations")
+    await expect(page.locator("h3", has_text="ledger.credit 1.0.0")).to_be_visible()
+    await shot(page, "docs")
+    await page.click("nav a[href='http.html']")
+    await expect(page.locator("h3", has_text="POST /ops/ledger.credit")).to_be_visible()
+    await page.goto(server.url + "/console#/runs")  # the token is still this tab's
+    await expect(page.locator("#who")).to_contain_text("alice")
+
     # alice is no admin: the dead letters are not hers to see
     await page.click("nav a[data-view=dlq]")
     await expect(page.locator("#view .error")).to_contain_text("admins")
