@@ -517,21 +517,39 @@ def _state_data_dir(state: Path, name: str) -> Path:
     if _unprivileged_user() is None or _reachable_by_others(state):
         return inside
     digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
-    return Path("/var/tmp") / f"oprunner-dev-{digest}" / name
+    home = Path("/var/tmp") / f"oprunner-dev-{digest}"
+    if home.is_symlink() or (home.exists() and home.stat().st_uid != os.getuid()):
+        raise ServiceError(f"{home} is not ours (a link, or another user's): remove it, or pass --state-dir")
+    return home / name
 
 
-_OURS = ("tansu", "noida-db", "infra.stripe_standin")
+def _lock(state: Path) -> Any:
+    """An exclusive lock on the state dir for as long as the returned file stays open: two
+    ``dev`` on one state would share (and stop) each other's services."""
+    import fcntl
+
+    handle = (state / "lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ServiceError(f"another oprunner dev is using {state}; stop it, or pass --state-dir") from None
+    return handle
 
 
-def _stop_leftovers(pids: dict[str, int]) -> None:
+def _started_at(pid: int) -> str | None:
+    """The process's start time (``/proc/PID/stat`` field 22): with the pid, it names one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _stop_leftovers(pids: dict[str, Any]) -> None:
     """Stop what a ``dev`` killed outright left running (its Postgres is stopped by its data
-    dir's pid file instead): only processes that are still one of ours."""
-    for pid in pids.values():
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue  # gone
-        if any(name in command for name in _OURS):
+    dir's pid file instead): only the very processes it started (pid and start time)."""
+    for pid, started in (tuple(v) for v in pids.values() if isinstance(v, list) and len(v) == 2):
+        if started is not None and _started_at(pid) == started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, 10)
@@ -566,12 +584,18 @@ def kept_services(state: Path, *, stripe: bool, reset: bool = False) -> Iterator
     ``reset`` forgets all of it first. Stopped on exit, data kept."""
     state = state.resolve()  # Postgres is given absolute paths (its socket dir, its data)
     pg_data, broker_data = _state_data_dir(state, "postgres"), _state_data_dir(state, "broker")
-    if reset:
-        for path in (state, pg_data.parent if pg_data.parent != state else None):
-            if path is not None and path.exists():
-                shutil.rmtree(path)
-    state.mkdir(parents=True, exist_ok=True)
     file = state / "state.json"
+    if reset and state.exists():
+        if not file.exists() and any(state.iterdir()):
+            raise ServiceError(
+                f"{state} is not a dev state dir (no state.json): --reset removes nothing there"
+            )
+        _lock(state).close()  # refuses while another dev uses it
+        shutil.rmtree(state)
+        if pg_data.parent != state and pg_data.parent.exists():
+            shutil.rmtree(pg_data.parent)
+    state.mkdir(parents=True, exist_ok=True)
+    lock = _lock(state)
     fresh = not file.exists()
     values: dict[str, Any] = {} if fresh else json.loads(file.read_text())
     ports = values.setdefault("ports", {})
@@ -595,7 +619,7 @@ def kept_services(state: Path, *, stripe: bool, reset: bool = False) -> Iterator
         if services.stripe is not None:
             running["stripe"] = services.stripe.proc
         # so that a dev killed outright has them stopped by the next one
-        values["pids"] = {name: proc.pid for name, proc in running.items() if proc is not None}
+        values["pids"] = {name: [p.pid, _started_at(p.pid)] for name, p in running.items() if p is not None}
         _private(file, json.dumps(values, indent=2))
         try:
             yield KeptServices(services, state, values, fresh)
@@ -610,6 +634,7 @@ def kept_services(state: Path, *, stripe: bool, reset: bool = False) -> Iterator
         if services.postgres is not None:
             with contextlib.suppress(Exception):
                 services.postgres.stop(remove=False)
+        lock.close()
 
 
 @contextlib.contextmanager

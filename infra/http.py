@@ -299,6 +299,8 @@ class OpsApi:
 def _may_see(actor: Actor, run: Any) -> bool:
     """Its own actor (same subject and tenant) sees a run; a one-command token only its own
     command's run; an admin with a tenant that tenant's runs; an admin without one, all."""
+    if actor.ops is not None and run.op not in actor.ops:
+        return False  # a token limited to some operations sees their runs only
     if actor.bound is not None:
         return bool(run.command_id == actor.bound.command_id and run.actor_id == actor.user_id)
     if run.actor_id == actor.user_id and run.tenant_id == actor.tenant_id:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -46,12 +48,51 @@ MAX_FILTER_LENGTH = 1024
 SSE = "text/event-stream"
 
 
+MAX_ID = 2**63 - 1
+LOOKBACK = 200
+"""Ids a live stream looks back each poll for entries committed after later ones it sent
+(ids are drawn when an entry is written, not when its transaction commits)."""
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+class _Stream(StreamingResponse):
+    """A streaming answer that calls ``release`` when it ends, however it ends (a client gone
+    before the first byte included, when the body was never started)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **options: Any) -> None:
+        super().__init__(content, **options)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def _seconds_left(request: Request) -> float:
+    """Until the (verified) bearer token's ``exp``: a stream outlives no token."""
+    import jwt
+
+    token = bearer(request.headers.get("authorization")) or ""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return 0.0
+    return max(0.0, float(exp) - time.time()) if isinstance(exp, int | float) else float("inf")
+
+
 class BadQuery(ValueError):
     """A query parameter that cannot be used: the message names it."""
 
 
 def visible_to(actor: Actor, asked: RunFilter) -> RunFilter | None:
-    """``asked`` narrowed to what ``actor`` may see; None when nothing asked for is theirs."""
+    """``asked`` narrowed to what ``actor`` may see; None when nothing asked for is theirs.
+    A token limited to some operations (``ops``) sees the runs of those only."""
+    if actor.ops is not None:
+        if asked.op is not None and asked.op not in actor.ops:
+            return None
+        asked = replace(asked, ops=actor.ops)
     if actor.bound is not None:
         if asked.command_id not in (None, actor.bound.command_id):
             return None
@@ -91,7 +132,7 @@ def _int(request: Request, name: str, *, low: int, high: int) -> int | None:
     value = _text(request, name)
     if value is None:
         return None
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:  # ASCII digits only
         raise BadQuery(f"{name}: a whole number from {low} to {high}")
     return int(value)
 
@@ -173,7 +214,11 @@ class RunsApi:
     dlq: DeadLetters | None = None
     poll_interval: float = 0.5
     keepalive: float = 15.0
+    max_streams: int = 32
+    max_streams_per_actor: int = 4
+    stream_seconds: float = 900.0
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
+    _streams: dict[tuple[str, str, str | None], int] = field(default_factory=dict)
 
     def close(self) -> None:
         self._closing.set()
@@ -205,22 +250,18 @@ class RunsApi:
         try:
             asked = run_filter(request)
             limit = _int(request, "limit", low=1, high=MAX_PAGE) or DEFAULT_PAGE
-            cursor = _int(request, "cursor", low=0, high=2**63 - 1)
-            after = _int(request, "after", low=0, high=2**63 - 1)
+            cursor = _int(request, "cursor", low=0, high=MAX_ID)
+            after = _int(request, "after", low=0, high=MAX_ID)
             resume = request.headers.get("last-event-id")
             if resume is not None:
-                if not resume.isdigit() or int(resume) > 2**63 - 1:
+                if not _DIGITS.fullmatch(resume) or int(resume) > MAX_ID:
                     raise BadQuery("Last-Event-ID: an id this stream sent")
                 after = int(resume)
         except BadQuery as exc:
             return _bad(str(exc))
         where = visible_to(actor, asked)
         if SSE in request.headers.get("accept", ""):
-            return StreamingResponse(
-                self._stream(where, after),
-                media_type=SSE,
-                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-            )
+            return await self._open_stream(request, actor, where, after)
         if where is None:
             return JSONResponse({"runs": [], "next": None})
         try:
@@ -234,35 +275,81 @@ class RunsApi:
             headers={"Cache-Control": "no-store"},
         )
 
-    async def _stream(self, where: RunFilter | None, after: int | None) -> AsyncIterator[bytes]:
-        """Entries as they are recorded, from ``after`` (or from now), until the client goes
-        away or the server drains. A store outage is a comment, and the stream goes on."""
+    async def _open_stream(
+        self, request: Request, actor: Actor, where: RunFilter | None, after: int | None
+    ) -> Response:
+        """A live stream, if there is room for one: each holds an HTTP request slot for as long
+        as it lasts, so there are at most ``max_streams`` (``max_streams_per_actor`` each), and
+        each ends after ``stream_seconds`` or when its token expires (a client reconnects with
+        ``Last-Event-ID``). Where it starts is read before the answer, so whatever is recorded
+        once the client has the headers is sent."""
+        who = (actor.kind, actor.user_id, actor.tenant_id)
+        if (
+            sum(self._streams.values()) >= self.max_streams
+            or self._streams.get(who, 0) >= self.max_streams_per_actor
+        ):
+            return JSONResponse(
+                {"error": "too many live streams are open; try again later"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        if where is not None and after is None:
+            try:
+                newest = await self.executor.store.list_runs(where, limit=1)
+            except Exception:
+                _log.warning("could not open a live stream of runs", exc_info=True)
+                return _unavailable()
+            after = newest[0].id if newest else 0
+        lasts = min(self.stream_seconds, _seconds_left(request))
+        self._streams[who] = self._streams.get(who, 0) + 1
+
+        def release() -> None:
+            self._streams[who] -= 1
+            if not self._streams[who]:
+                del self._streams[who]
+
+        return _Stream(
+            self._stream(where, after or 0, lasts),
+            release,
+            media_type=SSE,
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(self, where: RunFilter | None, after: int, lasts: float) -> AsyncIterator[bytes]:
+        """Entries as they are recorded after ``after``, until the client goes away, the server
+        drains or ``lasts`` seconds pass. Ids are taken when an entry is written, not when it
+        commits, so one can become visible after a later one was sent: each poll looks back
+        ``LOOKBACK`` ids for those, and sends each id once. A store outage is a comment (and
+        one log line), and the stream goes on."""
         yield b": oprunner runs\n\n"  # the headers go out at once: the client knows it is connected
+        deadline = asyncio.get_running_loop().time() + lasts
         if where is None:
-            await self._closing.wait()
+            await self._pause(lasts)
             return
         store = self.executor.store
-        while after is None and not self._closing.is_set():
+        floor = after  # the client has what came before (or asked to start here)
+        sent: dict[int, None] = {}  # ids sent lately, oldest first (bounded)
+        quiet, failing = 0.0, False
+        window = LOOKBACK + MAX_PAGE  # the looked-back ids hold at most LOOKBACK entries
+        while not self._closing.is_set() and asyncio.get_running_loop().time() < deadline:
             try:
-                newest = await store.list_runs(where, limit=1)
-                after = newest[0].id if newest else 0
+                entries = await store.list_runs(where, after=max(floor, after - LOOKBACK), limit=window)
+                failing = False
             except Exception:
+                if not failing:
+                    _log.warning("live runs: could not read the store", exc_info=True)
+                failing, entries = True, []
                 yield b": store unavailable\n\n"
-                await self._pause(self.poll_interval)
-        quiet = 0.0
-        while not self._closing.is_set():
-            try:
-                entries = await store.list_runs(where, after=after, limit=MAX_PAGE)
-            except Exception:
-                _log.warning("live runs: could not read the store", exc_info=True)
-                entries = []
-                yield b": store unavailable\n\n"
-            for entry in entries:
-                after = entry.id
+            fresh = [e for e in entries if e.id not in sent]
+            for entry in fresh:
+                sent[entry.id] = None
+                after = max(after, entry.id)
                 yield b"event: run\nid: %d\ndata: %s\n\n" % (entry.id, _json.dumps(entry.to_json()))
-            if len(entries) == MAX_PAGE:
+            while len(sent) > 2 * window:
+                del sent[next(iter(sent))]
+            if len(entries) == window and fresh:
                 continue  # behind: read on at once
-            quiet = 0.0 if entries else quiet + self.poll_interval
+            quiet = 0.0 if fresh else quiet + self.poll_interval
             if quiet >= self.keepalive:
                 quiet = 0.0
                 yield b": keepalive\n\n"
@@ -273,9 +360,12 @@ class RunsApi:
             await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _admin(self, request: Request) -> Actor | Response:
+        """The admin asking about dead letters, or the answer when it is none (or none are served)."""
         actor = self._actor(request)
         if isinstance(actor, Actor) and (actor.kind != "admin" or actor.bound is not None):
             return JSONResponse({"error": "dead letters are for admins"}, status_code=403)
+        if self.dlq is None:
+            return JSONResponse({"error": "no dead-letter topic is served here"}, status_code=404)
         return actor
 
     async def dead_letters(self, request: Request) -> Response:
@@ -284,8 +374,7 @@ class RunsApi:
         actor = self._admin(request)
         if isinstance(actor, Response):
             return actor
-        if self.dlq is None:
-            return JSONResponse({"error": "no dead-letter topic is served here"}, status_code=404)
+        assert self.dlq is not None  # _admin answered otherwise
         try:
             limit = _int(request, "limit", low=1, high=MAX_PAGE) or DEFAULT_PAGE
         except BadQuery as exc:
@@ -304,21 +393,20 @@ class RunsApi:
         actor = self._admin(request)
         if isinstance(actor, Response):
             return actor
-        if self.dlq is None:
-            return JSONResponse({"error": "no dead-letter topic is served here"}, status_code=404)
+        assert self.dlq is not None  # _admin answered otherwise
         try:
-            body = _json.loads(await _small_body(request))
+            body = _json.loads(await asyncio.wait_for(_small_body(request), 30))
             where = [(int(e["partition"]), int(e["offset"])) for e in body["entries"]]
             if not 0 < len(where) <= MAX_PAGE or any(p < 0 or o < 0 for p, o in where):
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, TimeoutError):
             return _bad(f'body: {{"entries": [{{"partition": P, "offset": O}}, ...]}}, 1 to {MAX_PAGE}')
         token = bearer(request.headers.get("authorization"))
         try:
             found = await self.dlq.find(where)
             letters = [d for d in found if _administers_letter(actor, d.sender)]
             runnable = [d for d in letters if d.header("dlq-truncated") != "true"]
-            await self.dlq.replay(runnable, token, (actor.user_id, actor.tenant_id))
+            await self.dlq.replay(runnable, token, (actor.user_id, actor.tenant_id, actor.kind))
         except Exception:
             _log.warning("could not replay dead letters", exc_info=True)
             return JSONResponse(

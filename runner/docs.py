@@ -193,7 +193,11 @@ _COMPONENTS: dict[str, Any] = {
         "description": "One outcome in the audit log: an entry of the runs list.",
         "required": ["id", "commandId", "op", "status", "recordedAt", "replayed"],
         "properties": {
-            "id": {"type": "integer", "description": "increasing; the live stream's event id"},
+            "id": {
+                "type": "integer",
+                "description": "the list's order and cursor, the live stream's event id (drawn when the "
+                "entry is written: one may commit after a later one)",
+            },
             "commandId": {"type": "string"},
             "op": {"type": "string", "description": "empty for a dead letter"},
             "version": {"type": ["string", "null"]},
@@ -511,6 +515,24 @@ def openapi(
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         },
     ]
+    paging.append(
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "description": "live stream only: send the entries after this id (default: from now)",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    )
+    paging.append(
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "required": False,
+            "description": "live stream only: the last id received, to go on from it after a reconnect",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    )
     listing = {
         "type": "object",
         "required": ["runs", "next"],
@@ -551,7 +573,7 @@ def openapi(
             "summary": "The newest dead letters, with their reasons",
             "description": dead_letters_only + ".",
             "operationId": "listDeadLetters",
-            "parameters": [paging[0]],
+            "parameters": [paging[0]],  # limit
             "security": [{"bearer": []}],
             "responses": {
                 "200": _respond(

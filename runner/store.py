@@ -274,6 +274,8 @@ class RunFilter:
     since: datetime | None = None
     until: datetime | None = None
     actor: tuple[str | None, str | None] | None = None
+    ops: frozenset[str] | None = None
+    """Only these operations (a token limited by its ``ops`` claim sees only those runs)."""
     replays: bool = False
     """Include the entries of stored results sent again (a redelivery, a repeated key)."""
 

@@ -389,4 +389,6 @@ def _matches(entry: AuditEntry, where: RunFilter) -> bool:
         return False
     if where.actor is not None and where.actor != (entry.actor_id, entry.tenant_id):
         return False
+    if where.ops is not None and entry.op not in where.ops:
+        return False
     return where.replays or not entry.data.get("replayed")

@@ -88,8 +88,9 @@ function example(schema, defs) {
   return { string: "example", number: 1, integer: 1, boolean: false, array: [] }[schema.type] ?? null;
 }
 
-async function showSpecs(key) {
+async function showSpecs(key, current) {
   const all = await specs();
+  if (!current()) return;
   const list = el("ul", { class: "cards" }, all.map((s) => el("li", {},
     el("a", { href: `#/specs/${encodeURIComponent(s.key)}`, "aria-current": s.key === key ? "true" : false },
       el("strong", {}, s.key), " ", el("span", { class: "muted" }, `${s.version} · ${s.kind} · ${s.stability}`),
@@ -151,8 +152,9 @@ function runRow(r) {
     el("td", { class: "wide" }, r.durationMs === null ? "" : `${r.durationMs} ms`));
 }
 
-async function showRuns(query) {
+async function showRuns(query, current) {
   const all = await specs();
+  if (!current()) return;
   const form = el("form", { class: "filters", id: "run-filters" },
     el("div", {}, el("label", { for: "f-op" }, "Operation"),
       el("select", { id: "f-op", name: "op" }, el("option", { value: "" }, "any"),
@@ -180,17 +182,22 @@ async function showRuns(query) {
     const q = new URLSearchParams(params);
     if (cursor) q.set("cursor", cursor);
     const { status, body } = await api(`/ops/runs?${q}`);
-    if (status !== 200) { rows.append(el("tr", {}, el("td", { colspan: 6, class: "error" }, body ? body.error : `HTTP ${status}`))); return; }
+    if (status !== 200) { rows.append(el("tr", {}, el("td", { colspan: 6, class: "error" }, body ? body.error : `HTTP ${status}`))); return 0; }
     rows.append(...body.runs.map(runRow));
     cursor = body.next;
     more.hidden = cursor === null;
+    return body.runs.length ? body.runs[0].id : 0;
   };
   more.addEventListener("click", page);
   view().replaceChildren(el("h2", {}, "Runs ", live), form,
     el("table", {}, el("thead", {}, el("tr", {}, ["Recorded", "Operation", "Status", "Actor", "Error", "Took"].map(
       (h, i) => el("th", { class: i === 3 || i === 5 ? "wide" : false, scope: "col" }, h)))), rows), more);
-  await page();
-  stream(params, (entry) => {
+  const first = await page();
+  if (!current()) return;
+  // from the newest entry the first page showed (0: none matched yet), so nothing falls between
+  const live_params = new URLSearchParams(params);
+  live_params.set("after", String(first));
+  stream(live_params, (entry) => {
     if (!rows.querySelector(`tr[data-command="${CSS.escape(entry.commandId)}"]`)) rows.prepend(runRow(entry));
   }, live);
 }
@@ -206,6 +213,8 @@ function stream(params, onEntry, indicator) {
         const headers = { Authorization: `Bearer ${token()}`, Accept: "text/event-stream" };
         if (lastId !== null) headers["Last-Event-ID"] = lastId;
         const response = await fetch(`/ops/runs?${params}`, { headers, signal: control.signal });
+        if (response.status === 401) { signOut("Your token was refused; sign in again."); return; }
+        if (response.status === 400) { indicator.textContent = "not live: the filter was refused"; return; }
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         indicator.textContent = "● live";
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -247,8 +256,9 @@ function shownInput(value) {
   return pre;
 }
 
-async function showRun(id) {
+async function showRun(id, current) {
   const { status, body } = await api(`/ops/runs/${encodeURIComponent(id)}`);
+  if (!current()) return;
   if (status !== 200) { view().replaceChildren(el("h2", {}, "Run"), el("p", { class: "error" }, body ? body.error : `HTTP ${status}`)); return; }
   const result = body.result || {};
   view().replaceChildren(
@@ -272,8 +282,9 @@ async function showRun(id) {
 
 // -- dead letters ----------------------------------------------------------------------
 
-async function showDlq() {
+async function showDlq(current) {
   const { status, body } = await api("/ops/dlq");
+  if (!current()) return;
   if (status !== 200) { view().replaceChildren(el("h2", {}, "Dead letters"), el("p", { class: "error" }, body ? body.error : `HTTP ${status}`)); return; }
   const out = el("p", { id: "replay-result", "aria-live": "polite" });
   const rows = body.deadLetters.map((d) => el("tr", {},
@@ -364,13 +375,13 @@ function ms(seconds) {
   return seconds === Infinity ? "> largest bucket" : `≤ ${Math.round(seconds * 1000 * 10) / 10} ms`;
 }
 
-async function showOverview() {
+async function showOverview(current) {
   const box = el("div", { id: "overview" });
   view().replaceChildren(el("h2", {}, "Overview"), el("p", { class: "muted" },
     "From this service's /metrics, every 2 s (all workers); rates over the last two minutes seen here."), box);
   const control = new AbortController();
   stopStream = () => control.abort();
-  while (!control.signal.aborted) {
+  while (!control.signal.aborted && current()) {
     try {
       const response = await fetch("/metrics", { signal: control.signal });
       history.push(sample(parseMetrics(await response.text()), Date.now()));
@@ -403,24 +414,30 @@ async function showOverview() {
 
 // -- routing ---------------------------------------------------------------------------
 
+let generation = 0; // a view still loading when the route changes must not draw over the next
+
 async function route() {
   stopStream();
   stopStream = () => {};
+  const mine = ++generation;
   if (!token()) { signOut(); return; }
   document.getElementById("signin").hidden = true;
-  const [path, search] = (location.hash.slice(1) || "/runs").split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  for (const a of document.querySelectorAll("nav a[data-view]")) {
-    if (a.dataset.view === parts[0]) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
-  }
   try {
-    if (parts[0] === "specs") await showSpecs(parts[1]);
-    else if (parts[0] === "runs" && parts.length > 1) await showRun(parts.slice(1).join("/"));
-    else if (parts[0] === "dlq") await showDlq();
-    else if (parts[0] === "overview") await showOverview();
-    else await showRuns(new URLSearchParams(search || ""));
+    const [path, search] = (location.hash.slice(1) || "/runs").split("?");
+    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    for (const a of document.querySelectorAll("nav a[data-view]")) {
+      if (a.dataset.view === parts[0]) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    }
+    const current = () => mine === generation;
+    if (parts[0] === "specs") await showSpecs(parts[1], current);
+    else if (parts[0] === "runs" && parts.length > 1) await showRun(parts.slice(1).join("/"), current);
+    else if (parts[0] === "dlq") await showDlq(current);
+    else if (parts[0] === "overview") await showOverview(current);
+    else await showRuns(new URLSearchParams(search || ""), current);
   } catch (e) {
-    if (e.message !== "401") view().replaceChildren(el("p", { class: "error" }, `Could not load: ${e.message}`));
+    if (e.message !== "401" && mine === generation) {
+      view().replaceChildren(el("p", { class: "error" }, `Could not load: ${e.message}`));
+    }
   }
 }
 

@@ -34,12 +34,19 @@ class DeadLetter:
     offset: int
     timestamp: int  # ms, the broker's
     key: bytes | None
-    value: bytes
+    value: bytes  # the first PREVIEW_BYTES only, in a listing (``newest``)
     headers: tuple[tuple[str, bytes], ...]
+    size: int = -1  # the value's bytes on the topic; -1: len(value)
+
+    @property
+    def bytes(self) -> int:
+        return self.size if self.size >= 0 else len(self.value)
 
     def header(self, name: str) -> str | None:
-        raw = next((v for k, v in self.headers if k == name), None)
-        return raw.decode("utf-8", "replace") if raw is not None else None
+        """The runner's own ``dlq-*`` header: the last of that name (it adds them after the
+        message's own, which it drops since; one written before that fix could be a sender's)."""
+        found = [v for k, v in self.headers if k == name]
+        return found[-1].decode("utf-8", "replace") if found else None
 
     @property
     def sender(self) -> dict[str, Any] | None:
@@ -54,20 +61,29 @@ class DeadLetter:
             "code": self.header("dlq-code"),
             "reason": self.header("dlq-reason"),
             "source": "/".join(str(self.header(f"dlq-{n}")) for n in ("topic", "partition", "offset")),
-            "bytes": len(self.value),
+            "bytes": self.bytes,
             "truncated": self.header("dlq-truncated") == "true",
-            "originalBytes": int(self.header("dlq-original-bytes") or len(self.value)),
+            "originalBytes": _number(self.header("dlq-original-bytes")) or self.bytes,
             "sender": self.sender,
-            "attempts": int(attempts) if attempts and attempts.isdigit() else None,
+            "attempts": _number(attempts),
             "lastError": self.header("dlq-last-error"),
             "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
             "preview": self.value[:PREVIEW_BYTES].decode("utf-8", "replace"),
         }
 
 
+def _number(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) < 19 else None
+
+
 def sender_of(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, Any] | None:
-    """Who sent a dead letter, when their token verified (its ``dlq-actor`` header)."""
-    raw = next((v for k, v in headers if k == "dlq-actor"), None)
+    """Who sent a dead letter, when their token verified (its ``dlq-actor`` header). More than
+    one such header means a sender wrote one of them (before the runner dropped those): then
+    nobody is known to have sent it, and no token is lent to it."""
+    found = [v for k, v in headers if k.lower() == "dlq-actor"]
+    if len(found) != 1:
+        return None
+    raw = found[0]
     try:
         sender = json.loads(raw) if raw else None
     except ValueError:
@@ -79,11 +95,12 @@ def replay_headers(
     headers: Sequence[tuple[str, bytes | None]], sender: dict[str, Any] | None, token: str | None, owner: Any
 ) -> list[tuple[str, bytes]]:
     """A dead letter's headers for its replay: no ``dlq-*``, no token; ``token`` only when
-    ``owner`` (``(sub, tenant)`` of that token) is who sent it."""
-    out = [(k, v or b"") for k, v in headers if not k.startswith("dlq-") and k.lower() != "authorization"]
-    mine = (
-        sender is not None and owner is not None and (sender.get("sub"), sender.get("tenant")) == tuple(owner)
-    )
+    ``owner`` (``(sub, tenant, kind)`` of that token) is who sent it."""
+    out = [
+        (k, v or b"") for k, v in headers if not k.lower().startswith("dlq-") and k.lower() != "authorization"
+    ]
+    who = (sender.get("sub"), sender.get("tenant"), sender.get("kind", "user")) if sender else None
+    mine = who is not None and owner is not None and who == tuple(owner)
     if token is not None and mine:
         out.append(("authorization", f"Bearer {token}".encode()))
     return out
@@ -102,7 +119,9 @@ class KafkaDeadLetters:
         self.commands_topic = commands_topic
         self.publish = publish
 
-    async def _reading(self, ranges: Ranges) -> list[DeadLetter]:
+    async def _reading(
+        self, ranges: Ranges, *, whole: bool = True, keep: Callable[[int, int], bool] | None = None
+    ) -> list[DeadLetter]:
         """Read each partition over the ``[start, stop)`` that ``ranges(partitions, begin,
         end)`` gives it (bounded by the end offsets at the start)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
@@ -131,11 +150,12 @@ class KafkaDeadLetters:
                             m.offset,
                             m.timestamp,
                             m.key,
-                            m.value or b"",
+                            (m.value or b"") if whole else (m.value or b"")[:PREVIEW_BYTES],
                             tuple((k, v or b"") for k, v in m.headers or ()),
+                            len(m.value or b""),
                         )
                         for m in messages
-                        if m.offset < stop
+                        if m.offset < stop and (keep is None or keep(tp.partition, m.offset))
                     ]
                     if messages and messages[-1].offset + 1 >= stop:
                         consumer.pause(tp)  # its range is read: fetch nothing more of it
@@ -145,7 +165,9 @@ class KafkaDeadLetters:
 
     async def newest(self, limit: int) -> list[DeadLetter]:
         """The last ``limit`` of each partition, newest first."""
-        letters = await self._reading(lambda tps, begin, end: {tp: (end[tp] - limit, end[tp]) for tp in tps})
+        letters = await self._reading(
+            lambda tps, begin, end: {tp: (end[tp] - limit, end[tp]) for tp in tps}, whole=False
+        )
         return sorted(letters, key=lambda d: (d.timestamp, d.offset), reverse=True)[:limit]
 
     async def find(self, where: Sequence[tuple[int, int]]) -> list[DeadLetter]:
@@ -156,9 +178,10 @@ class KafkaDeadLetters:
             low, high = span.get(partition, (offset, offset + 1))
             span[partition] = (min(low, offset), max(high, offset + 1))
         letters = await self._reading(
-            lambda tps, begin, end: {tp: span[tp.partition] for tp in tps if tp.partition in span}
+            lambda tps, begin, end: {tp: span[tp.partition] for tp in tps if tp.partition in span},
+            keep=lambda partition, offset: (partition, offset) in wanted,  # only those are held
         )
-        return [d for d in letters if (d.partition, d.offset) in wanted]
+        return letters
 
     async def replay(self, letters: Sequence[DeadLetter], token: str | None, owner: Any) -> None:
         await self.publish(

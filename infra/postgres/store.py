@@ -389,10 +389,14 @@ def _run_conditions(where: RunFilter) -> tuple[list[str], list[Any]]:
         add("recorded_at >= {}", where.since)
     if where.until is not None:
         add("recorded_at < {}", where.until)
-    if where.actor is not None:
-        subject, tenant = where.actor
-        add("actor_id IS NOT DISTINCT FROM {}::text", subject)
-        add(f"{_TENANT} IS NOT DISTINCT FROM {{}}::text", tenant)
+    if where.actor is not None:  # "=" or IS NULL, never IS NOT DISTINCT FROM: indexes serve these
+        for column, value in zip(("actor_id", _TENANT), where.actor, strict=True):
+            if value is None:
+                conditions.append(f"{column} IS NULL")
+            else:
+                add(f"{column} = {{}}", value)
+    if where.ops is not None:
+        add("op = ANY({}::text[])", sorted(where.ops))
     if not where.replays:
         conditions.append("NOT coalesce((data ->> 'replayed')::boolean, false)")
     return conditions, args

@@ -168,8 +168,8 @@ async def replay_dlq(settings: Settings, *, limit: int, dry_run: bool, token: st
     return count
 
 
-def _claims_of(token: str) -> tuple[Any, Any] | None:
-    """``(sub, tenant)`` of a token, unverified: the runner verifies it when the command runs;
+def _claims_of(token: str) -> tuple[Any, Any, Any] | None:
+    """``(sub, tenant, kind)`` of a token, unverified: the runner verifies it when the command runs;
     here it only says whose dead letters it may go back on."""
     import jwt
 
@@ -177,4 +177,4 @@ def _claims_of(token: str) -> tuple[Any, Any] | None:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
         return None
-    return claims.get("sub"), claims.get("tenant")
+    return claims.get("sub"), claims.get("tenant"), claims.get("kind", "user")

@@ -208,13 +208,14 @@ class Recorder:
         """The dead-letter message (to ``topic``, its value cut to ``max_value`` bytes) and its
         audit event, recorded through the outbox like any outcome. The token is not kept; who
         sent it is (``dlq-actor``, when it verified), so a replay can give an operator's token
-        back only to that sender's commands."""
+        back only to that sender's commands. The sender's own ``dlq-*`` headers are dropped:
+        only the runner says who sent a dead letter, and why."""
         value = message.value
         headers: tuple[tuple[str, bytes], ...] = (
             *(
                 (visible(str(k)), (v or b"").replace(b"\x00", b"\\u0000"))  # storable, NUL written out
                 for k, v in message.headers
-                if str(k).lower() != "authorization"
+                if str(k).lower() != "authorization" and not str(k).lower().startswith("dlq-")
             ),
             ("dlq-reason", reason.encode()[:1000]),
             ("dlq-code", code.encode()),

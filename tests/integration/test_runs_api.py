@@ -5,6 +5,7 @@ see it and by no one else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -128,13 +129,15 @@ async def test_bad_queries_and_missing_tokens_get_a_clear_answer(server: ServePr
             ({"cursor": "-1"}, "cursor"),
             ({"op": "x" * 2000}, "op"),
             ({"actor": "a\x00b"}, "actor"),
+            ({"limit": "\u00b2"}, "limit"),  # a digit to str.isdigit, not to int()
+            ({"cursor": "9" * 5000}, "cursor"),
         ]:
             r = await http.get("/ops/runs", params=query, headers=ALICE)
             assert r.status_code == 400 and r.json()["error"].startswith(named), (query, r.text)
-        r = await http.get(
-            "/ops/runs", headers={**ALICE, "accept": "text/event-stream", "last-event-id": "x"}
-        )
-        assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"]
+        for resume in ("x", "\xb2", "9" * 5000):
+            streamed = {**ALICE, "accept": "text/event-stream", "last-event-id": resume}
+            r = await http.get("/ops/runs", headers=streamed)
+            assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"]
 
 
 async def test_a_runs_page_has_its_audit_trail_attempts_timings_and_trace(server: ServeProcess) -> None:
@@ -289,3 +292,35 @@ async def test_admins_list_and_replay_dead_letters_and_lend_their_token_to_their
         await results.until(lambda ms: {"parked-alice", "parked-ops"} <= caused(ms), timeout=60)
     statuses = {e["causationid"]: e["data"]["status"] for e in results.events()}
     assert statuses == {"parked-ops": "succeeded", "parked-alice": "denied"}
+
+
+async def test_a_token_limited_to_some_operations_sees_only_their_runs(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        done = await credit(http, "a1", ALICE)
+        other_op = bearer("alice", tenant="t1", ops=["ledger.debit"])  # the same alice, another op
+        assert await listed(http, other_op) == []
+        assert await listed(http, other_op, op="ledger.credit") == []
+        assert (await http.get(f"/ops/runs/{done['commandId']}", headers=other_op)).status_code == 404
+        its_op = bearer("alice", tenant="t1", ops=["ledger.credit"])
+        assert [r["commandId"] for r in await listed(http, its_op)] == [done["commandId"]]
+
+
+async def test_live_streams_are_bounded_per_actor(server: ServeProcess) -> None:
+    headers = {**ALICE, "accept": "text/event-stream"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=None)) as http:
+        async with contextlib.AsyncExitStack() as open_streams:
+            for _ in range(4):
+                r = await open_streams.enter_async_context(http.stream("GET", "/ops/runs", headers=headers))
+                assert r.status_code == 200
+            refused = await http.get("/ops/runs", headers=headers)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+            bobs = await http.get("/ops/runs", headers={**BOB, "accept": "application/json"})
+            assert bobs.status_code == 200
+        # closed by the client, each gives its place back (once the server sees it gone)
+        deadline = time.monotonic() + 20
+        while True:
+            async with http.stream("GET", "/ops/runs", headers=headers) as again:
+                if again.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the closed streams kept their places"
+            await asyncio.sleep(0.1)

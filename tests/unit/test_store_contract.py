@@ -559,6 +559,8 @@ class StoreContract:
         assert await ids(RunFilter(actor=("alice", "t1"))) == ["a"]
         assert await ids(RunFilter(actor=("alice", None))) == ["d"]
         assert await ids(RunFilter(actor=(None, None))) == ["e"]
+        assert await ids(RunFilter(ops=frozenset({"docs.read", "docs.other"}))) == ["b"]
+        assert await ids(RunFilter(ops=frozenset(), actor=("alice", "t1"))) == []
         everything = await store.list_runs(RunFilter())
         middle = sorted(e.recorded_at for e in everything)[2]
         assert len(await ids(RunFilter(since=middle))) + len(await ids(RunFilter(until=middle))) == 5
