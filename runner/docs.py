@@ -491,8 +491,9 @@ def openapi(
             },
         }
     }
+    text_filter = {"type": "string", "maxLength": 1024, "pattern": "^[^\\u0000]*$"}  # no U+0000
     filters = [
-        {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+        {"name": name, "in": "query", "required": False, "description": text, "schema": dict(text_filter)}
         for name, text in _RUN_FILTERS
     ]
     filters[1]["schema"] = {"enum": ["succeeded", "failed", "rejected", "denied"]}
@@ -524,15 +525,6 @@ def openapi(
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         }
     )
-    paging.append(
-        {
-            "name": "Last-Event-ID",
-            "in": "header",
-            "required": False,
-            "description": "live stream only: the last id received, to go on from it after a reconnect",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-        }
-    )
     listing = {
         "type": "object",
         "required": ["runs", "next"],
@@ -547,7 +539,9 @@ def openapi(
             "a live stream of new ones",
             "description": "A user or service sees their own, a tenant's admin the tenant's, an admin "
             "without a tenant all. As Server-Sent Events, each entry is an `event: run` whose `id` is "
-            "the entry's; reconnect with `Last-Event-ID` to go on from it.",
+            "the entry's; reconnect with the `Last-Event-ID` header (the last id received, as EventSource "
+            "sends it) to go on from it. A stream ends after 15 minutes or with its token; at most 32 are "
+            "open, 4 per actor (past that, 503 with `Retry-After`).",
             "operationId": "listRuns",
             "parameters": filters + paging,
             "security": [{"bearer": []}],

@@ -358,7 +358,12 @@ def run_dev(
     the services keep their state in ``state_dir`` (database, broker data, ports, secret),
     and ``reload`` serves in a child process started again whenever a ``.py`` or ``.sql``
     file under the current directory changes; the services stay up across reloads."""
+    import faulthandler
+    import signal
+
     from infra.devservices import ServiceError, free_port, kept_services, local_services, port_open
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it now, on stderr
 
     if demo and app.name != DEMO_APP:
         typer.echo(f"oprunner: --demo runs the bundled billing app's script; {app.name!r} has none", err=True)
@@ -385,6 +390,9 @@ def run_dev(
                 return asyncio.run(_run(settings, app, False, target, banner=banner))
             import watchfiles
 
+            # Ctrl-C (SIGINT) stops the watcher even when this process was started with SIGINT
+            # ignored (a background job of a script), as serve's own handler does for serve.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             typer.echo(banner)
             typer.echo(f"Reloading on changes to .py and .sql files under {Path.cwd()}.")
             watchfiles.run_process(

@@ -4,6 +4,7 @@ one line per command; ``--reload`` serves the edited code without restarting the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -78,7 +79,15 @@ class Dev:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        return self.proc.wait(60)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # dev dumps its threads' stacks to stderr
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(3)
+            raise AssertionError(
+                f"dev did not stop on SIGINT: {self.stdout()[-2000:]} {self.stderr()[-6000:]}"
+            ) from None
 
 
 @pytest.fixture

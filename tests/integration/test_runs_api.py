@@ -134,7 +134,7 @@ async def test_bad_queries_and_missing_tokens_get_a_clear_answer(server: ServePr
         ]:
             r = await http.get("/ops/runs", params=query, headers=ALICE)
             assert r.status_code == 400 and r.json()["error"].startswith(named), (query, r.text)
-        for resume in ("x", "\xb2", "9" * 5000):
+        for resume in ("x", b"\xb2", "9" * 5000):  # bytes: a header value past ASCII
             streamed = {**ALICE, "accept": "text/event-stream", "last-event-id": resume}
             r = await http.get("/ops/runs", headers=streamed)
             assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"]
