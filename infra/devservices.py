@@ -349,11 +349,17 @@ class Postgres:
         self.start_existing(timeout)
         return self
 
-    def start_existing(self, timeout: float = 60.0) -> None:
+    def stop_running(self) -> None:
+        """Stop a server left running on ``datadir`` by a process killed outright, if any."""
         assert self.datadir is not None
-        if (self.datadir / "postmaster.pid").exists():  # left running by a process killed outright
+        if (self.datadir / "postmaster.pid").exists():
+            self.user = self.user or _unprivileged_user()
             with contextlib.suppress(subprocess.CalledProcessError):
                 self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+
+    def start_existing(self, timeout: float = 60.0) -> None:
+        assert self.datadir is not None
+        self.stop_running()
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.datadir} -c max_connections=200"
             " -c shared_buffers=128MB -c listen_addresses=127.0.0.1"
@@ -591,6 +597,9 @@ def kept_services(state: Path, *, stripe: bool, reset: bool = False) -> Iterator
                 f"{state} is not a dev state dir (no state.json): --reset removes nothing there"
             )
         _lock(state).close()  # refuses while another dev uses it
+        if file.exists():  # what a dev killed outright left running goes first, then its data
+            _stop_leftovers(json.loads(file.read_text()).get("pids", {}))
+            Postgres(datadir=pg_data / "data").stop_running()
         shutil.rmtree(state)
         if pg_data.parent != state and pg_data.parent.exists():
             shutil.rmtree(pg_data.parent)

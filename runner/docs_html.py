@@ -143,9 +143,13 @@ def _topics(document: dict[str, Any]) -> str:
 
 
 def html_pages(
-    registry: OperationRegistry, settings: Settings, stylesheet: str = STYLESHEET
+    registry: OperationRegistry,
+    settings: Settings,
+    stylesheet: str = STYLESHEET,
+    openapi_document: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Each page's file name and text; ``stylesheet`` is where the pages find the CSS."""
+    """Each page's file name and text; ``stylesheet`` is where the pages find the CSS;
+    ``openapi_document``, the HTTP API's (``serve`` gives the one it serves)."""
     index = (
         "<p>The contract of this app's operations, from its specs.</p><ul>"
         '<li><a href="catalog.html">Operations</a>: metadata, policy, error codes, schemas</li>'
@@ -155,6 +159,6 @@ def html_pages(
     return {
         "index.html": _page("Docs", index, stylesheet),
         "catalog.html": _page("Operations", _catalog(registry), stylesheet),
-        "http.html": _page("HTTP API", _http(openapi(registry)), stylesheet),
+        "http.html": _page("HTTP API", _http(openapi_document or openapi(registry)), stylesheet),
         "topics.html": _page("Topics", _topics(asyncapi(registry, settings)), stylesheet),
     }

@@ -47,7 +47,8 @@ def docs_routes(
     registry: OperationRegistry, settings: Settings, openapi_document: dict[str, Any]
 ) -> list[Route]:
     """``/docs/``: the pages ``oprunner docs --html`` writes, for the app being served."""
-    pages = {name: text.encode() for name, text in html_pages(registry, settings, ASSET_CSS).items()}
+    made = html_pages(registry, settings, ASSET_CSS, openapi_document)
+    pages = {name: text.encode() for name, text in made.items()}
     documents = {
         "openapi.json": _json.dumps(openapi_document),
         "asyncapi.json": _json.dumps(asyncapi(registry, settings)),

@@ -114,6 +114,7 @@ def started(folder: Path) -> Iterator[list[Dev]]:
             except subprocess.TimeoutExpired:
                 os.killpg(dev.proc.pid, signal.SIGKILL)
                 dev.proc.wait(10)
+                Dev(folder, dev.state).stop()  # the next dev stops what the killed one left running
 
 
 def test_dev_keeps_its_state_between_runs_until_reset(folder: Path, started: list[Dev]) -> None:
@@ -192,7 +193,16 @@ def test_a_dev_killed_outright_leaves_nothing_running_once_started_again(
         timeout=20,
     )
     assert run.status_code == 200  # its database, as it was
-    assert again.stop() == 0
+    # killed outright again, then --reset: what it left running is stopped before its data goes
+    left = {name: pid for name, (pid, _) in json.loads((state / "state.json").read_text())["pids"].items()}
+    postmaster = int((state / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+    again.proc.kill()
+    again.proc.wait(10)
+    fresh = Dev(folder, state, "--reset")
+    started.append(fresh)
+    assert not any(alive(pid) for pid in [*left.values(), postmaster])
+    assert fresh.add("after reset")["output"]["id"] == 1
+    assert fresh.stop() == 0
 
 
 def alive(pid: int) -> bool:
