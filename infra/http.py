@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -38,6 +38,7 @@ from runner.store import Accepted, RunFilter, run_key
 from runner.webhooks import WebhookIngress
 
 from . import console
+from ._requests import BODY_TIMEOUT, BodyNotSent, BodyTooLarge, authenticated, read_body
 from .runs import MAX_PAGE, RunsApi, visible_to
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -58,37 +59,6 @@ class _AnyText(Convertor[str]):
 
 
 register_url_convertor("anytext", _AnyText())
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyNotSent(Exception):
-    """The client did not send the whole body within the body timeout, or went away."""
-
-
-BODY_TIMEOUT = 30.0
-
-
-async def read_body(request: Request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
-    """The request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes, or
-    ``BodyNotSent`` when it has not all arrived within ``timeout`` seconds: a client that
-    sends half a request must not hold a connection, a task and graceful shutdown for ever."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge
-                chunks.append(chunk)
-    except (TimeoutError, ClientDisconnect):
-        raise BodyNotSent from None
-    return b"".join(chunks)
 
 
 def _not_sent(body: dict[str, Any]) -> JSONResponse:
@@ -259,13 +229,9 @@ class OpsApi:
                     _log.exception("accepted command %s cannot be run", accepted.command_id)
 
     async def show(self, request: Request) -> Response:
-        token = bearer(request.headers.get("authorization"))
-        if token is None or self.executor.authenticator is None:
-            return JSONResponse({"error": "a bearer token is required"}, status_code=401)
-        try:
-            actor = self.executor.authenticator.authenticate(token)
-        except AuthError as exc:
-            return JSONResponse({"error": exc.reason}, status_code=401)
+        actor = authenticated(self.executor, request)
+        if isinstance(actor, Response):
+            return actor
         run_id = request.path_params["id"]
         if "\x00" in run_id:
             return JSONResponse({"error": "a run id has no U+0000"}, status_code=400)
@@ -316,7 +282,10 @@ def build_app(
     runs: RunsApi | None = None,
     extra_routes: list[Route] | None = None,
     body_timeout: float = BODY_TIMEOUT,
+    docs: Callable[[dict[str, Any]], list[Route]] | None = None,
 ) -> Starlette:
+    """``docs``: routes made from the OpenAPI document served (``serve``'s ``/docs/`` pages)."""
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -366,6 +335,7 @@ def build_app(
             return JSONResponse(document)
 
         routes += [
+            *(docs(document) if docs is not None else []),
             Route(OPENAPI_PATH, openapi_document, methods=["GET"]),
             *(runs.routes() + console.routes() if runs is not None else []),
             Route("/ops/runs/{id:anytext}", ops.show, methods=["GET"]),

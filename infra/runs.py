@@ -32,11 +32,11 @@ from starlette.routing import Route
 
 from runner import _json
 from runner.auth import Actor, bearer
-from runner.errors import AuthError
 from runner.executor import Executor
 from runner.policy import administers
 from runner.store import RunFilter
 
+from ._requests import BodyNotSent, BodyTooLarge, authenticated, read_body
 from .kafka.deadletters import DeadLetter
 
 _log = logging.getLogger("oprunner.http")
@@ -45,6 +45,7 @@ STATUSES = ("succeeded", "failed", "rejected", "denied")
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 MAX_FILTER_LENGTH = 1024
+REPLAY_BODY_BYTES = 64 * 1024
 SSE = "text/event-stream"
 
 
@@ -130,10 +131,13 @@ def _time(request: Request, name: str) -> datetime | None:
 
 def _int(request: Request, name: str, *, low: int, high: int) -> int | None:
     value = _text(request, name)
-    if value is None:
-        return None
-    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:  # ASCII digits only
-        raise BadQuery(f"{name}: a whole number from {low} to {high}")
+    return None if value is None else _whole(value, low, high, f"{name}: a whole number from {low} to {high}")
+
+
+def _whole(value: str, low: int, high: int, wrong: str) -> int:
+    """``value`` as a number in ``[low, high]`` (ASCII digits only), else ``BadQuery(wrong)``."""
+    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:
+        raise BadQuery(wrong)
     return int(value)
 
 
@@ -185,16 +189,6 @@ def _administers_letter(actor: Actor, sender: dict[str, Any] | None) -> bool:
     return administers(actor, sender.get("tenant") if sender else None, known=sender is not None)
 
 
-async def _small_body(request: Request, limit: int = 64 * 1024) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ValueError("body too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _get_only(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -234,17 +228,8 @@ class RunsApi:
             Route("/ops/dlq/replay", self.replay, methods=["POST"]),
         ]
 
-    def _actor(self, request: Request) -> Actor | JSONResponse:
-        token = bearer(request.headers.get("authorization"))
-        if token is None or self.executor.authenticator is None:
-            return JSONResponse({"error": "a bearer token is required"}, status_code=401)
-        try:
-            return self.executor.authenticator.authenticate(token)
-        except AuthError as exc:
-            return JSONResponse({"error": exc.reason}, status_code=401)
-
     async def list(self, request: Request) -> Response:
-        actor = self._actor(request)
+        actor = authenticated(self.executor, request)
         if isinstance(actor, Response):
             return actor
         try:
@@ -254,9 +239,7 @@ class RunsApi:
             after = _int(request, "after", low=0, high=MAX_ID)
             resume = request.headers.get("last-event-id")
             if resume is not None:
-                if not _DIGITS.fullmatch(resume) or int(resume) > MAX_ID:
-                    raise BadQuery("Last-Event-ID: an id this stream sent")
-                after = int(resume)
+                after = _whole(resume, 0, MAX_ID, "Last-Event-ID: an id this stream sent")
         except BadQuery as exc:
             return _bad(str(exc))
         where = visible_to(actor, asked)
@@ -361,7 +344,7 @@ class RunsApi:
 
     def _admin(self, request: Request) -> Actor | Response:
         """The admin asking about dead letters, or the answer when it is none (or none are served)."""
-        actor = self._actor(request)
+        actor = authenticated(self.executor, request)
         if isinstance(actor, Actor) and (actor.kind != "admin" or actor.bound is not None):
             return JSONResponse({"error": "dead letters are for admins"}, status_code=403)
         if self.dlq is None:
@@ -395,11 +378,11 @@ class RunsApi:
             return actor
         assert self.dlq is not None  # _admin answered otherwise
         try:
-            body = _json.loads(await asyncio.wait_for(_small_body(request), 30))
+            body = _json.loads(await read_body(request, REPLAY_BODY_BYTES))
             where = [(int(e["partition"]), int(e["offset"])) for e in body["entries"]]
             if not 0 < len(where) <= MAX_PAGE or any(p < 0 or o < 0 for p, o in where):
                 raise ValueError
-        except (ValueError, KeyError, TypeError, TimeoutError):
+        except (ValueError, KeyError, TypeError, BodyTooLarge, BodyNotSent):
             return _bad(f'body: {{"entries": [{{"partition": P, "offset": O}}, ...]}}, 1 to {MAX_PAGE}')
         token = bearer(request.headers.get("authorization"))
         try:

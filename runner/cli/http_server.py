@@ -9,7 +9,7 @@ is only half-closed: our side sends its FIN after the response, reads and drops 
 client still sends (up to a byte and time bound), and closes when the client does.
 
 Slow clients are bounded too: a request's line and header block must arrive within the
-header timeout (the body's own timeout is the app's: ``infra.http.read_body``), at most
+header timeout (the body's own timeout is the app's: ``infra._requests.read_body``), at most
 ``max_concurrency`` requests are served at once (past it: 503 with ``Retry-After``), and
 graceful shutdown waits at most ``shutdown_timeout`` for requests in flight.
 """

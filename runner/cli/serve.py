@@ -30,7 +30,6 @@ from infra.runs import RunsApi
 
 from ..app import App, as_app
 from ..auth import CommandSigner, JwtAuthenticator, command_key
-from ..docs import openapi
 from ..errors import RegistryError, StartupError
 from ..executor import Executor, Outcome
 from ..observability import Metrics, configure_tracing
@@ -262,17 +261,18 @@ def build_http_app(
     async def kafka() -> bool:
         return bool(await broker.ping(2))
 
-    routes = [Route(path, endpoint, methods=["GET"]) for path, endpoint in extra or []]
-    if app is not None and runs is not None:  # the served app's docs pages, linked from the console
-        document = openapi(app.registry, webhook_providers=sorted(sources), metrics=bool(extra))
-        routes += docs_routes(app.registry, settings, document)
+    def docs(document: dict[str, Any]) -> list[Route]:  # the served app's pages, linked from the console
+        assert app is not None
+        return docs_routes(app.registry, settings, document)
+
     return build_app(
         webhooks=ingress if sources else None,
         checks={"database": database, "kafka": kafka},
         ops=ops,
         runs=runs,
         body_timeout=settings.http_body_timeout,
-        extra_routes=routes,
+        extra_routes=[Route(path, endpoint, methods=["GET"]) for path, endpoint in extra or []],
+        docs=docs if app is not None and runs is not None else None,
     )
 
 
