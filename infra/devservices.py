@@ -503,11 +503,15 @@ class LocalServices:
     postgres: Postgres | None = None
     stripe: StripeStandIn | None = None
 
-    def stop(self) -> None:
-        for service in (self.stripe, self.broker, self.postgres):
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop all three; ``keep_data`` leaves Postgres's data dir (``kept_services``)."""
+        for service in (self.stripe, self.broker):
             if service is not None:
                 with contextlib.suppress(Exception):
                     service.stop()
+        if self.postgres is not None:
+            with contextlib.suppress(Exception):
+                self.postgres.stop(remove=not keep_data)
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -565,7 +569,7 @@ def _free_or_new(port: int | None) -> int:
     return port if port is not None and not port_open(port) else free_port()
 
 
-def _private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write a file only its owner may read (it holds a secret)."""
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
@@ -629,20 +633,14 @@ def kept_services(state: Path, *, stripe: bool, reset: bool = False) -> Iterator
             running["stripe"] = services.stripe.proc
         # so that a dev killed outright has them stopped by the next one
         values["pids"] = {name: [p.pid, _started_at(p.pid)] for name, p in running.items() if p is not None}
-        _private(file, json.dumps(values, indent=2))
+        write_private(file, json.dumps(values, indent=2))
         try:
             yield KeptServices(services, state, values, fresh)
         finally:
             values.pop("pids", None)  # stopped below
-            _private(file, json.dumps(values, indent=2))  # with what the caller kept
+            write_private(file, json.dumps(values, indent=2))  # with what the caller kept
     finally:
-        for service in (services.stripe, services.broker):
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    service.stop()
-        if services.postgres is not None:
-            with contextlib.suppress(Exception):
-                services.postgres.stop(remove=False)
+        services.stop(keep_data=True)
         lock.close()
 
 

@@ -257,9 +257,12 @@ def _uses_stripe(app: App) -> bool:
     return "stripe" in app.clients or "stripe" in app.webhooks
 
 
+def _secret(settings: Settings) -> str:
+    return settings.jwt_secret.get_secret_value() if settings.jwt_secret else DEV_SECRET
+
+
 def _token(settings: Settings) -> str:
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else DEV_SECRET
-    return mint_token(secret, sub="alice", tenant="acme", ttl=86400)
+    return mint_token(_secret(settings), sub="alice", tenant="acme", ttl=86400)
 
 
 def _kept_token(values: dict[str, Any], secret: str) -> str:
@@ -281,14 +284,13 @@ def _kept_token(values: dict[str, Any], secret: str) -> str:
 def exports(settings: Settings, token: str | None = None) -> dict[str, str]:
     """The environment a shell needs to talk to what ``dev`` serves (``oprunner call``,
     ``tail``, ``dlq``, an app's own producer), a token for alice of tenant acme included."""
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else DEV_SECRET
     database = settings.database_url.get_secret_value() if settings.database_url else ""
     return {
         "OPRUNNER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "OPRUNNER_KAFKA_IDEMPOTENT_PRODUCER": str(settings.kafka_idempotent_producer).lower(),
         "OPRUNNER_FETCH_MIN_INTERVAL_MS": str(settings.fetch_min_interval_ms),
         "OPRUNNER_DATABASE_URL": database,
-        "OPRUNNER_JWT_SECRET": secret,
+        "OPRUNNER_JWT_SECRET": _secret(settings),
         "OPRUNNER_HTTP_PORT": str(settings.http_port),
         "OPRUNNER_TOKEN": token or _token(settings),
     }
@@ -309,11 +311,10 @@ def _banner(
     ]
     if settings.stripe_api_base:
         lines.append(f"  Stripe       {settings.stripe_api_base}  (webhook secret {DEV_WEBHOOK_SECRET})")
-    secret = exports(settings)["OPRUNNER_JWT_SECRET"]
     lines += [
         f"  HTTP         {http}  ({routes})",
         f"  console      {http}/console  (sign in with the token)",
-        f"  JWT secret   {secret}",
+        f"  JWT secret   {_secret(settings)}",
         f"  token        {alice}  (alice, tenant acme)",
     ]
     if state is not None:
@@ -361,7 +362,14 @@ def run_dev(
     import faulthandler
     import signal
 
-    from infra.devservices import ServiceError, free_port, kept_services, local_services, port_open
+    from infra.devservices import (
+        ServiceError,
+        free_port,
+        kept_services,
+        local_services,
+        port_open,
+        write_private,
+    )
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it now, on stderr
 
@@ -379,11 +387,9 @@ def run_dev(
                 port = kept.values["ports"]["http"] = free_port()
             settings = _settings(kept.services, secret=secret, http_port=port)
             token = _kept_token(kept.values, secret)
-            env = kept.state / "env"  # holds the secret and a token: only its owner reads it
-            env.touch(mode=0o600, exist_ok=True)
-            env.chmod(0o600)
-            env.write_text(
-                "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports(settings, token).items())
+            write_private(  # it holds the secret and a token
+                kept.state / "env",
+                "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports(settings, token).items()),
             )
             banner = _banner(settings, app, target, kept, token)
             if not reload:
