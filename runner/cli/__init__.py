@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -329,9 +331,18 @@ def _quiet_kafka() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
-def _kafka_error(exc: BaseException) -> bool:
-    library = type(exc).__module__.startswith(("aiokafka", "faststream"))
-    return library or isinstance(exc, OSError | TimeoutError)
+@contextlib.contextmanager
+def _broker_errors_are_one_line(settings: Settings) -> Iterator[None]:
+    """An unreachable broker (an OS, timeout, aiokafka or FastStream error) is one line and
+    exit 1; aiokafka's own logging of it, only noise then, is silenced (``_quiet_kafka``)."""
+    _quiet_kafka()
+    try:
+        yield
+    except Exception as exc:
+        library = type(exc).__module__.startswith(("aiokafka", "faststream"))
+        if not (library or isinstance(exc, OSError | TimeoutError)):
+            raise
+        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
 
 
 async def _with_client(settings: Settings, registry: OperationRegistry | None, fn: Any) -> Any:
@@ -339,18 +350,14 @@ async def _with_client(settings: Settings, registry: OperationRegistry | None, f
 
     from ..errors import UnknownOperation
 
-    _quiet_kafka()
     try:
-        async with _client(settings, registry) as client:
-            return await fn(client)
+        with _broker_errors_are_one_line(settings):
+            async with _client(settings, registry) as client:
+                return await fn(client)
     except ValidationError as exc:
         fail(f"invalid input: {_fields(exc)}")
     except UnknownOperation as exc:
         fail(f"{exc}: not in this app (name the app with --app module:attribute)")
-    except Exception as exc:
-        if _kafka_error(exc):
-            fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
-        raise
 
 
 @app.command()
@@ -421,8 +428,7 @@ def tail(
     topics = {"results": settings.results_topic, "audit": settings.audit_topic, "dlq": settings.dlq_topic}
     if stream not in topics:
         fail("STREAM must be results, audit or dlq")
-    _quiet_kafka()
-    try:
+    with _broker_errors_are_one_line(settings):
         asyncio.run(
             follow(
                 settings.kafka_bootstrap,
@@ -434,10 +440,6 @@ def tail(
                 settings.fetch_min_interval_ms,
             )
         )
-    except Exception as exc:
-        if not _kafka_error(exc):
-            raise
-        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
 
 
 @app.command()
@@ -487,13 +489,8 @@ def dlq_replay(
     from .tail import replay_dlq
 
     settings = _settings()
-    _quiet_kafka()
-    try:
+    with _broker_errors_are_one_line(settings):
         count = asyncio.run(replay_dlq(settings, limit=limit, dry_run=dry_run, token=token))
-    except Exception as exc:
-        if not _kafka_error(exc):
-            raise
-        fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
     typer.echo(f"{'would replay' if dry_run else 'replayed'} {count} message(s)")
 
 
