@@ -123,23 +123,18 @@ class OpsApi:
             return _error(
                 400, "INVALID_IDEMPOTENCY_KEY", f"Idempotency-Key must be 1 to {MAX_ID_LENGTH} characters"
             )
-        command = CommandEnvelope(
-            id=new_id(),
-            source="oprunner.http",
-            type=request.path_params["key"],
-            data=data,
-            opversion=request.query_params.get("version"),
-            idempotencykey=key,
-            correlationid=(request.headers.get("x-correlation-id") or None),
-            time=now_iso(),
-            traceparent=valid_traceparent(request.headers.get("traceparent")),
-        )
-        encoded = command.encode()
         try:  # the Kafka path's rules for both answers (what is kept for a 202 is read again)
-            check_attributes(command)
-            parse_command(encoded, max_bytes=len(encoded))
+            command = self.command(
+                request.path_params["key"],
+                data,
+                version=request.query_params.get("version"),
+                idempotency_key=key,
+                correlation_id=request.headers.get("x-correlation-id") or None,
+                traceparent=valid_traceparent(request.headers.get("traceparent")),
+            )
         except EnvelopeError as exc:
             return _error(400, "INVALID_COMMAND", exc.reason)
+        encoded = command.encode()
         token = bearer(request.headers.get("authorization"))
         accept, actor = self._acceptable(command, token)
         if accept and "respond-async" in request.headers.get("prefer", ""):
@@ -161,11 +156,46 @@ class OpsApi:
                 headers={"Location": f"/ops/runs/{command.id}"},
             )
         try:
-            outcome = await self.executor.execute(command, token=token)
+            outcome = await self.call(command, token)
         except StoreUnavailable:
             return _error(503, "UNAVAILABLE", "the store is unavailable; retry with the same Idempotency-Key")
-        await self.deliver(outcome)
         return self._respond(command, outcome)
+
+    def command(
+        self,
+        op: str,
+        data: Any,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+        source: str = "oprunner.http",
+    ) -> CommandEnvelope:
+        """The command an API call makes (``/ops``, ``/graphql``, MCP), held to the Kafka
+        path's rules: ``EnvelopeError`` names what is wrong with it."""
+        command = CommandEnvelope(
+            id=new_id(),
+            source=source,
+            type=op,
+            data=data,
+            opversion=version,
+            idempotencykey=idempotency_key,
+            correlationid=correlation_id,
+            time=now_iso(),
+            traceparent=traceparent,
+        )
+        encoded = command.encode()
+        check_attributes(command)
+        parse_command(encoded, max_bytes=len(encoded))
+        return command
+
+    async def call(self, command: CommandEnvelope, token: str | None) -> Outcome:
+        """Run one command to its outcome and publish its events, as the Kafka path does;
+        ``StoreUnavailable`` when it cannot be decided now (retry with the same key)."""
+        outcome = await self.executor.execute(command, token=token)
+        await self.deliver(outcome)
+        return outcome
 
     def _respond(self, command: CommandEnvelope, outcome: Outcome) -> JSONResponse:
         data = outcome.result["data"]

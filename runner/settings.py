@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
+    mcp_token: SecretStr | None = None
+    """The bearer token of every call ``oprunner mcp`` takes over stdio (which has no headers);
+    over HTTP each request's own ``Authorization`` is used and this is ignored."""
+    mcp_port: int = 8081
+    """Where ``oprunner mcp --http`` listens (on ``http_host``), at ``/mcp``."""
     service_token: SecretStr | None = None
     """No longer used: a reusable service credential must not travel in messages. ``serve``
     refuses to start while it is set, so nobody believes it still does something."""

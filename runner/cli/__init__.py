@@ -415,6 +415,33 @@ def call(
 
 
 @app.command()
+def mcp(
+    target: Annotated[
+        str, typer.Argument(metavar="APP", help="The app (or a registry), as module:attribute.")
+    ] = DEFAULT_APP,
+    http: Annotated[
+        bool, typer.Option("--http", help="Streamable HTTP at /mcp on OPRUNNER_MCP_PORT, not stdio.")
+    ] = False,
+) -> None:
+    """Serve the app's operations as MCP tools (stdio, or streamable HTTP with --http).
+
+    Each call runs as a command through the same validation, policy, idempotency and audit.
+    Over stdio every call acts as OPRUNNER_MCP_TOKEN; over HTTP, as the request's bearer token.
+    """
+    from ..errors import StartupError
+    from .mcp import serve_mcp
+
+    settings = _settings()
+    # stdout is the protocol over stdio: logs go to stderr, text, quiet
+    _configure_logging(settings.log_level if http else "WARNING", settings.log_format if http else "text")
+    served = load_app(target)
+    try:
+        run_async(serve_mcp(settings, served, http=http))
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command()
 def tail(
     stream: Annotated[str, typer.Argument(help="results, audit or dlq.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,

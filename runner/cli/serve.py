@@ -224,6 +224,31 @@ async def maintain(settings: Settings, pool: Any, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), settings.prune_interval)
 
 
+def new_executor(
+    settings: Settings, app: App, store: Any, authenticator: Any, clients: Any, metrics: Metrics | None
+) -> Executor:
+    """The executor of ``app`` on ``store``: one for each pool a process runs commands on."""
+    return Executor(
+        app.registry,
+        store,
+        authenticator,
+        results_topic=settings.results_topic,
+        audit_topic=settings.audit_topic,
+        source=settings.source,
+        clients=clients,
+        transient_errors=app.transient_errors,
+        metrics=metrics,
+    )
+
+
+def build_clients(settings: Settings, app: App) -> Any:
+    try:
+        return app.build_clients(settings)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise StartupError(f"app {app.name}: a client could not be built: {reason}") from exc
+
+
 def build_http_app(
     settings: Settings,
     pool: Any,
@@ -341,26 +366,12 @@ async def build_runtime(
             _log.info("applied migrations %s", applied)
         http_pool = await open_pool(settings, settings.http_db_pool_size)
         opened.push_async_callback(http_pool.close)
-        try:
-            clients = app.build_clients(settings)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            raise StartupError(f"app {app.name}: a client could not be built: {reason}") from exc
+        clients = build_clients(settings, app)
         metrics = Metrics()
         configure_tracing()
 
         def executor_on(store: Any) -> Executor:
-            return Executor(
-                app.registry,
-                store,
-                authenticator,
-                results_topic=settings.results_topic,
-                audit_topic=settings.audit_topic,
-                source=settings.source,
-                clients=clients,
-                transient_errors=app.transient_errors,
-                metrics=metrics,
-            )
+            return new_executor(settings, app, store, authenticator, clients, metrics)
 
         store = PostgresStore(pool)
         executor = executor_on(store)

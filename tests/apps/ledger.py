@@ -28,6 +28,7 @@ from runner import (
     PolicyContext,
     Rule,
     define_command,
+    define_query,
     install_op,
 )
 from runner.types import NonEmptyString, PositiveAmount
@@ -112,8 +113,30 @@ async def load_account(account_id: str, ctx: PolicyContext) -> Any:
     return await ctx.db.fetchrow("SELECT owner_id, tenant_id FROM ledger_accounts WHERE id = $1", account_id)
 
 
+class BalanceInput(Model):
+    account_id: NonEmptyString
+
+
+Balance = define_query(
+    meta=Meta(key="ledger.balance", version="1.0.0", description="An account's balance"),
+    io=IO(input=BalanceInput, output=CreditOutput, errors={"NOT_FOUND": "No such account"}),
+    policy=Policy(
+        auth="user",
+        rules=[Rule(resource="account", action="read", condition="owner", id_field="account_id")],
+    ),
+)
+
+
+async def balance(value: BalanceInput, ctx: OperationContext) -> CreditOutput:
+    found = await ctx.db.fetchval("SELECT balance FROM ledger_accounts WHERE id = $1", value.account_id)
+    if found is None:
+        raise OperationError("NOT_FOUND", f"no account {value.account_id}")
+    return CreditOutput(account_id=value.account_id, balance=str(found))
+
+
 registry = OperationRegistry()
 install_op(registry, Credit, credit)
+install_op(registry, Balance, balance)
 registry.add_resource("account", load_account)
 
 batched = OperationRegistry()

@@ -1,0 +1,93 @@
+"""``oprunner mcp``: the app's operations as MCP tools, over stdio or streamable HTTP.
+
+A process of its own beside ``serve``: it runs the calls it takes (the same executor, store
+and outbox), publishes their events, and leaves the consuming of ``ops.commands`` to
+``serve``. Its outbox rows are removed once published; what a crash leaves there, any
+``serve``'s relay publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from infra.http import OpsApi
+from infra.kafka.publisher import OutboxCleaner
+from infra.mcp import build_server
+from infra.postgres import PostgresStore
+
+from ..app import App
+from ..errors import RegistryError, StartupError
+from ..executor import Outcome
+from ..settings import Settings
+from .http_server import HttpServer
+from .serve import authenticator_from, build_clients, new_executor, open_database, open_publisher
+
+_log = logging.getLogger("oprunner.mcp")
+
+
+async def serve_mcp(settings: Settings, app: App, *, http: bool, dev: bool = False) -> None:
+    try:
+        app.registry.check()
+    except RegistryError as exc:
+        raise StartupError(str(exc)) from exc
+    authenticator = authenticator_from(settings, dev=dev)
+    token = settings.mcp_token.get_secret_value() if settings.mcp_token else None
+    if not http and token is None:
+        _log.warning("OPRUNNER_MCP_TOKEN is not set: only public operations will run over stdio")
+    async with contextlib.AsyncExitStack() as opened:
+        pool, _ = await open_database(settings, app)
+        opened.push_async_callback(pool.close)
+        publisher = await open_publisher(settings)
+        opened.push_async_callback(publisher.stop)
+        store = PostgresStore(pool)
+        cleaner = OutboxCleaner(store)
+        cleaner.start()
+        opened.push_async_callback(cleaner.stop)
+
+        async def deliver(outcome: Outcome) -> None:
+            try:
+                await publisher.publish(outcome.publications)
+                cleaner.add(outcome.outbox_ids)
+            except Exception:
+                _log.warning("publish failed; serve's outbox relay will publish", exc_info=True)
+
+        executor = new_executor(settings, app, store, authenticator, build_clients(settings, app), None)
+        ops = OpsApi(executor, deliver, max_bytes=settings.max_message_bytes)
+        server = build_server(ops, stdio_token=None if http else token, name=f"oprunner-{app.name}")
+        if http:
+            await _serve_http(settings, server)
+        else:
+            from mcp.server.stdio import stdio_server
+
+            async with stdio_server() as (read, write):
+                await server.run(read, write, server.create_initialization_options())
+
+
+async def _serve_http(settings: Settings, server: Any) -> None:
+    asgi = server.streamable_http_app(streamable_http_path="/mcp", host=settings.http_host)
+    http = HttpServer(
+        asgi,
+        settings.http_host,
+        settings.mcp_port,
+        max_header_bytes=settings.http_max_header_bytes,
+        header_timeout=settings.http_header_timeout,
+        max_concurrency=settings.http_max_concurrency,
+        shutdown_timeout=settings.http_shutdown_timeout,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with server.session_manager.run():  # the SDK's sessions live while we serve
+            await http.start()
+            _log.info("MCP on http://%s:%d/mcp", settings.http_host, settings.mcp_port)
+            await stop.wait()
+            await http.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
