@@ -364,7 +364,11 @@ def build_app(
         async def openapi_document(request: Request) -> Response:
             return JSONResponse(document)
 
+        from .graphql import GraphQLApi  # it builds on OpsApi, defined here
+
+        graphql = GraphQLApi(ops, body_timeout=body_timeout)
         routes += [
+            Route("/graphql", graphql.handle, methods=["POST"]),
             *(docs(document) if docs is not None else []),
             Route(OPENAPI_PATH, openapi_document, methods=["GET"]),
             *(runs.routes() + console.routes() if runs is not None else []),

@@ -51,7 +51,7 @@ class CreditOutput(Model):
 
 Credit = define_command(
     meta=Meta(key="ledger.credit", version="1.0.0", description="Credit an account"),
-    io=IO(input=CreditInput, output=CreditOutput),
+    io=IO(input=CreditInput, output=CreditOutput, errors={"DECLINED": "The account refuses the credit"}),
     policy=Policy(
         auth="user",
         rules=[Rule(resource="account", action="credit", condition="owner", id_field="account_id")],

@@ -1,0 +1,431 @@
+"""``/graphql``: the registry as a GraphQL schema, built in code with graphql-core.
+
+graphql-core, not Strawberry or Ariadne: both of those start from Python classes or SDL
+written by hand, and here the types exist only at run time, in the specs' JSON Schemas.
+graphql-core is the reference implementation those two are built on, and builds a schema
+from objects directly.
+
+One mutation per command (and event), one query per query spec, named by the key in
+camelCase (``billing.capturePayment`` → ``billingCapturePayment``). Each takes ``input``
+(the spec's input type, field names as on the wire) and optional ``idempotencyKey`` and
+``version``, and returns ``<Op>Result``: ``status``, ``output`` (the spec's output type),
+``error`` (``code``; ``declared``, the code as an enum of those the spec declares;
+``message``; ``fields``), ``commandId`` and ``idempotencyKey``. The input types are for
+clients and introspection: the executor still validates, so an invalid input is a
+``rejected`` result with field errors, audited, as on every path.
+
+A call is an ``/ops`` call (``OpsApi.command`` and ``OpsApi.call``): the actor from the
+``Authorization`` header, the same statuses, the same audit. A document may hold at most
+``MAX_ROOT_FIELDS`` root fields; mutations in it run one after another, as GraphQL says.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from graphql import (
+    GraphQLArgument,
+    GraphQLBoolean,
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLField,
+    GraphQLFloat,
+    GraphQLID,
+    GraphQLInputField,
+    GraphQLInputObjectType,
+    GraphQLInt,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLResolveInfo,
+    GraphQLScalarType,
+    GraphQLSchema,
+    GraphQLString,
+    OperationDefinitionNode,
+    execute,
+    parse,
+    validate,
+    value_from_ast_untyped,
+)
+from graphql.error import GraphQLSyntaxError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from runner.auth import bearer
+from runner.envelope import MAX_ID_LENGTH, valid_traceparent
+from runner.errors import EnvelopeError, StoreUnavailable
+from runner.registry import OperationRegistry
+from runner.spec import OperationSpec
+
+from ._requests import BODY_TIMEOUT, BodyNotSent, BodyTooLarge, read_body
+from .http import OpsApi
+
+MAX_ROOT_FIELDS = 32
+"""Root fields (calls) in one document: aliases would otherwise let one request run
+thousands of commands."""
+_NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
+_RESERVED = {"true", "false", "null"}  # not enum values in GraphQL
+_INT32 = 2**31 - 1
+_log = logging.getLogger("oprunner.graphql")
+
+def _untyped(node: Any, variables: Any = None) -> Any:
+    return value_from_ast_untyped(node, variables)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+JSON = GraphQLScalarType(
+    "JSON",
+    description="Any JSON value: where a spec's schema has no GraphQL form (a map, a union).",
+    serialize=_same,
+    parse_value=_same,
+    parse_literal=_untyped,
+)
+DECIMAL = GraphQLScalarType(
+    "Decimal",
+    description='A decimal, best sent as a string ("19.99"); whole numbers may be numbers.',
+    serialize=_same,
+    parse_value=_same,
+    parse_literal=_untyped,
+)
+LONG = GraphQLScalarType(
+    "Long",
+    description="An integer past GraphQL's 32-bit Int.",
+    serialize=_same,
+    parse_value=_same,
+    parse_literal=_untyped,
+)
+STATUS = GraphQLEnumType(
+    "Status",
+    {s: s for s in ("succeeded", "failed", "rejected", "denied")},
+    description="What became of the command (the result event's status).",
+)
+FIELD_ERROR = GraphQLObjectType(
+    "FieldError",
+    {
+        "field": GraphQLField(GraphQLString, description="wire name (dotted path) of the field"),
+        "message": GraphQLField(GraphQLString),
+        "type": GraphQLField(GraphQLString, description="pydantic error type"),
+    },
+)
+
+
+def field_name(key: str) -> str:
+    """``billing.capturePayment`` → ``billingCapturePayment``."""
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", key) if p]
+    name = parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:]) if parts else "op"
+    return name if _NAME.match(name) else f"op_{name}"
+
+
+def _pascal(key: str) -> str:
+    name = field_name(key)
+    return name[:1].upper() + name[1:]
+
+
+class _Types:
+    """JSON Schema → GraphQL types, for every spec of one schema (names unique across it)."""
+
+    def __init__(self) -> None:
+        self.named: dict[str, Any] = {}
+        self._shapes: dict[str, bytes] = {}
+
+    def _name(self, wanted: str, shape: Any) -> tuple[str, bool]:
+        """A free type name for ``shape`` (``True``: that type exists already)."""
+        encoded = orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)
+        name, n = wanted, 1
+        while name in self._shapes:
+            if self._shapes[name] == encoded:
+                return name, True
+            n += 1
+            name = f"{wanted}{n}"
+        self._shapes[name] = encoded
+        return name, False
+
+    def convert(self, node: Any, defs: Mapping[str, Any], name: str, *, input: bool) -> Any:
+        if not isinstance(node, Mapping):
+            return JSON
+        if "$ref" in node:
+            ref = str(node["$ref"]).rsplit("/", 1)[-1]
+            target = defs.get(ref)
+            return self.convert(target, defs, ref + ("Input" if input else ""), input=input)
+        branches = node.get("anyOf") or node.get("oneOf")
+        if branches:
+            real = [b for b in branches if not (isinstance(b, Mapping) and b.get("type") == "null")]
+            if len(real) == 1:
+                return self.convert(real[0], defs, name, input=input)
+            kinds = {b.get("type") for b in real if isinstance(b, Mapping)}
+            return DECIMAL if kinds == {"string", "integer"} or kinds == {"string", "number"} else JSON
+        if "enum" in node:
+            values = node["enum"]
+            if values and all(isinstance(v, str) and _NAME.match(v) and v not in _RESERVED for v in values):
+                type_name, known = self._name(name, values)
+                if not known:
+                    self.named[type_name] = GraphQLEnumType(
+                        type_name, {v: v for v in values}, description=node.get("description")
+                    )
+                return self.named[type_name]
+            return GraphQLString if all(isinstance(v, str) for v in values) else JSON
+        kind = node.get("type")
+        if kind == "string":
+            return GraphQLString
+        if kind == "boolean":
+            return GraphQLBoolean
+        if kind == "number":
+            return GraphQLFloat
+        if kind == "integer":
+            low, high = node.get("minimum", -_INT32 - 1), node.get("maximum", _INT32 + 1)
+            return GraphQLInt if low >= -_INT32 - 1 and high <= _INT32 else LONG
+        if kind == "array":
+            return GraphQLList(self.convert(node.get("items"), defs, name + "Item", input=input))
+        if kind == "object" and node.get("properties"):
+            return self._object(node, defs, name, input=input)
+        return JSON
+
+    def _object(self, node: Mapping[str, Any], defs: Mapping[str, Any], name: str, *, input: bool) -> Any:
+        properties: Mapping[str, Any] = node["properties"]
+        if not all(_NAME.match(p) for p in properties):
+            return JSON  # a wire name GraphQL cannot spell: the whole object travels as JSON
+        type_name, known = self._name(name, node)
+        if known:
+            return self.named[type_name]
+        required = set(node.get("required", ()))
+
+        def fields() -> dict[str, Any]:  # a thunk: nested and recursive types resolve lazily
+            made: dict[str, Any] = {}
+            for prop, sub in properties.items():
+                of = self.convert(sub, defs, type_name + prop[:1].upper() + prop[1:], input=input)
+                nullable = _nullable(sub)
+                description = sub.get("description") if isinstance(sub, Mapping) else None
+                if input:
+                    must = prop in required and not nullable and "default" not in sub
+                    made[prop] = GraphQLInputField(
+                        GraphQLNonNull(of) if must else of, description=description
+                    )
+                else:
+                    must = prop in required and not nullable
+                    made[prop] = GraphQLField(GraphQLNonNull(of) if must else of, description=description)
+            return made
+
+        description = node.get("description")
+        made: Any = (
+            GraphQLInputObjectType(type_name, fields, description=description)
+            if input
+            else GraphQLObjectType(type_name, fields, description=description)
+        )
+        self.named[type_name] = made
+        return made
+
+
+def _nullable(node: Any) -> bool:
+    if not isinstance(node, Mapping):
+        return True
+    branches = node.get("anyOf") or node.get("oneOf") or []
+    return (
+        any(isinstance(b, Mapping) and b.get("type") == "null" for b in branches)
+        or node.get("type") == "null"
+    )
+
+
+def _describe(spec: OperationSpec) -> str:
+    meta = spec.meta
+    text = meta.description + (f"\n\nGoal: {meta.goal}" if meta.goal else "")
+    text += f"\n\nVersion {spec.version}, {meta.stability}; policy: {spec.policy.auth}."
+    return f"[deprecated] {text}" if spec.deprecated else text
+
+
+def build_schema(registry: OperationRegistry) -> GraphQLSchema:
+    """The schema of ``registry``'s default versions (``OperationRegistry.get(key)``)."""
+    types = _Types()
+    mutations: dict[str, GraphQLField] = {}
+    queries: dict[str, GraphQLField] = {
+        "operations": GraphQLField(
+            GraphQLNonNull(GraphQLList(GraphQLNonNull(GraphQLString))),
+            description="The operation keys this schema serves.",
+            resolve=lambda *_: sorted({spec.key for spec in registry}),
+        )
+    }
+    for key in sorted({spec.key for spec in registry}):
+        spec = registry.get(key).spec
+        pascal = _pascal(key)
+        schema_in, schema_out = spec.input_schema(), spec.output_schema()
+        input_type = types.convert(schema_in, schema_in.get("$defs", {}), f"{pascal}Input", input=True)
+        output_type = types.convert(schema_out, schema_out.get("$defs", {}), f"{pascal}Output", input=False)
+        error_fields: dict[str, GraphQLField] = {
+            "code": GraphQLField(GraphQLNonNull(GraphQLString)),
+            "message": GraphQLField(GraphQLString),
+            "fields": GraphQLField(
+                GraphQLList(GraphQLNonNull(FIELD_ERROR)), description="INVALID_INPUT only"
+            ),
+            "details": GraphQLField(JSON, description="what a domain failure adds"),
+        }
+        declared = {code: code for code in spec.io.errors if _NAME.match(code)}
+        if declared:
+            codes = GraphQLEnumType(
+                f"{pascal}ErrorCode",
+                {code: code for code in declared},
+                description=f"The error codes {key} declares.",
+            )
+            error_fields["declared"] = GraphQLField(
+                codes,
+                description="The code, when it is one this operation declares (null for the runner's own).",
+                resolve=lambda error, _info, known=frozenset(declared): (
+                    error.get("code") if error.get("code") in known else None
+                ),
+            )
+        error_type = GraphQLObjectType(f"{pascal}Error", error_fields)
+        result_type = GraphQLObjectType(
+            f"{pascal}Result",
+            {
+                "status": GraphQLField(GraphQLNonNull(STATUS)),
+                "output": GraphQLField(output_type),
+                "error": GraphQLField(error_type),
+                "commandId": GraphQLField(GraphQLNonNull(GraphQLID)),
+                "idempotencyKey": GraphQLField(GraphQLString),
+            },
+            description=f"The outcome of {key}.",
+        )
+        args = {
+            "input": GraphQLArgument(
+                GraphQLNonNull(input_type) if _required_input(schema_in) else input_type
+            ),
+            "idempotencyKey": GraphQLArgument(
+                GraphQLString, description="Defaults to the Idempotency-Key header, else the command id."
+            ),
+            "version": GraphQLArgument(
+                GraphQLString, description="A spec version; the default one if omitted."
+            ),
+        }
+        field = GraphQLField(result_type, args=args, resolve=_resolver(key), description=_describe(spec))
+        (queries if spec.kind == "query" else mutations)[field_name(key)] = field
+    return GraphQLSchema(
+        query=GraphQLObjectType("Query", queries),
+        mutation=GraphQLObjectType("Mutation", mutations) if mutations else None,
+    )
+
+
+def _required_input(schema: Mapping[str, Any]) -> bool:
+    return bool(schema.get("required"))
+
+
+def _resolver(key: str) -> Any:
+    async def resolve(
+        _root: Any,
+        info: GraphQLResolveInfo[Any],
+        input: Any = None,
+        idempotencyKey: str | None = None,
+        version: str | None = None,
+    ) -> dict[str, Any]:
+        call: _Call = info.context
+        key_given = idempotencyKey or call.header_key
+        if key_given is not None and not 0 < len(key_given) <= MAX_ID_LENGTH:
+            raise GraphQLError(
+                f"an idempotency key is 1 to {MAX_ID_LENGTH} characters",
+                extensions={"code": "INVALID_IDEMPOTENCY_KEY"},
+            )
+        try:
+            command = call.ops.command(
+                key,
+                input if input is not None else {},
+                version=version,
+                idempotency_key=key_given,
+                correlation_id=call.correlation_id,
+                traceparent=call.traceparent,
+                source="oprunner.graphql",
+            )
+        except EnvelopeError as exc:
+            raise GraphQLError(exc.reason, extensions={"code": "INVALID_COMMAND"}) from None
+        try:
+            outcome = await call.ops.call(command, call.token)
+        except StoreUnavailable:
+            raise GraphQLError(
+                "the store is unavailable; retry with the same idempotency key",
+                extensions={"code": "UNAVAILABLE"},
+            ) from None
+        data = outcome.result["data"]
+        return {**data, "commandId": command.id, "idempotencyKey": command.idempotency_key}
+
+    return resolve
+
+
+class _Call:
+    """What every resolver of one HTTP request shares: its caller and its headers."""
+
+    def __init__(self, ops: OpsApi, request: Request, header_key: str | None) -> None:
+        self.ops = ops
+        self.token = bearer(request.headers.get("authorization"))
+        self.header_key = header_key
+        self.correlation_id = request.headers.get("x-correlation-id") or None
+        self.traceparent = valid_traceparent(request.headers.get("traceparent"))
+
+
+def _errors(status: int, *messages: str) -> JSONResponse:
+    # answered before the body was read whole: the connection ends (see infra.http._too_large)
+    close = {"Connection": "close"} if status in (408, 413) else None
+    return JSONResponse({"errors": [{"message": m} for m in messages]}, status_code=status, headers=close)
+
+
+class GraphQLApi:
+    """``POST /graphql`` (GraphQL over HTTP, JSON bodies) for ``ops``'s registry."""
+
+    def __init__(self, ops: OpsApi, *, body_timeout: float = BODY_TIMEOUT) -> None:
+        self.ops = ops
+        self.schema = build_schema(ops.executor.registry)
+        self.body_timeout = body_timeout
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            body = await read_body(request, self.ops.max_bytes, self.body_timeout)
+        except BodyTooLarge:
+            return _errors(413, f"body larger than {self.ops.max_bytes} bytes")
+        except BodyNotSent:
+            return _errors(408, f"the body did not arrive within {self.body_timeout:g} s")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _errors(400, f"body is not JSON: {exc}")
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            return _errors(400, 'the body must be a JSON object with a "query" string')
+        variables, operation = payload.get("variables"), payload.get("operationName")
+        if variables is not None and not isinstance(variables, dict):
+            return _errors(400, '"variables" must be an object')
+        if operation is not None and not isinstance(operation, str):
+            return _errors(400, '"operationName" must be a string')
+        try:
+            document = parse(payload["query"], max_tokens=10_000)
+        except GraphQLSyntaxError as exc:  # a request, not a transport failure: 200, as with JSON
+            return JSONResponse({"errors": [exc.formatted]})
+        problems = validate(self.schema, document)
+        if problems:
+            return JSONResponse({"errors": [e.formatted for e in problems]})
+        chosen = [
+            d
+            for d in document.definitions
+            if isinstance(d, OperationDefinitionNode)
+            and (operation is None or (d.name and d.name.value == operation))
+        ]
+        roots = sum(len(d.selection_set.selections) for d in chosen[:1])
+        if roots > MAX_ROOT_FIELDS:
+            return _errors(200, f"at most {MAX_ROOT_FIELDS} root fields in one document")
+        header_key = request.headers.get("idempotency-key")
+        if header_key is not None and roots != 1:
+            return _errors(200, "Idempotency-Key names one call: give each field its own idempotencyKey")
+        result = execute(
+            self.schema,
+            document,
+            context_value=_Call(self.ops, request, header_key),
+            variable_values=variables,
+            operation_name=operation,
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        body_out: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            body_out["errors"] = [e.formatted for e in result.errors]
+        return JSONResponse(body_out)

@@ -1,0 +1,165 @@
+"""``/graphql`` on a running ``serve``, driven by gql (a real GraphQL client) over HTTP.
+
+The schema is read by introspection; mutations and queries run through the same executor as
+``/ops``: the actor from ``Authorization``, the same statuses, one effect per key, audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from gql import Client, GraphQLRequest, gql
+from gql.transport.httpx import HTTPXAsyncTransport
+from graphql import GraphQLEnumType, GraphQLInputObjectType, GraphQLNonNull, GraphQLObjectType
+
+from tests.support import Reader, ServeProcess, Topics, seed_ledger, token
+
+pytestmark = pytest.mark.integration
+
+CREDIT = gql(
+    """mutation Credit($input: LedgerCreditInput!, $key: String) {
+         ledgerCredit(input: $input, idempotencyKey: $key) {
+           status commandId idempotencyKey
+           output { accountId balance }
+           error { code declared message fields { field message } }
+         }
+       }"""
+)
+BALANCE = gql(
+    """query Balance($id: String!) {
+         ledgerBalance(input: {accountId: $id}) { status output { balance } error { code declared } }
+       }"""
+)
+
+
+@pytest.fixture
+async def accounts(clean_db: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    await seed_ledger(clean_db, [("a1", "alice", "t1"), ("b1", "bob", "t1")])
+    yield clean_db
+
+
+@pytest.fixture
+def server(topics: Topics, database_url: str, accounts: Any, serving: Any) -> ServeProcess:
+    return serving(topics, database_url)
+
+
+async def _run(session: Any, document: GraphQLRequest, variables: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await session.execute(GraphQLRequest(document, variable_values=variables))
+    return result
+
+
+def _client(server: ServeProcess, sub: str | None = "alice", **headers: str) -> Client:
+    if sub is not None:
+        headers["authorization"] = f"Bearer {token(sub, tenant='t1')}"
+    transport = HTTPXAsyncTransport(url=f"{server.url}/graphql", headers=headers, timeout=30)
+    return Client(transport=transport, fetch_schema_from_transport=True)
+
+
+async def test_introspected_schema_is_the_registry(server: ServeProcess) -> None:
+    async with _client(server) as session:
+        schema = session.client.schema
+        assert schema is not None and schema.mutation_type is not None and schema.query_type is not None
+        credit = schema.mutation_type.fields["ledgerCredit"]
+        assert credit.description and credit.description.startswith("Credit an account")
+        assert isinstance(credit.args["input"].type, GraphQLNonNull)
+        given = schema.get_type("LedgerCreditInput")
+        assert isinstance(given, GraphQLInputObjectType)
+        assert {"accountId", "amount"} <= set(given.fields)
+        assert isinstance(given.fields["accountId"].type, GraphQLNonNull)
+        assert not isinstance(given.fields["flaky"].type, GraphQLNonNull)  # has a default
+        assert "ledgerBalance" in schema.query_type.fields  # a query spec is a query
+        codes = schema.get_type("LedgerCreditErrorCode")
+        assert isinstance(codes, GraphQLEnumType) and set(codes.values) == {"DECLINED"}
+        result = schema.get_type("LedgerCreditResult")
+        assert isinstance(result, GraphQLObjectType)
+        assert {"status", "output", "error", "commandId", "idempotencyKey"} == set(result.fields)
+
+
+async def test_mutations_and_queries_run_as_commands(
+    server: ServeProcess, topics: Topics, kafka_bootstrap: str, accounts: asyncpg.Pool
+) -> None:
+    async with _client(server) as alice:
+        ok = (await _run(alice, CREDIT, {"input": {"accountId": "a1", "amount": "3"}}))["ledgerCredit"]
+        assert ok["status"] == "succeeded" and ok["output"] == {"accountId": "a1", "balance": "3"}
+        assert ok["error"] is None and ok["idempotencyKey"] == ok["commandId"]
+
+        keyed = {"input": {"accountId": "a1", "amount": "2"}, "key": "gql-1"}
+        first = (await _run(alice, CREDIT, keyed))["ledgerCredit"]
+        again = (await _run(alice, CREDIT, keyed))["ledgerCredit"]
+        assert first["output"] == again["output"] == {"accountId": "a1", "balance": "5"}
+        clash = {"input": {"accountId": "a1", "amount": "7"}, "key": "gql-1"}
+        conflict = (await _run(alice, CREDIT, clash))["ledgerCredit"]
+        assert (conflict["status"], conflict["error"]["code"]) == ("rejected", "IDEMPOTENCY_CONFLICT")
+
+        denied = (await _run(alice, CREDIT, {"input": {"accountId": "b1", "amount": "1"}}))["ledgerCredit"]
+        assert (denied["status"], denied["error"]["code"], denied["output"]) == ("denied", "FORBIDDEN", None)
+        invalid = (await _run(alice, CREDIT, {"input": {"accountId": "a1", "amount": "-1"}}))["ledgerCredit"]
+        assert (invalid["status"], invalid["error"]["code"]) == ("rejected", "INVALID_INPUT")
+        assert [f["field"] for f in invalid["error"]["fields"]] == ["amount"]
+        refused = {"input": {"accountId": "a1", "amount": "1", "fail": "DECLINED"}}
+        declined = (await _run(alice, CREDIT, refused))["ledgerCredit"]
+        assert (declined["status"], declined["error"]["code"], declined["error"]["declared"]) == (
+            "failed",
+            "DECLINED",
+            "DECLINED",
+        )
+        assert invalid["error"]["declared"] is None  # the runner's own code is not the spec's
+
+        read = (await _run(alice, BALANCE, {"id": "a1"}))["ledgerBalance"]
+        assert read == {"status": "succeeded", "output": {"balance": "5"}, "error": None}
+
+    async with _client(server, None) as nobody:
+        anonymous = (await _run(nobody, CREDIT, {"input": {"accountId": "a1", "amount": "1"}}))[
+            "ledgerCredit"
+        ]
+        assert (anonymous["status"], anonymous["error"]["code"]) == ("denied", "UNAUTHENTICATED")
+
+    async with _client(server, "alice", **{"idempotency-key": "gql-header"}) as keyed_alice:
+        once = await _run(keyed_alice, CREDIT, {"input": {"accountId": "a1", "amount": "1"}})
+        twice = await _run(keyed_alice, CREDIT, {"input": {"accountId": "a1", "amount": "1"}})
+        assert (
+            once["ledgerCredit"]["output"]
+            == twice["ledgerCredit"]["output"]
+            == {"accountId": "a1", "balance": "6"}
+        )
+        assert (
+            once["ledgerCredit"]["idempotencyKey"] == twice["ledgerCredit"]["idempotencyKey"] == "gql-header"
+        )
+
+    assert await accounts.fetchval("SELECT balance FROM ledger_accounts WHERE id = 'a1'") == 6
+    keys = [r["idempotency_key"] for r in await accounts.fetch("SELECT idempotency_key FROM ledger_effects")]
+    assert keys.count("gql-1") == 1 and keys.count("gql-header") == 1
+    async with Reader(kafka_bootstrap, topics.audit) as audit:
+        entries = [orjson.loads(m.value)["data"] for m in await audit.until(lambda m: len(m) >= 11)]
+    assert {e["status"] for e in entries} == {"succeeded", "rejected", "denied", "failed"}
+
+
+async def test_bad_requests_get_specific_answers(server: ServeProcess) -> None:
+    headers = {"authorization": f"Bearer {token('alice', tenant='t1')}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
+        not_json = await http.post("/graphql", content=b"{nope")
+        assert not_json.status_code == 400 and "not JSON" in not_json.json()["errors"][0]["message"]
+        no_query = await http.post("/graphql", json={"variables": {}})
+        assert no_query.status_code == 400
+        syntax = await http.post("/graphql", json={"query": "mutation {"})
+        assert syntax.status_code == 200 and syntax.json()["errors"][0]["message"].startswith("Syntax Error")
+        unknown = await http.post("/graphql", json={"query": "{ nope }"})
+        assert "Cannot query field 'nope'" in unknown.json()["errors"][0]["message"]
+        many = " ".join(
+            f'c{i}: ledgerCredit(input: {{accountId: "a1", amount: "1"}}) {{ status }}' for i in range(33)
+        )
+        flood = await http.post("/graphql", json={"query": f"mutation {{ {many} }}"})
+        assert "at most 32 root fields" in flood.json()["errors"][0]["message"]
+        one = 'ledgerCredit(input: {accountId: "a1", amount: "1"}) { status }'
+        two = f"a: {one} b: {one}"
+        shared = await http.post(
+            "/graphql", json={"query": f"mutation {{ {two} }}"}, headers={"idempotency-key": "k"}
+        )
+        assert "Idempotency-Key names one call" in shared.json()["errors"][0]["message"]
+        huge = await http.post("/graphql", content=b'{"query": "' + b" " * (2 * 1024 * 1024) + b'"}')
+        assert huge.status_code == 413
