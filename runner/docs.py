@@ -652,7 +652,7 @@ def openapi(
         provider = {"enum": sorted(webhook_providers)}
     paths["/webhooks/{provider}"] = {
         "post": {
-            "summary": "Provider webhooks (stripe): verified, recorded once, turned into a command",
+            "summary": "Provider webhooks: verified, recorded once, turned into a command",
             "operationId": "receiveWebhook",
             "parameters": [
                 {
@@ -665,7 +665,8 @@ def openapi(
             ],
             "security": [],
             "requestBody": {
-                "description": "the provider's event, as it signed it (Stripe: `Stripe-Signature`)",
+                "description": "the provider's event, as it signed it (Stripe: `Stripe-Signature`; "
+                "Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`)",
                 "content": _json_content({"type": "object"}),
             },
             "responses": {
