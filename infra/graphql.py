@@ -73,6 +73,7 @@ _RESERVED = {"true", "false", "null"}  # not enum values in GraphQL
 _INT32 = 2**31 - 1
 _log = logging.getLogger("oprunner.graphql")
 
+
 def _untyped(node: Any, variables: Any = None) -> Any:
     return value_from_ast_untyped(node, variables)
 
