@@ -31,6 +31,7 @@ from .spec import (
     define_query,
 )
 from .store import Store
+from .versions import install_upcast
 from .webhooks import MappedCommand, VerifiedEvent, WebhookRejected, WebhookSource
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "define_event",
     "define_query",
     "install_op",
+    "install_upcast",
     "mint_token",
     "parse_command",
 ]

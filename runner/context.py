@@ -35,6 +35,10 @@ class OperationContext:
     """The idempotency key scoped to its caller (``runner.store.run_key``): what the run is
     stored under, and what ``external_key`` derives from, so two callers that chose the same
     key never share an outside API's idempotency key either."""
+    upcast_from: OperationSpec | None = None
+    """Set when this handler runs a command of an older version through an upcast
+    (``runner.versions.install_upcast``): the spec the command asked for, which its result
+    and audit name. ``spec`` is then the handler's own (the newer) spec."""
 
     def __getattr__(self, name: str) -> Any:
         try:

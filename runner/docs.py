@@ -338,8 +338,9 @@ def _operation_path(registry: OperationRegistry, spec: OperationSpec, components
     return {
         "post": {
             "summary": spec.meta.description,
-            "description": "Runs the operation (latest version unless `version` names another) and "
-            "answers its outcome; with `Prefer: respond-async`, a command that would be "
+            "description": f"Runs the operation's default version ({spec.version}: the highest one not "
+            "deprecated) unless `version` names another, and answers its outcome; with "
+            "`Prefer: respond-async`, a command that would be "
             "run is written down and answered 202 at once.",
             "operationId": spec.key,
             "tags": list(spec.meta.tags),
@@ -465,7 +466,7 @@ def openapi(
     components: dict[str, Any] = dict(_COMPONENTS)
     paths: dict[str, Any] = {}
     for spec in registry:
-        if f"/ops/{spec.key}" not in paths:  # the latest version documents the path
+        if f"/ops/{spec.key}" not in paths:  # the default version (highest not deprecated) documents it
             paths[f"/ops/{spec.key}"] = _operation_path(registry, registry.get(spec.key).spec, components)
     message = _ref("Message")
     paths["/ops/runs/{id}"] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from .context import OperationContext, PolicyContext
 from .errors import RegistryError, UnknownOperation
-from .spec import OperationSpec, parse_version
+from .spec import AUTH_LEVELS, OperationSpec, parse_version
 
 Handler = Callable[[Any, OperationContext], Awaitable[Any]]
 
@@ -81,30 +81,50 @@ class Installed:
     spec: OperationSpec
     handler: Handler
     batch: BatchHandler | None = None
+    upcast_to: OperationSpec | None = None
+    """For an older version served by a newer one's handler (``runner.versions.install_upcast``):
+    the spec whose handler runs it."""
 
 
 class OperationRegistry:
-    """Specs unique by (key, version); asking for a key alone gives its highest version."""
+    """Specs unique by (key, version), several versions of one key served side by side.
+
+    A command names its version in ``opversion``; one that names none gets the key's *default*
+    version: the highest one whose stability is not ``deprecated`` (the highest of all when every
+    one is deprecated). So publishing ``2.0.0`` moves unpinned callers to it, and deprecating it
+    moves them back, while callers that pin a version always get exactly that one."""
 
     def __init__(self) -> None:
         self._ops: dict[str, dict[tuple[int, int, int], Installed]] = {}
+        self._defaults: dict[str, Installed] = {}  # per key, what a command naming no version runs
         self._resolvers: dict[str, Resolver] = {}
 
-    def install(self, spec: OperationSpec, handler: Handler, batch: BatchHandler | None = None) -> None:
+    def install(
+        self,
+        spec: OperationSpec,
+        handler: Handler,
+        batch: BatchHandler | None = None,
+        *,
+        upcast_to: OperationSpec | None = None,
+    ) -> None:
         versions = self._ops.setdefault(spec.key, {})
         version = parse_version(spec.version)
         if version in versions:
             raise RegistryError(f"{spec.key} {spec.version} is installed already")
         if batch is not None and spec.kind == "query":
             raise RegistryError(f"{spec.key}: queries run alone; a batch handler is for commands")
-        versions[version] = Installed(spec, handler, batch)
+        versions[version] = Installed(spec, handler, batch, upcast_to)
+        served = [v for v, op in versions.items() if not op.spec.deprecated] or list(versions)
+        self._defaults[spec.key] = versions[max(served)]
 
     def get(self, key: str, version: str | None = None) -> Installed:
+        """The installed operation of ``key`` at ``version``; with no version, the default one
+        (the highest not deprecated; the highest when all are). ``UnknownOperation`` if none."""
         versions = self._ops.get(key)
         if not versions:
             raise UnknownOperation(f"unknown operation {key!r}")
         if version is None:
-            return versions[max(versions)]
+            return self._defaults[key]
         try:
             return versions[parse_version(version)]
         except (ValueError, KeyError):
@@ -155,7 +175,30 @@ class OperationRegistry:
                         f"{spec.key} {spec.version}: no resolver for resource {rule.resource!r}"
                         " (every such command would be denied)"
                     )
+        for installed in self._installed():
+            if (target := installed.upcast_to) is not None:
+                found += self._upcast_problems(installed.spec, target)
         return found
+
+    def _installed(self) -> Iterator[Installed]:
+        for key in sorted(self._ops):
+            for version in sorted(self._ops[key]):
+                yield self._ops[key][version]
+
+    def _upcast_problems(self, spec: OperationSpec, target: OperationSpec) -> list[str]:
+        where = f"{spec.key} {spec.version}: upcasts to {target.key} {target.version}"
+        try:
+            served = self.get(target.key, target.version).spec
+        except UnknownOperation:
+            return [f"{where}, which is not installed (every such command would fail)"]
+        if served is not target:
+            return [f"{where}, but another spec of that version is installed"]
+        if AUTH_LEVELS.index(spec.policy.auth) < AUTH_LEVELS.index(target.policy.auth):
+            return [
+                f"{where}: its auth {spec.policy.auth!r} is looser than {target.policy.auth!r}"
+                f" (callers of {spec.version} would skip {target.version}'s policy)"
+            ]
+        return []
 
     def check(self) -> None:
         """Raise ``RegistryError`` listing every problem; ``serve`` calls it before consuming."""

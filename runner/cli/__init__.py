@@ -74,7 +74,9 @@ def specs_list(app_: AppOption = DEFAULT_APP) -> None:
 @specs_app.command("show")
 def specs_show(
     key: str,
-    version: Annotated[str | None, typer.Option(help="A version; the latest when omitted.")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="A version; the default (highest not deprecated) when omitted.")
+    ] = None,
     app_: AppOption = DEFAULT_APP,
 ) -> None:
     """Meta, policy and JSON Schemas of one spec, as JSON."""
@@ -85,6 +87,66 @@ def specs_show(
     except UnknownOperation as exc:
         fail(str(exc))
     typer.echo(json.dumps(spec.describe(), indent=2))
+
+
+DEFAULT_LOCK = Path("oprunner.lock.json")
+
+
+@specs_app.command("lock")
+def specs_lock(
+    app_: AppOption = DEFAULT_APP,
+    out: Annotated[Path, typer.Option("--out", help="The lock file to write.")] = DEFAULT_LOCK,
+) -> None:
+    """Write the app's contract (every spec's schemas, policy, error codes) to a lock file."""
+    from ..contract import count, dumps, lock
+
+    locked = lock(load_registry(app_))
+    try:
+        out.write_text(dumps(locked))
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}", 2)
+    typer.echo(f"wrote {out} ({count(locked)} specs)")
+
+
+@specs_app.command("check")
+def specs_check(
+    app_: AppOption = DEFAULT_APP,
+    lock_file: Annotated[Path, typer.Option("--lock", help="The lock file to compare with.")] = DEFAULT_LOCK,
+) -> None:
+    """Compare the app with its lock file: one line per breaking change, as `buf breaking` does.
+
+    Exit 0: no breaking change; 1: breaking changes (listed); 2: nothing compared (the lock
+    file is missing or unreadable, or the app cannot be loaded)."""
+    from ..contract import LOCK_FORMAT, breaking, count, lock
+
+    try:
+        text = lock_file.read_text()
+    except OSError as exc:
+        fail(f"cannot read {lock_file}: {exc.strerror or exc} (write it with `oprunner specs lock`)", 2)
+    try:
+        old = json.loads(text)
+    except ValueError as exc:
+        fail(f"{lock_file} is not JSON: {exc}", 2)
+    if (
+        not isinstance(old, dict)
+        or old.get("format") != LOCK_FORMAT
+        or not isinstance(old.get("specs"), dict)
+    ):
+        fail(f"{lock_file} is not an oprunner lock file ({LOCK_FORMAT})", 2)
+    try:
+        registry = load_registry(app_)
+    except typer.Exit:
+        raise typer.Exit(2) from None
+    new = lock(registry)
+    try:
+        found = breaking(old, new)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        fail(f"{lock_file} is not an oprunner lock file ({LOCK_FORMAT}): {type(exc).__name__} {exc}", 2)
+    for line in found:
+        typer.echo(line)
+    if found:
+        raise typer.Exit(1)
+    typer.echo(f"no breaking changes against {lock_file} ({count(new)} specs)")
 
 
 @app.command()
@@ -260,7 +322,7 @@ TokenOption = Annotated[
 ]
 KeyOption = Annotated[str | None, typer.Option("--idempotency-key", help="Defaults to the command id.")]
 VersionOption = Annotated[
-    str | None, typer.Option("--version", help="Spec version; the latest when omitted.")
+    str | None, typer.Option("--version", help="Spec version; the default (highest not deprecated) when omitted.")
 ]
 
 
