@@ -36,7 +36,7 @@ import pytest_asyncio
 
 from runner import App, Executor, JwtAuthenticator, Outcome, command, mint_token
 from runner.app import as_app
-from runner.auth import command_key
+from runner.auth import CommandSigner, command_key
 from runner.settings import Settings
 
 from .postgres import PostgresStore, connect_pool, migrate
@@ -73,6 +73,17 @@ class Kit:
         if token is None and sub is not None:
             token = self.token(sub, **({"tenant": tenant} if tenant is not None else {}))
         return await self.executor.execute(command(op, data, **envelope), token=token)
+
+    async def follow_ups(self, outcome: Outcome) -> list[Outcome]:
+        """Run the follow-up commands ``outcome``'s handler sent (``ctx.send``), each with the
+        one-command token it was published with, as the consumer would; their outcomes."""
+        commands = self.executor.commands_topic
+        sent = [p for p in outcome.publications if p.topic == commands]
+        out = []
+        for publication in sent:
+            token = dict(publication.headers)["authorization"].decode()
+            out.append(await self.executor.execute(publication.value, token=token))
+        return out
 
 
 @pytest.fixture(scope="session")
@@ -126,13 +137,15 @@ async def oprunner(oprunner_migrated: App, oprunner_settings: Settings) -> Async
     assert oprunner_settings.database_url is not None
     pool = await connect_pool(oprunner_settings.database_url.get_secret_value(), min_size=1, max_size=8)
     try:
-        authenticator = JwtAuthenticator(secret=SECRET, command_key=command_key(SECRET, None))
+        key = command_key(SECRET, None)
+        authenticator = JwtAuthenticator(secret=SECRET, command_key=key)
         executor = Executor(
             app.registry,
             PostgresStore(pool),
             authenticator,
             clients=app.build_clients(oprunner_settings),
             transient_errors=app.transient_errors,
+            command_signer=CommandSigner(key, subject="oprunner-followups", ttl=3600),
         )
         yield Kit(app, executor, pool, oprunner_settings)
     finally:

@@ -351,10 +351,14 @@ class CommandSigner:
         self._subject = subject
         self._ttl = ttl
 
-    def token_for(self, command: CommandEnvelope) -> str:
+    def token_for(
+        self, command: CommandEnvelope, *, subject: str | None = None, tenant: str | None = None
+    ) -> str:
+        """``subject`` names who makes the command (default: this signer's); ``tenant`` is
+        the tenant it acts in (a follow-up acts in its parent's)."""
         now = int(time.time())
-        claims = {
-            "sub": self._subject,
+        claims: dict[str, Any] = {
+            "sub": subject or self._subject,
             "kind": "service",
             "ops": [command.type],
             "cmd": command.id,
@@ -362,4 +366,6 @@ class CommandSigner:
             "iat": now,
             "exp": now + int(self._ttl),
         }
+        if tenant is not None:
+            claims["tenant"] = tenant
         return jwt.encode(claims, self._key, algorithm="HS256", headers={"kid": COMMAND_KEY_ID})

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .auth import Actor
     from .spec import OperationSpec
+
+Sender = Callable[["OperationSpec", Any, "str | None"], str]
+"""What ``ctx.send`` calls: records a follow-up for the run's outbox and returns its id."""
 
 
 @dataclass(slots=True)
@@ -39,6 +42,27 @@ class OperationContext:
     """Set when this handler runs a command of an older version through an upcast
     (``runner.versions.install_upcast``): the spec the command asked for, which its result
     and audit name. ``spec`` is then the handler's own (the newer) spec."""
+
+    sender: Sender | None = None
+    """Set by the executor when it can sign follow-up commands (see ``send``)."""
+
+    async def send(self, spec: OperationSpec, input: Any, *, key: str | None = None) -> str:
+        """Send the command ``spec(input)`` once this handler's effects commit; its id.
+
+        Written to the outbox in this handler's transaction, so it is published only if this
+        run succeeds, and once per run: a failure, a rollback or a retried attempt sends
+        nothing. ``key`` tells a run's follow-ups apart (default: the spec's key and the order
+        of the call), and derives the follow-up's idempotency key from this run's, so it is
+        claimed once however often it is published. It runs as this operation's service
+        identity, in the caller's tenant, with a token good for that one command only; it
+        carries this command's ``correlationid``, and its id as ``causationid``. The input is
+        validated here: a bad one raises ``ValueError`` in the handler."""
+        if self.sender is None:
+            raise RuntimeError(
+                "this runner cannot sign follow-up commands: set OPRUNNER_JWT_SECRET or "
+                "OPRUNNER_COMMAND_TOKEN_SECRET"
+            )
+        return self.sender(spec, input, key)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -22,7 +22,15 @@ AUDIT_TYPE = "oprunner.audit"
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_ID_LENGTH = 255
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
-_OPTIONAL = ("opversion", "idempotencykey", "correlationid", "subject", "time", "datacontenttype")
+_OPTIONAL = (
+    "opversion",
+    "idempotencykey",
+    "correlationid",
+    "causationid",
+    "subject",
+    "time",
+    "datacontenttype",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,9 @@ class CommandEnvelope:
     correlationid: str | None = None
     time: str | None = None
     traceparent: str | None = None
+    causationid: str | None = None
+    """The command whose handler sent this one (``ctx.send``); as the producer says, like
+    ``correlationid``: it links, it authorizes nothing."""
 
     @property
     def idempotency_key(self) -> str:
@@ -56,7 +67,7 @@ class CommandEnvelope:
             "datacontenttype": "application/json",
             "data": self.data,
         }
-        for name in ("opversion", "idempotencykey", "correlationid", "time"):
+        for name in ("opversion", "idempotencykey", "correlationid", "causationid", "time"):
             if (value := getattr(self, name)) is not None:
                 out[name] = value
         return out
@@ -184,6 +195,7 @@ def parse_command(
         idempotencykey=fields["idempotencykey"],
         correlationid=fields["correlationid"],
         time=fields["time"],
+        causationid=fields["causationid"],
     )
 
 

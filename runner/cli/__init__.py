@@ -322,7 +322,7 @@ TokenOption = Annotated[
 ]
 KeyOption = Annotated[str | None, typer.Option("--idempotency-key", help="Defaults to the command id.")]
 VersionOption = Annotated[
-    str | None, typer.Option("--version", help="Spec version; the default (highest not deprecated) when omitted.")
+    str | None, typer.Option("--version", help="Spec version; the highest not deprecated when omitted.")
 ]
 
 

@@ -228,6 +228,7 @@ def new_executor(
     settings: Settings, app: App, store: Any, authenticator: Any, clients: Any, metrics: Metrics | None
 ) -> Executor:
     """The executor of ``app`` on ``store``: one for each pool a process runs commands on."""
+    key = command_key_from(settings)  # None with a public-key setup and no command secret
     return Executor(
         app.registry,
         store,
@@ -238,6 +239,10 @@ def new_executor(
         clients=clients,
         transient_errors=app.transient_errors,
         metrics=metrics,
+        commands_topic=settings.commands_topic,
+        command_signer=CommandSigner(key, subject="oprunner-followups", ttl=settings.command_token_ttl)
+        if key is not None
+        else None,
     )
 
 

@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from .. import _json
-from ..auth import Actor, Authenticator
+from ..auth import Actor, Authenticator, CommandSigner
 from ..envelope import CommandEnvelope, parse_command
 from ..errors import StoreUnavailable
+from ..followups import FollowUpWriter
 from ..observability import Metrics
 from ..registry import OperationRegistry
 from ..store import OutcomeRecord, Store
@@ -71,11 +72,16 @@ class Executor:
         lease_seconds: float = LEASE_SECONDS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: Metrics | None = None,
+        commands_topic: str = "ops.commands",
+        command_signer: CommandSigner | None = None,
     ) -> None:
+        """``command_signer`` signs the handlers' follow-up commands (``ctx.send``), published
+        to ``commands_topic``; without one, ``ctx.send`` raises."""
         self.registry = registry
         self.store = store
         self.results_topic = results_topic
         self.audit_topic = audit_topic
+        self.commands_topic = commands_topic
         self.source = source
         self.clients = dict(clients or {})
         self.worker_id = worker_id or default_worker_id()
@@ -89,9 +95,10 @@ class Executor:
             results_topic=results_topic,
             audit_topic=audit_topic,
             metrics=metrics,
+            follow_ups=FollowUpWriter(command_signer, commands_topic) if command_signer else None,
         )
         self._claims = claims = Claims(store, self.worker_id, lease_seconds)
-        invoker = Invoker(self.clients, metrics, retrier)
+        invoker = Invoker(self.clients, metrics, retrier, source=source, can_send=command_signer is not None)
         self._runs = Runs(store, claims, invoker, self._recorder, retrier, metrics)
         self._batches = Batches(
             store, self._admission, claims, invoker, self._recorder, self._runs, retrier, metrics

@@ -179,7 +179,14 @@ class Batches:
                     continue
                 outputs.update(zip(members, datas, strict=True))
             completed: dict[int, OutcomeRecord] = {
-                i: self.recorder.record(h.admitted.call, outputs[i]["status"], "allow", outputs[i], h.attempt)
+                i: self.recorder.record(
+                    h.admitted.call,
+                    outputs[i]["status"],
+                    "allow",
+                    outputs[i],
+                    h.attempt,
+                    sent=h.admitted.call.follow_ups,  # kept only when it succeeded
+                )
                 for i, h in held.items()
                 if i in outputs
             }

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from ..auth import Actor
 from ..envelope import CommandEnvelope
+from ..followups import FollowUp
 from ..model import Model
 from ..registry import Installed
 from ..spec import OperationSpec
@@ -36,6 +37,7 @@ class Call:
     traceparent: str | None = None
     wire: dict[str, Any] = field(default_factory=dict)  # the validated input, dumped once
     authenticated: bool = False  # a verified actor (or one this process verified earlier)
+    follow_ups: list[FollowUp] = field(default_factory=list)  # what its latest attempt sent
 
     @property
     def op(self) -> str:

@@ -15,9 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..context import OperationContext
-from ..envelope import nul_paths, visible, without_nul
+from ..context import OperationContext, Sender
+from ..envelope import NUL, nul_paths, visible, without_nul
 from ..errors import OperationError, RetryableError
+from ..followups import MAX_FOLLOW_UPS, MAX_KEY, follow_up
 from ..model import Model
 from ..observability import Metrics
 from ..spec import OperationSpec
@@ -65,15 +66,27 @@ class InTurn:
 
 
 class Invoker:
-    def __init__(self, clients: Mapping[str, Any], metrics: Metrics | None, retrier: Retrier) -> None:
+    def __init__(
+        self,
+        clients: Mapping[str, Any],
+        metrics: Metrics | None,
+        retrier: Retrier,
+        *,
+        source: str = "oprunner",
+        can_send: bool = False,
+    ) -> None:
         self.clients = clients
         self.metrics = metrics
         self.retrier = retrier
+        self.source = source
+        self.can_send = can_send  # the executor has a signer for follow-up commands
 
     def context(self, spec: OperationSpec, call: Call, db: Any, attempt: int) -> OperationContext:
         command = call.command
         ids = {"command_id": command.id, "correlation_id": command.correlation_id, "op": spec.key}
+        call.follow_ups = []  # each attempt starts with none: what a rolled-back one sent is gone
         return OperationContext(
+            sender=self._sender(spec, call) if self.can_send else None,
             db=db,
             actor=call.actor,
             idempotency_key=command.idempotency_key,
@@ -85,6 +98,45 @@ class Invoker:
             logger=logging.LoggerAdapter(logging.getLogger(f"oprunner.op.{spec.key}"), ids),
             clients=self.clients,
         )
+
+    def _sender(self, parent: OperationSpec, call: Call) -> Sender:
+        sent, keys = call.follow_ups, set[str]()
+
+        def send(spec: OperationSpec, input: Any, key: str | None) -> str:
+            if parent.kind == "query":
+                raise ValueError(f"{parent.key} is a query: a query reads, it sends no commands")
+            if not isinstance(spec, OperationSpec) or spec.kind == "query":
+                raise ValueError("ctx.send takes a command's spec (a query is asked, not sent)")
+            key = key if key is not None else f"{spec.key}#{len(sent) + 1}"
+            if not 0 < len(key) <= MAX_KEY or NUL in key:
+                raise ValueError(f"a follow-up key is 1 to {MAX_KEY} characters, without U+0000")
+            if key in keys:
+                raise ValueError(f"this run has sent a follow-up with key {key!r} already")
+            if len(sent) >= MAX_FOLLOW_UPS:
+                raise ValueError(f"a run sends at most {MAX_FOLLOW_UPS} follow-up commands")
+            try:
+                value = input if type(input) is spec.io.input else spec.io.input.model_validate(input)
+            except ValidationError as exc:
+                fields = ", ".join(sorted({f["field"] for f in field_errors(exc)}))
+                raise ValueError(f"follow-up {spec.key}: invalid input: {fields}") from None
+            wire = value.to_wire()
+            if nul := nul_paths(wire):
+                raise ValueError(f"follow-up {spec.key}: U+0000 at {', '.join(nul)}")
+            item = follow_up(
+                spec,
+                wire,
+                spec.partition_value(value),
+                key=key,
+                parent_run_key=call.run_key,
+                parent=call.command,
+                traceparent=call.traceparent,
+                source=self.source,
+            )
+            sent.append(item)
+            keys.add(key)
+            return item.command.id
+
+        return send
 
     async def invoke(self, admitted: Admitted, db: Any, attempt: int) -> dict[str, Any]:
         """Run the handler; return the result data. Transient errors propagate."""

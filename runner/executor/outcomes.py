@@ -18,6 +18,7 @@ from typing import Any
 from .. import _json
 from ..auth import Actor
 from ..envelope import AUDIT_TYPE, CONTENT_TYPE, CommandEnvelope, build_event, now_iso, visible
+from ..followups import FollowUp, FollowUpWriter
 from ..observability import Metrics, end_span
 from ..store import OutcomeRecord, Publication, Store
 from .calls import AuditDecision, Call, Outcome, Status, Verdict
@@ -98,7 +99,9 @@ class Recorder:
         results_topic: str,
         audit_topic: str,
         metrics: Metrics | None,
+        follow_ups: FollowUpWriter | None = None,
     ) -> None:
+        self.follow_ups = follow_ups
         self.store = store
         self.retrier = retrier
         self.source = source
@@ -115,8 +118,10 @@ class Recorder:
         attempt: int,
         *,
         replayed: bool = False,
+        sent: Sequence[FollowUp] = (),
     ) -> OutcomeRecord:
-        """The result and audit events of one outcome, as the outbox rows that carry them."""
+        """The result and audit events of one outcome, as the outbox rows that carry them;
+        with ``sent``, a succeeded run's follow-up commands too (``runner.followups``)."""
         command, spec = call.command, call.spec
         version = spec.version if spec else command.opversion
         op = call.op
@@ -164,11 +169,19 @@ class Recorder:
             publications=(
                 Publication(self.results_topic, key, _json.dumps(result), headers),
                 Publication(self.audit_topic, key, _json.dumps(audit), headers),
+                *self._follow_ups(call, status, sent),
             ),
             events=(result, audit),
             correlation_id=command.correlation_id,
             trace_id=call.traceparent.split("-")[1] if call.traceparent else None,
         )
+
+    def _follow_ups(self, call: Call, status: Status, sent: Sequence[FollowUp]) -> tuple[Publication, ...]:
+        if not sent or status != "succeeded":
+            return ()  # only effects that commit send anything
+        if self.follow_ups is None:  # ctx.send refuses without a signer: this is a bug
+            raise RuntimeError("follow-up commands were sent, but this executor cannot sign them")
+        return self.follow_ups.publications(call.op, call.actor, list(sent))
 
     def verdict(self, v: Verdict) -> OutcomeRecord:
         return self.record(v.call, v.status, v.decision, v.data, 0, replayed=v.replay is not None)

@@ -95,7 +95,9 @@ class Runs:
                 data = await self.invoker.invoke(held.admitted, tx.db, held.attempt)
                 if data["status"] != "succeeded":
                     raise Rollback(data)  # the handler's writes must not commit with a failure
-                record = self.recorder.record(call, "succeeded", "allow", data, held.attempt)
+                record = self.recorder.record(
+                    call, "succeeded", "allow", data, held.attempt, sent=call.follow_ups
+                )
                 ids = await tx.complete(key, owner, record)
         except Rollback as rollback:
             record = self.recorder.record(call, "failed", "allow", rollback.data, held.attempt)
