@@ -134,9 +134,64 @@ async def balance(value: BalanceInput, ctx: OperationContext) -> CreditOutput:
     return CreditOutput(account_id=value.account_id, balance=str(found))
 
 
+class PayInput(Model):
+    account_id: NonEmptyString
+    amount: PositiveAmount
+    receipt_delay: float = 0.0  # seconds the receipt's handler takes, for crash tests
+
+
+class ReceiptInput(Model):
+    account_id: NonEmptyString
+    amount: PositiveAmount
+    delay: float = 0.0
+
+
+class ReceiptOutput(Model):
+    account_id: str
+    receipt_key: str
+
+
+Pay = define_command(
+    meta=Meta(key="ledger.pay", version="1.0.0", description="Credit an account and ask for a receipt"),
+    io=IO(input=PayInput, output=CreditOutput),
+    policy=Policy(
+        auth="user",
+        rules=[Rule(resource="account", action="credit", condition="owner", id_field="account_id")],
+    ),
+    partition_key="account_id",
+)
+Receipt = define_command(
+    meta=Meta(key="ledger.receipt", version="1.0.0", description="Write a payment's receipt"),
+    io=IO(input=ReceiptInput, output=ReceiptOutput),
+    policy=Policy(auth="service"),
+    partition_key="account_id",
+)
+
+
+async def pay(value: PayInput, ctx: OperationContext) -> CreditOutput:
+    """``credit``, then a follow-up: the receipt is written only if the credit commits."""
+    out = await credit(CreditInput(account_id=value.account_id, amount=value.amount), ctx)
+    data = {"accountId": value.account_id, "amount": str(value.amount), "delay": value.receipt_delay}
+    await ctx.send(Receipt, data, key="receipt")
+    return out
+
+
+async def receipt(value: ReceiptInput, ctx: OperationContext) -> ReceiptOutput:
+    if value.delay:
+        await asyncio.sleep(value.delay)
+    await ctx.db.execute(
+        "INSERT INTO ledger_effects (idempotency_key, account_id, amount) VALUES ($1, $2, 0)",
+        ctx.idempotency_key,
+        value.account_id,
+    )
+    return ReceiptOutput(account_id=value.account_id, receipt_key=ctx.idempotency_key)
+
+
 registry = OperationRegistry()
 install_op(registry, Credit, credit)
 install_op(registry, Balance, balance)
+install_op(registry, Pay, pay)
+install_op(registry, Receipt, receipt)
 registry.add_resource("account", load_account)
 
 batched = OperationRegistry()
