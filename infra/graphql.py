@@ -6,9 +6,10 @@ graphql-core is the reference implementation those two are built on, and builds 
 from objects directly.
 
 One mutation per command (and event), one query per query spec, named by the key in
-camelCase (``billing.capturePayment`` → ``billingCapturePayment``). Each takes ``input``
-(the spec's input type, field names as on the wire) and optional ``idempotencyKey`` and
-``version``, and returns ``<Op>Result``: ``status``, ``output`` (the spec's output type),
+camelCase (``billing.capturePayment`` → ``billingCapturePayment``) for the key's default
+version, and ``billingCapturePayment_v1_0_0`` for each other version, with that version's
+own types. Each takes ``input`` (the spec's input type, field names as on the wire) and an
+optional ``idempotencyKey``, and returns ``<Op>Result``: ``status``, ``output`` (the spec's output type),
 ``error`` (``code``; ``declared``, the code as an enum of those the spec declares;
 ``message``; ``fields``), ``commandId`` and ``idempotencyKey``. The input types are for
 clients and introspection: the executor still validates, so an invalid input is a
@@ -16,7 +17,8 @@ clients and introspection: the executor still validates, so an invalid input is 
 
 A call is an ``/ops`` call (``OpsApi.command`` and ``OpsApi.call``): the actor from the
 ``Authorization`` header, the same statuses, the same audit. A document may hold at most
-``MAX_ROOT_FIELDS`` root fields; mutations in it run one after another, as GraphQL says.
+``MAX_ROOT_FIELDS`` root fields, fragments expanded (each is a command); mutations in it run
+one after another, as GraphQL says.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from typing import Any
 
 import orjson
 from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLArgument,
     GraphQLBoolean,
     GraphQLEnumType,
@@ -46,7 +51,9 @@ from graphql import (
     GraphQLScalarType,
     GraphQLSchema,
     GraphQLString,
+    InlineFragmentNode,
     OperationDefinitionNode,
+    SelectionSetNode,
     execute,
     parse,
     validate,
@@ -242,7 +249,9 @@ def _describe(spec: OperationSpec) -> str:
 
 
 def build_schema(registry: OperationRegistry) -> GraphQLSchema:
-    """The schema of ``registry``'s default versions (``OperationRegistry.get(key)``)."""
+    """The schema of ``registry``: each key's default version (``OperationRegistry.get``) under
+    the key's camelCase name, every other version under ``<name>_v<major>_<minor>_<patch>``,
+    each with its own version's types, so a pinned caller keeps its contract."""
     types = _Types()
     mutations: dict[str, GraphQLField] = {}
     queries: dict[str, GraphQLField] = {
@@ -252,62 +261,64 @@ def build_schema(registry: OperationRegistry) -> GraphQLSchema:
             resolve=lambda *_: sorted({spec.key for spec in registry}),
         )
     }
-    for key in sorted({spec.key for spec in registry}):
-        spec = registry.get(key).spec
-        pascal = _pascal(key)
-        schema_in, schema_out = spec.input_schema(), spec.output_schema()
-        input_type = types.convert(schema_in, schema_in.get("$defs", {}), f"{pascal}Input", input=True)
-        output_type = types.convert(schema_out, schema_out.get("$defs", {}), f"{pascal}Output", input=False)
-        error_fields: dict[str, GraphQLField] = {
-            "code": GraphQLField(GraphQLNonNull(GraphQLString)),
-            "message": GraphQLField(GraphQLString),
-            "fields": GraphQLField(
-                GraphQLList(GraphQLNonNull(FIELD_ERROR)), description="INVALID_INPUT only"
-            ),
-            "details": GraphQLField(JSON, description="what a domain failure adds"),
-        }
-        declared = {code: code for code in spec.io.errors if _NAME.match(code)}
-        if declared:
-            codes = GraphQLEnumType(
-                f"{pascal}ErrorCode",
-                {code: code for code in declared},
-                description=f"The error codes {key} declares.",
-            )
-            error_fields["declared"] = GraphQLField(
-                codes,
-                description="The code, when it is one this operation declares (null for the runner's own).",
-                resolve=lambda error, _info, known=frozenset(declared): (
-                    error.get("code") if error.get("code") in known else None
-                ),
-            )
-        error_type = GraphQLObjectType(f"{pascal}Error", error_fields)
-        result_type = GraphQLObjectType(
-            f"{pascal}Result",
-            {
-                "status": GraphQLField(GraphQLNonNull(STATUS)),
-                "output": GraphQLField(output_type),
-                "error": GraphQLField(error_type),
-                "commandId": GraphQLField(GraphQLNonNull(GraphQLID)),
-                "idempotencyKey": GraphQLField(GraphQLString),
-            },
-            description=f"The outcome of {key}.",
+    for spec in registry:
+        default = registry.get(spec.key).spec
+        # the default version under the key's name; every other one pinned, under its own
+        suffix = "" if spec is default else "_v" + spec.version.replace(".", "_")
+        field = _field(
+            types, spec, field_name(spec.key) + suffix, _pascal(spec.key) + suffix.replace("_v", "V", 1)
         )
-        args = {
-            "input": GraphQLArgument(
-                GraphQLNonNull(input_type) if _required_input(schema_in) else input_type
-            ),
-            "idempotencyKey": GraphQLArgument(
-                GraphQLString, description="Defaults to the Idempotency-Key header, else the command id."
-            ),
-            "version": GraphQLArgument(
-                GraphQLString, description="A spec version; the default one if omitted."
-            ),
-        }
-        field = GraphQLField(result_type, args=args, resolve=_resolver(key), description=_describe(spec))
-        (queries if spec.kind == "query" else mutations)[field_name(key)] = field
+        (queries if spec.kind == "query" else mutations)[field_name(spec.key) + suffix] = field
     return GraphQLSchema(
         query=GraphQLObjectType("Query", queries),
         mutation=GraphQLObjectType("Mutation", mutations) if mutations else None,
+    )
+
+
+def _field(types: _Types, spec: OperationSpec, name: str, pascal: str) -> GraphQLField:
+    key = spec.key
+    schema_in, schema_out = spec.input_schema(), spec.output_schema()
+    input_type = types.convert(schema_in, schema_in.get("$defs", {}), f"{pascal}Input", input=True)
+    output_type = types.convert(schema_out, schema_out.get("$defs", {}), f"{pascal}Output", input=False)
+    error_fields: dict[str, GraphQLField] = {
+        "code": GraphQLField(GraphQLNonNull(GraphQLString)),
+        "message": GraphQLField(GraphQLString),
+        "fields": GraphQLField(GraphQLList(GraphQLNonNull(FIELD_ERROR)), description="INVALID_INPUT only"),
+        "details": GraphQLField(JSON, description="what a domain failure adds"),
+    }
+    declared = {code: code for code in spec.io.errors if _NAME.match(code)}
+    if declared:
+        codes = GraphQLEnumType(
+            f"{pascal}ErrorCode",
+            dict(declared),
+            description=f"The error codes {key} {spec.version} declares.",
+        )
+        error_fields["declared"] = GraphQLField(
+            codes,
+            description="The code, when it is one this operation declares (null for the runner's own).",
+            resolve=lambda error, _info, known=frozenset(declared): (
+                error.get("code") if error.get("code") in known else None
+            ),
+        )
+    result_type = GraphQLObjectType(
+        f"{pascal}Result",
+        {
+            "status": GraphQLField(GraphQLNonNull(STATUS)),
+            "output": GraphQLField(output_type),
+            "error": GraphQLField(GraphQLObjectType(f"{pascal}Error", error_fields)),
+            "commandId": GraphQLField(GraphQLNonNull(GraphQLID)),
+            "idempotencyKey": GraphQLField(GraphQLString),
+        },
+        description=f"The outcome of {key} {spec.version}.",
+    )
+    args = {
+        "input": GraphQLArgument(GraphQLNonNull(input_type) if _required_input(schema_in) else input_type),
+        "idempotencyKey": GraphQLArgument(
+            GraphQLString, description="Defaults to the Idempotency-Key header, else the command id."
+        ),
+    }
+    return GraphQLField(
+        result_type, args=args, resolve=_resolver(key, spec.version), description=_describe(spec)
     )
 
 
@@ -315,13 +326,12 @@ def _required_input(schema: Mapping[str, Any]) -> bool:
     return bool(schema.get("required"))
 
 
-def _resolver(key: str) -> Any:
+def _resolver(key: str, version: str) -> Any:
     async def resolve(
         _root: Any,
         info: GraphQLResolveInfo[Any],
         input: Any = None,
         idempotencyKey: str | None = None,
-        version: str | None = None,
     ) -> dict[str, Any]:
         call: _Call = info.context
         key_given = idempotencyKey or call.header_key
@@ -366,6 +376,23 @@ class _Call:
         self.traceparent = valid_traceparent(request.headers.get("traceparent"))
 
 
+def root_fields(selections: SelectionSetNode, fragments: Mapping[str, FragmentDefinitionNode]) -> int:
+    """How many root fields (calls) a selection holds, through inline fragments and fragment
+    spreads; it stops counting past ``MAX_ROOT_FIELDS``, so a fragment fanning out to
+    fragments costs no more than the limit (validation has refused cycles already)."""
+    count = 0
+    for selection in selections.selections:
+        if count > MAX_ROOT_FIELDS:
+            break
+        if isinstance(selection, FieldNode):
+            count += 1
+        elif isinstance(selection, InlineFragmentNode):
+            count += root_fields(selection.selection_set, fragments)
+        elif isinstance(selection, FragmentSpreadNode) and selection.name.value in fragments:
+            count += root_fields(fragments[selection.name.value].selection_set, fragments)
+    return count
+
+
 def _errors(status: int, *messages: str) -> JSONResponse:
     # answered before the body was read whole: the connection ends (see infra.http._too_large)
     close = {"Connection": "close"} if status in (408, 413) else None
@@ -405,13 +432,10 @@ class GraphQLApi:
         problems = validate(self.schema, document)
         if problems:
             return JSONResponse({"errors": [e.formatted for e in problems]})
-        chosen = [
-            d
-            for d in document.definitions
-            if isinstance(d, OperationDefinitionNode)
-            and (operation is None or (d.name and d.name.value == operation))
-        ]
-        roots = sum(len(d.selection_set.selections) for d in chosen[:1])
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        chosen = [d for d in operations if operation is None or (d.name and d.name.value == operation)]
+        fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        roots = root_fields(chosen[0].selection_set, fragments) if len(chosen) == 1 else 0
         if roots > MAX_ROOT_FIELDS:
             return _errors(200, f"at most {MAX_ROOT_FIELDS} root fields in one document")
         header_key = request.headers.get("idempotency-key")

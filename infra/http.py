@@ -102,8 +102,10 @@ class OpsApi:
     body_timeout: float = BODY_TIMEOUT
     max_background: int = 256
     """Accepted (202) commands running here at once; past it, 503 and ``Retry-After``."""
+    publish_wait: float = 2.0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _running: set[str] = field(default_factory=set)  # ids of accepted commands running here
+    _publishing: set[asyncio.Future[None]] = field(default_factory=set)
 
     async def run(self, request: Request) -> Response:
         try:
@@ -171,9 +173,11 @@ class OpsApi:
         correlation_id: str | None = None,
         traceparent: str | None = None,
         source: str = "oprunner.http",
+        max_bytes: int | None = None,
     ) -> CommandEnvelope:
         """The command an API call makes (``/ops``, ``/graphql``, MCP), held to the Kafka
-        path's rules: ``EnvelopeError`` names what is wrong with it."""
+        path's rules: ``EnvelopeError`` names what is wrong with it. ``max_bytes`` bounds the
+        envelope where no body limit did (MCP's arguments)."""
         command = CommandEnvelope(
             id=new_id(),
             source=source,
@@ -187,14 +191,23 @@ class OpsApi:
         )
         encoded = command.encode()
         check_attributes(command)
-        parse_command(encoded, max_bytes=len(encoded))
+        parse_command(encoded, max_bytes=max_bytes or len(encoded))
         return command
 
     async def call(self, command: CommandEnvelope, token: str | None) -> Outcome:
         """Run one command to its outcome and publish its events, as the Kafka path does;
-        ``StoreUnavailable`` when it cannot be decided now (retry with the same key)."""
+        ``StoreUnavailable`` when it cannot be decided now (retry with the same key).
+
+        The answer waits for the publish at most ``publish_wait`` seconds: the outcome is
+        durable already, and a slow broker must not hold every caller (a GraphQL document's
+        mutations run one after another). The publish goes on; what it never does, the
+        outbox relay does."""
         outcome = await self.executor.execute(command, token=token)
-        await self.deliver(outcome)
+        publishing = asyncio.ensure_future(self.deliver(outcome))
+        self._publishing.add(publishing)
+        publishing.add_done_callback(self._publishing.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(publishing), self.publish_wait)
         return outcome
 
     def _respond(self, command: CommandEnvelope, outcome: Outcome) -> JSONResponse:

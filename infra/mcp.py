@@ -32,7 +32,7 @@ from mcp.server.lowlevel import Server
 
 from runner import _json
 from runner.auth import bearer
-from runner.errors import EnvelopeError, StoreUnavailable
+from runner.errors import AuthError, EnvelopeError, StoreUnavailable
 from runner.spec import OperationSpec
 
 from .http import OpsApi
@@ -43,6 +43,7 @@ SOURCE = "oprunner.mcp"
 
 
 def tool_for(spec: OperationSpec) -> types.Tool:
+    """The tool of ``spec``: its key, its description, its input and output schemas."""
     meta = spec.meta
     description = meta.description
     if meta.goal:
@@ -51,6 +52,8 @@ def tool_for(spec: OperationSpec) -> types.Tool:
         description = f"[deprecated] {description}"
     output = spec.output_schema()
     query = spec.kind == "query"
+    if not query:  # a command runs again for each call unless the call names its key
+        description += f"\n\nA retry is safe only with the same _meta {IDEMPOTENCY_META!r}."
     return types.Tool(
         name=spec.key,
         title=meta.description,
@@ -59,7 +62,7 @@ def tool_for(spec: OperationSpec) -> types.Tool:
         # Through 2025-11-25 an output schema must be an object at the root; every spec's is.
         output_schema=output if output.get("type") == "object" else None,
         annotations=types.ToolAnnotations(
-            read_only_hint=query, destructive_hint=False if query else None, idempotent_hint=True
+            read_only_hint=query, destructive_hint=False if query else None, idempotent_hint=query
         ),
         meta={"io.oprunner/version": spec.version, "io.oprunner/kind": spec.kind},
     )
@@ -98,16 +101,19 @@ def build_server(ops: OpsApi, *, stdio_token: str | None = None, name: str = "op
             token, connection = stdio_token, process
         meta: dict[str, Any] = dict(params.meta or {})
         key = meta.get(IDEMPOTENCY_META)
-        if key is not None and not isinstance(key, str):
-            return _failed("INVALID_IDEMPOTENCY_KEY", f"_meta {IDEMPOTENCY_META} must be a string")
+        if key is not None and not (isinstance(key, str) and key):
+            return _failed("INVALID_IDEMPOTENCY_KEY", f"_meta {IDEMPOTENCY_META} must be a non-empty string")
+        # request ids 1 and "1" are two requests: the id's type is part of the key
+        request_id = f"{type(ctx.request_id).__name__}:{ctx.request_id}"
         correlation = meta.get(CORRELATION_META)
         try:
             command = ops.command(
                 params.name,
                 params.arguments or {},
-                idempotency_key=key or f"mcp:{connection}:{ctx.request_id}",
+                idempotency_key=key or f"mcp:{connection}:{request_id}",
                 correlation_id=correlation if isinstance(correlation, str) and correlation else None,
                 source=SOURCE,
+                max_bytes=ops.max_bytes,  # stdio has no body limit; HTTP's is the SDK's
             )
         except EnvelopeError as exc:
             return _failed("INVALID_COMMAND", exc.reason)
@@ -125,3 +131,43 @@ def build_server(ops: OpsApi, *, stdio_token: str | None = None, name: str = "op
         return types.CallToolResult(content=_text(body), is_error=True)
 
     return Server(name, version="1", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+class BearerRequired:
+    """In front of the streamable HTTP app: every request carries a token that verifies, or
+    is answered 401 before the SDK opens a session for it. Sessions cost memory and the SDK
+    keeps thousands for half an hour: without this an anonymous client could take them all.
+    ``anonymous`` lets token-less requests through (an app with public operations)."""
+
+    def __init__(self, app: Any, authenticator: Any, *, anonymous: bool) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.anonymous = anonymous
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            token = bearer(headers.get("authorization"))
+            problem = None
+            if token is None:
+                problem = None if self.anonymous else "a bearer token is required"
+            else:
+                try:
+                    self.authenticator.authenticate(token)
+                except AuthError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                body = _json.dumps({"error": {"code": "UNAUTHENTICATED", "message": problem}})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="oprunner"'),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     over HTTP each request's own ``Authorization`` is used and this is ignored."""
     mcp_port: int = 8081
     """Where ``oprunner mcp --http`` listens (on ``http_host``), at ``/mcp``."""
+    mcp_allowed_hosts: list[str] = []
+    """``Host`` values ``oprunner mcp --http`` answers (``host:port``, ``*`` for any port),
+    and ``mcp_allowed_origins`` the browser ``Origin`` values: the MCP specification's guard
+    against DNS rebinding. Loopback needs neither; any other ``http_host`` needs the hosts."""
+    mcp_allowed_origins: list[str] = []
     service_token: SecretStr | None = None
     """No longer used: a reusable service credential must not travel in messages. ``serve``
     refuses to start while it is set, so nobody believes it still does something."""

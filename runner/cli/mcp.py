@@ -16,7 +16,7 @@ from typing import Any
 
 from infra.http import OpsApi
 from infra.kafka.publisher import OutboxCleaner
-from infra.mcp import build_server
+from infra.mcp import BearerRequired, build_server
 from infra.postgres import PostgresStore
 
 from ..app import App
@@ -35,6 +35,7 @@ async def serve_mcp(settings: Settings, app: App, *, http: bool, dev: bool = Fal
     except RegistryError as exc:
         raise StartupError(str(exc)) from exc
     authenticator = authenticator_from(settings, dev=dev)
+    security = transport_security(settings) if http else None  # refused before connecting
     token = settings.mcp_token.get_secret_value() if settings.mcp_token else None
     if not http and token is None:
         _log.warning("OPRUNNER_MCP_TOKEN is not set: only public operations will run over stdio")
@@ -59,7 +60,8 @@ async def serve_mcp(settings: Settings, app: App, *, http: bool, dev: bool = Fal
         ops = OpsApi(executor, deliver, max_bytes=settings.max_message_bytes)
         server = build_server(ops, stdio_token=None if http else token, name=f"oprunner-{app.name}")
         if http:
-            await _serve_http(settings, server)
+            public = any(spec.policy.auth == "public" for spec in app.registry)
+            await _serve_http(settings, server, security, authenticator, anonymous=public)
         else:
             from mcp.server.stdio import stdio_server
 
@@ -67,10 +69,38 @@ async def serve_mcp(settings: Settings, app: App, *, http: bool, dev: bool = Fal
                 await server.run(read, write, server.create_initialization_options())
 
 
-async def _serve_http(settings: Settings, server: Any) -> None:
-    asgi = server.streamable_http_app(streamable_http_path="/mcp", host=settings.http_host)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def transport_security(settings: Settings) -> Any:
+    """The SDK's DNS-rebinding guard: its loopback defaults on loopback (None), else the hosts
+    and origins configured; a public listener without them is refused."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    hosts, origins = settings.mcp_allowed_hosts, settings.mcp_allowed_origins
+    if not hosts and not origins and settings.http_host in LOOPBACK:
+        return None
+    if not hosts:
+        raise StartupError(
+            f"oprunner mcp --http on {settings.http_host} needs OPRUNNER_MCP_ALLOWED_HOSTS "
+            '(a JSON list, e.g. ["mcp.example.com"]): the Host names clients use'
+        )
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+async def _serve_http(
+    settings: Settings, server: Any, security: Any, authenticator: Any, *, anonymous: bool
+) -> None:
+    asgi = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        host=settings.http_host,
+        transport_security=security,
+        max_request_body_size=settings.max_message_bytes,
+    )
     http = HttpServer(
-        asgi,
+        BearerRequired(asgi, authenticator, anonymous=anonymous),
         settings.http_host,
         settings.mcp_port,
         max_header_bytes=settings.http_max_header_bytes,

@@ -59,6 +59,7 @@ async def test_stdio_tools_list_and_call(
         assert credit.output_schema is not None and "balance" in credit.output_schema["properties"]
         assert balance.annotations is not None and balance.annotations.read_only_hint is True
         assert credit.annotations is not None and not credit.annotations.read_only_hint
+        assert not credit.annotations.idempotent_hint and IDEMPOTENCY_META in credit.description
 
         ok = await client.call_tool("ledger.credit", {"accountId": "a1", "amount": "3"})
         assert not ok.is_error and ok.structured_content == {"accountId": "a1", "balance": "3"}
@@ -85,6 +86,12 @@ async def test_stdio_tools_list_and_call(
         assert missing.is_error and _body(missing)["error"]["code"] in {"FORBIDDEN", "NOT_FOUND"}
         unknown = await client.call_tool("ledger.nope", {})
         assert unknown.is_error and _body(unknown)["error"]["code"] == "UNKNOWN_OPERATION"
+        huge = await client.call_tool("ledger.credit", {"accountId": "a" * 1_100_000, "amount": "1"})
+        assert huge.is_error and _body(huge)["error"]["code"] == "INVALID_COMMAND"  # past 1 MiB
+        empty_key = await client.call_tool(
+            "ledger.credit", {"accountId": "a1", "amount": "1"}, meta={IDEMPOTENCY_META: ""}
+        )
+        assert empty_key.is_error and _body(empty_key)["error"]["code"] == "INVALID_IDEMPOTENCY_KEY"
 
     rows = await accounts.fetch("SELECT idempotency_key FROM ledger_effects ORDER BY idempotency_key")
     assert [r["idempotency_key"] for r in rows].count("mcp-retry-1") == 1 and len(rows) == 2
@@ -148,7 +155,26 @@ async def test_http_uses_each_requests_token(mcp_http: str, accounts: asyncpg.Po
     async with _client(mcp_http, "bob") as bob:
         denied = await bob.call_tool("ledger.credit", {"accountId": "a1", "amount": "1"})
         assert denied.is_error and _body(denied)["error"]["code"] == "FORBIDDEN"
-    async with _client(mcp_http, None) as nobody:
-        anonymous = await nobody.call_tool("ledger.credit", {"accountId": "a1", "amount": "1"})
-        assert anonymous.is_error and _body(anonymous)["error"]["code"] == "UNAUTHENTICATED"
     assert await accounts.fetchval("SELECT balance FROM ledger_accounts WHERE id = 'a1'") == 12
+
+
+async def test_http_refuses_before_a_session_opens(mcp_http: str) -> None:
+    """No token, a bad one, or a Host that is not ours (DNS rebinding): refused before the SDK
+    keeps a session for the request."""
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    good = f"Bearer {token('alice', tenant='t1')}"
+    async with httpx2.AsyncClient(timeout=30) as http:
+        for headers in ({}, {"authorization": "Bearer nope"}):
+            refused = await http.post(mcp_http, json=hello, headers={**accept, **headers})
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["code"] == "UNAUTHENTICATED"
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+        rebound = await http.post(
+            mcp_http, json=hello, headers={**accept, "authorization": good, "host": "evil.example"}
+        )
+        assert rebound.status_code == 421, rebound.text
+        foreign = await http.post(
+            mcp_http, json=hello, headers={**accept, "authorization": good, "origin": "http://evil.example"}
+        )
+        assert foreign.status_code == 403, foreign.text

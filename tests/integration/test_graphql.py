@@ -153,13 +153,24 @@ async def test_bad_requests_get_specific_answers(server: ServeProcess) -> None:
         many = " ".join(
             f'c{i}: ledgerCredit(input: {{accountId: "a1", amount: "1"}}) {{ status }}' for i in range(33)
         )
-        flood = await http.post("/graphql", json={"query": f"mutation {{ {many} }}"})
-        assert "at most 32 root fields" in flood.json()["errors"][0]["message"]
+        for query in (
+            f"mutation {{ {many} }}",
+            f"mutation {{ ...F }} fragment F on Mutation {{ {many} }}",  # a fragment hides none
+            f"mutation {{ ... on Mutation {{ {many} }} }}",
+        ):
+            flood = await http.post("/graphql", json={"query": query})
+            assert "at most 32 root fields" in flood.json()["errors"][0]["message"], query
         one = 'ledgerCredit(input: {accountId: "a1", amount: "1"}) { status }'
         two = f"a: {one} b: {one}"
         shared = await http.post(
             "/graphql", json={"query": f"mutation {{ {two} }}"}, headers={"idempotency-key": "k"}
         )
         assert "Idempotency-Key names one call" in shared.json()["errors"][0]["message"]
+        hidden = await http.post(
+            "/graphql",
+            json={"query": f"mutation {{ ...T }} fragment T on Mutation {{ {two} }}"},
+            headers={"idempotency-key": "k"},
+        )
+        assert "Idempotency-Key names one call" in hidden.json()["errors"][0]["message"]
         huge = await http.post("/graphql", content=b'{"query": "' + b" " * (2 * 1024 * 1024) + b'"}')
         assert huge.status_code == 413

@@ -67,3 +67,25 @@ def test_shapes_without_a_graphql_form_fall_back() -> None:
     assert isinstance(fields["tags"].type, GraphQLScalarType) and fields["tags"].type.name == "JSON"
     assert fields["count"].type.name == "Long"  # unbounded: past 32-bit Int
     assert schema.query_type is not None and "tRead" in schema.query_type.fields
+
+
+class OddV2(Odd):
+    note: str = ""
+
+
+def test_every_version_has_its_own_field_and_types() -> None:
+    registry = OperationRegistry()
+    v1 = define_command(
+        meta=Meta(key="t.odd", version="1.0.0", description="d"), io=IO(input=Odd, output=Out)
+    )
+    v2 = define_command(
+        meta=Meta(key="t.odd", version="2.0.0", description="d"), io=IO(input=OddV2, output=Out)
+    )
+    install_op(registry, v1, _handler)
+    install_op(registry, v2, _handler)
+    schema = build_schema(registry)
+    assert schema.mutation_type is not None
+    assert set(schema.mutation_type.fields) == {"tOdd", "tOdd_v1_0_0"}  # the default, and 1.0.0 pinned
+    default, pinned = schema.get_type("TOddInput"), schema.get_type("TOddV1_0_0Input")
+    assert "note" in default.fields and "note" not in pinned.fields  # type: ignore[union-attr]
+    assert "version" not in schema.mutation_type.fields["tOdd"].args  # the field is the version
