@@ -401,9 +401,11 @@ def _broker_errors_are_one_line(settings: Settings) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        from ..client import CallTimeout
+
         library = type(exc).__module__.startswith(("aiokafka", "faststream"))
-        if not (library or isinstance(exc, OSError | TimeoutError)):
-            raise
+        if isinstance(exc, CallTimeout) or not (library or isinstance(exc, OSError | TimeoutError)):
+            raise  # no result in time is not an unreachable broker: `call` says so itself
         fail(f"cannot reach Kafka at {settings.kafka_bootstrap}: {str(exc) or type(exc).__name__}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,22 @@ def test_workers_that_cannot_reach_the_database_fail_once() -> None:
     assert len(errors) == 1 and "cannot reach the database" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert "worker 1 started" not in result.stderr + result.stdout
+
+
+async def test_call_without_a_result_in_time_says_so(kafka_bootstrap: str, topics: Any) -> None:
+    """A reachable broker and nobody serving: a timeout, not "cannot reach Kafka"."""
+    result = oprunner(
+        "call",
+        "ledger.credit",
+        '{"accountId": "a1", "amount": "1"}',
+        "--token",
+        "t",
+        "--timeout",
+        "2",
+        "--app",
+        "tests.apps.ledger:registry",
+        OPRUNNER_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        OPRUNNER_COMMANDS_TOPIC=topics.commands,
+        OPRUNNER_RESULTS_TOPIC=topics.results,
+    )
+    _one_line_error(result, "no result for ledger.credit within 2.0s")
