@@ -1,9 +1,10 @@
 """The app's contract as a lock file, and the changes to it that break callers.
 
 ``lock(registry)`` is every served spec's contract as stable JSON: per key and version its
-kind, stability, input and output JSON Schemas (as ``oprunner docs`` writes them), policy and
-error codes. ``breaking(old_lock, new_lock)`` compares two of them, as ``buf breaking`` does for
-protobuf, and answers one line per change that breaks someone who was fine with the old one.
+kind, stability, input and output JSON Schemas (as ``oprunner docs`` writes them), policy,
+error codes and partition key. ``breaking(old_lock, new_lock)`` compares two of them, as
+``buf breaking`` does for protobuf, and answers one line per change that breaks someone who was
+fine with the old one.
 ``oprunner specs lock`` writes the lock and ``oprunner specs check`` runs the comparison.
 
 The rules follow from who is on each side:
@@ -13,9 +14,13 @@ The rules follow from who is on each side:
   removed (a rename is a removal and an addition), a new required field, an optional field made
   required, a type changed or narrowed (``number -> integer``, ``string -> enum``, an ``anyOf``
   branch dropped, ``null`` no longer accepted), an enum value removed, a bound tightened
-  (``maxLength``/``maximum``/``maxItems`` lowered or added, ``minLength``/``minimum``/``minItems``
-  raised or added, ``multipleOf``/``pattern``/``format`` added or changed, items made unique),
-  other fields no longer accepted. An added optional field is fine.
+  (``maxLength``/``maximum``/``maxItems``/``maxProperties`` lowered or added,
+  ``minLength``/``minimum``/``minItems``/``minProperties`` raised or added,
+  ``multipleOf``/``pattern``/``format`` added or changed, items made unique), a map's keys
+  constrained (``propertyNames`` narrowed, a key pattern of ``patternProperties`` added or
+  changed), other fields no longer accepted, and an optional field's **default changed** (a
+  caller that omits the field gets other behaviour without sending anything else). An added
+  optional field is fine.
 - **Output** is read by consumers, who expect what the old spec promised. So an output may only
   *narrow*: every value the new schema allows must be one the old allowed. Breaking: a field
   removed or made optional, ``null`` now possible, a type widened or changed, an enum value
@@ -27,6 +32,8 @@ The rules follow from who is on each side:
   rule added, a rule's conditions losing an alternative (they are *any of*), its id field
   changed or a missing resource now denied are breaking. A callable condition is compared by
   position only (``<callable>``): what it decides is code, not contract.
+- **Partition key**: a change breaks the per-resource order of commands across the deploy (the
+  old and the new version's commands of one resource land on different Kafka partitions).
 - **Errors**: a code removed breaks callers that handle it. An added code does not (a caller
   must handle unknown codes anyway: the runner has its own).
 - **Specs**: a key or a version removed breaks its callers; the kind changed breaks them too.
@@ -79,6 +86,7 @@ def spec_contract(spec: OperationSpec) -> dict[str, Any]:
             ],
         },
         "errors": sorted(spec.io.errors),
+        "partitionKey": spec.partition_key,
     }
 
 
@@ -144,6 +152,13 @@ def _entry(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     found += _Schemas("output", covering=old["output"], covered=new["output"]).compare()
     found += _policy(old.get("policy", {}), new.get("policy", {}))
     found += [f"error code {code} removed" for code in sorted(set(old["errors"]) - set(new["errors"]))]
+    # a lock written before partition keys were locked has none to compare
+    if "partitionKey" in old and old["partitionKey"] != new.get("partitionKey"):
+        was, now = old["partitionKey"] or "none", new.get("partitionKey") or "none"
+        found.append(
+            f"partition key changed {was} -> {now} (one resource's commands may run out of order"
+            " across the deploy)"
+        )
     return found
 
 
@@ -202,8 +217,21 @@ class _Branch:
 
 
 _JSON_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
-_UPPER = {"string": "maxLength", "array": "maxItems", "number": "maximum", "integer": "maximum"}
-_LOWER = {"string": "minLength", "array": "minItems", "number": "minimum", "integer": "minimum"}
+_UPPER = {
+    "string": "maxLength",
+    "array": "maxItems",
+    "object": "maxProperties",
+    "number": "maximum",
+    "integer": "maximum",
+}
+_LOWER = {
+    "string": "minLength",
+    "array": "minItems",
+    "object": "minProperties",
+    "number": "minimum",
+    "integer": "minimum",
+}
+_NO_DEFAULT = object()
 
 
 def _kind_of(value: Any) -> str:
@@ -433,17 +461,81 @@ class _Schemas:
             if name in old_req and name not in new_req and self.side == "output":
                 found.append(f"{path}.{name}: field made optional")
             found += self._covers(wide_props[name], narrow_props[name], f"{path}.{name}", seen)
-        wide_more, narrow_more = (
-            wide.get("additionalProperties", True),
-            narrow.get("additionalProperties", True),
-        )
+            if self.side == "input" and name not in old_req and name not in new_req:
+                found += _default_changed(old_props[name], new_props[name], f"{path}.{name}")
+        wide_more, narrow_more = _more(wide), _more(narrow)
+        found += self._keys(wide, narrow, wide_more, path, seen)
         if narrow_more is False:
             return found
         if wide_more is False:
-            if self.side == "input":
+            if self.side == "input" and not wide.get("patternProperties"):  # else reported as keys
                 found.append(f"{path}: no longer accepts other fields")
             return found  # an output's new fields are for tolerant readers (module doc)
         return found + self._covers(wide_more, narrow_more, f"{path}{{}}", seen)
+
+    def _keys(
+        self,
+        wide: Mapping[str, Any],
+        narrow: Mapping[str, Any],
+        wide_more: Any,
+        path: str,
+        seen: frozenset[tuple[str, str]],
+    ) -> list[str]:
+        """A map's keys: ``propertyNames`` (a string schema every key meets) and
+        ``patternProperties`` (the keys' patterns and their values' schemas). Pydantic writes
+        the latter for ``dict[Annotated[str, StringConstraints(pattern=...)], V]``, meaning
+        that a key must match one of the patterns (see ``_more``)."""
+        found = self._covers(
+            _key_schema(wide.get("propertyNames", {})),
+            _key_schema(narrow.get("propertyNames", {})),
+            f"{path}{{keys}}",
+            seen,
+        )
+        wide_patterns: Mapping[str, Any] = wide.get("patternProperties") or {}
+        narrow_patterns: Mapping[str, Any] = narrow.get("patternProperties") or {}
+        # no patterns: any key; several: a key matches any of them
+        if wide_patterns and not (narrow_patterns and set(narrow_patterns) <= set(wide_patterns)):
+            old, new = self._old_new(sorted(wide_patterns), sorted(narrow_patterns))
+            if not old or not new:
+                change = "added" if not old else "removed"
+                found.append(f"{path}: key pattern {change} ({', '.join(old or new)})")
+            else:
+                found.append(f"{path}: key pattern changed ({', '.join(old)} -> {', '.join(new)})")
+        for pattern, schema in narrow_patterns.items():
+            if pattern in wide_patterns:
+                found += self._covers(wide_patterns[pattern], schema, f"{path}{{{pattern}}}", seen)
+            elif not wide_patterns and wide_more is not False:
+                found += self._covers(wide_more, schema, f"{path}{{{pattern}}}", seen)
+        return found
+
+
+def _more(schema: Mapping[str, Any]) -> Any:
+    """An object's ``additionalProperties``: ``true`` when absent, except next to
+    ``patternProperties`` (as pydantic writes a map with constrained keys, whose other keys it
+    refuses): then ``false``."""
+    return schema.get("additionalProperties", not schema.get("patternProperties"))
+
+
+def _key_schema(schema: Any) -> Any:
+    """A ``propertyNames`` schema: keys are strings, whether or not it says so."""
+    if isinstance(schema, Mapping) and "type" not in schema:
+        return {**schema, "type": "string"}
+    return schema
+
+
+def _default_changed(old: Any, new: Any, path: str) -> list[str]:
+    """An optional input field's default: callers that omit the field get it, so a change
+    changes what their commands do without their sending anything else."""
+    was = old.get("default", _NO_DEFAULT) if isinstance(old, Mapping) else _NO_DEFAULT
+    now = new.get("default", _NO_DEFAULT) if isinstance(new, Mapping) else _NO_DEFAULT
+    if _canonical(was) == _canonical(now):
+        return []
+    change = f"{_canonical(was)} -> {_canonical(now)}"
+    return [f"{path}: default changed {change} (callers that omit it get the new one)"]
+
+
+def _canonical(value: Any) -> str:
+    return "none" if value is _NO_DEFAULT else json.dumps(value, sort_keys=True)
 
 
 def _bound(schema: Mapping[str, Any], keyword: str, exclusive: str | None) -> tuple[float, int] | None:

@@ -76,6 +76,36 @@ class _Coalescing:
         task.add_done_callback(deliver)
 
 
+Upcast = Callable[[Any], Awaitable[Any]]
+"""One step up (``runner.versions.install_upcast``): an older spec's validated input to the
+newer spec's validated input model."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upcasted:
+    """A command's input carried up its upcast chain at admission, which authorized each
+    version's input by that version's policy before anything ran. The executor hands this to
+    the older spec's (upcasting) handler instead of the input it was sent with, so the inputs
+    the handlers get are the ones that were authorized: no upcast runs twice.
+
+    ``inputs`` holds the input of each version up the chain, in order; ``error`` what stopped
+    the chain (an upcast that raised), raised where that step would have run, so the command
+    fails there as it would have without this (and no handler beyond it runs)."""
+
+    inputs: tuple[Any, ...]
+    error: Exception | None = None
+
+    def onward(self) -> Any:
+        """What the next version's handler gets: its input when it is the last of the chain,
+        else the rest of the chain; raises ``error`` when the chain stopped here."""
+        if not self.inputs:
+            assert self.error is not None
+            raise self.error
+        if len(self.inputs) == 1 and self.error is None:
+            return self.inputs[0]
+        return Upcasted(self.inputs[1:], self.error)
+
+
 @dataclass(frozen=True, slots=True)
 class Installed:
     spec: OperationSpec
@@ -84,6 +114,9 @@ class Installed:
     upcast_to: OperationSpec | None = None
     """For an older version served by a newer one's handler (``runner.versions.install_upcast``):
     the spec whose handler runs it."""
+    upcast: Upcast | None = None
+    """With ``upcast_to``: this version's input to ``upcast_to``'s. Admission runs it to
+    authorize the command by ``upcast_to``'s policy too (``Upcasted``)."""
 
 
 class OperationRegistry:
@@ -106,6 +139,7 @@ class OperationRegistry:
         batch: BatchHandler | None = None,
         *,
         upcast_to: OperationSpec | None = None,
+        upcast: Upcast | None = None,
     ) -> None:
         versions = self._ops.setdefault(spec.key, {})
         version = parse_version(spec.version)
@@ -113,7 +147,9 @@ class OperationRegistry:
             raise RegistryError(f"{spec.key} {spec.version} is installed already")
         if batch is not None and spec.kind == "query":
             raise RegistryError(f"{spec.key}: queries run alone; a batch handler is for commands")
-        versions[version] = Installed(spec, handler, batch, upcast_to)
+        if (upcast_to is None) != (upcast is None):
+            raise RegistryError(f"{spec.key} {spec.version}: an upcast needs both its target and its step")
+        versions[version] = Installed(spec, handler, batch, upcast_to, upcast)
         served = [v for v, op in versions.items() if not op.spec.deprecated] or list(versions)
         self._defaults[spec.key] = versions[max(served)]
 
@@ -196,7 +232,7 @@ class OperationRegistry:
         if AUTH_LEVELS.index(spec.policy.auth) < AUTH_LEVELS.index(target.policy.auth):
             return [
                 f"{where}: its auth {spec.policy.auth!r} is looser than {target.policy.auth!r}"
-                f" (callers of {spec.version} would skip {target.version}'s policy)"
+                f" (callers of {spec.version} would be denied by {target.version}'s policy)"
             ]
         return []
 

@@ -30,6 +30,9 @@ class Claim:
     attempts: int = 0
     result: dict[str, Any] | None = None  # the stored result data, when COMPLETED
     retry_after: float = 0.0  # seconds until the other worker's lease runs out, when BUSY
+    version: str | None = None
+    """When CONFLICT: the version the stored run was claimed with (``ClaimRequest.version``),
+    so the executor can tell a changed input from a default version that moved meanwhile."""
 
 
 def run_key(tenant_id: str | None, subject: str | None, idempotency_key: str) -> str:
@@ -48,7 +51,7 @@ def run_key(tenant_id: str | None, subject: str | None, idempotency_key: str) ->
 class ClaimRequest:
     key: str  # the run key (``run_key``): the caller's scope and its idempotency key
     op: str
-    version: str
+    version: str  # the spec version whose validated input ``input_hash`` digests
     input_hash: str
     command_id: str
     owner: str

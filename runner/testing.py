@@ -54,6 +54,7 @@ class MemoryRun:
     tenant_id: str | None = None
     idempotency_key: str = ""
     outcome: str | None = None  # the outcome's status, once completed
+    version: str = ""  # the version it was claimed with
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     completed_at: datetime | None = None
 
@@ -181,7 +182,7 @@ class InMemoryStore:
         run = await self._unlocked(request.key)
         now = time.monotonic()
         if run is not None and run.input_hash != request.input_hash:
-            return Claim(ClaimStatus.CONFLICT, run.attempts)
+            return Claim(ClaimStatus.CONFLICT, run.attempts, version=run.version)
         if run is not None and run.status == "completed":
             return Claim(ClaimStatus.COMPLETED, run.attempts, result=run.result)
         if run is not None and run.owner != request.owner and run.lease_until > now:
@@ -198,6 +199,7 @@ class InMemoryStore:
                 actor_id=request.actor_id,
                 tenant_id=request.tenant_id,
                 idempotency_key=request.idempotency_key,
+                version=request.version,
             )
         run.owner = request.owner
         run.lease_until = now + request.lease_seconds

@@ -8,11 +8,15 @@ the input, ``1.0.0`` need not keep a handler of its own::
     install_upcast(registry, CaptureV1, CaptureV2, lambda old: {**old.to_wire(), "note": ""})
 
 A ``1.0.0`` command is admitted by ``1.0.0``'s spec (its input schema, auth and rules), then
-``upcast`` maps its validated input to ``2.0.0``'s input, which is validated again, and
-``2.0.0``'s handler runs it. What is recorded is the version the command asked for: its
-result and audit say ``1.0.0`` (and ``deprecated`` if ``1.0.0`` is), and its output is checked
-against ``1.0.0``'s output schema, so ``1.0.0``'s callers get what ``1.0.0`` promised. When
-``2.0.0``'s output has grown, ``downcast`` maps it back.
+``upcast`` maps its validated input to ``2.0.0``'s input, which is validated again and
+authorized by ``2.0.0``'s policy too (its auth level and every rule, with the registry's
+resolvers, against the upcast input and the same actor: ``2.0.0``'s handler runs the command,
+so ``2.0.0``'s rules hold for it; a refusal is ``denied``, audited as any denial, before any
+claim or handler), and ``2.0.0``'s handler runs it with that very input. What is recorded is
+the version the command asked for: its result and audit say ``1.0.0`` (and ``deprecated`` if
+``1.0.0`` is), and its output is checked against ``1.0.0``'s output schema, so ``1.0.0``'s
+callers get what ``1.0.0`` promised. When ``2.0.0``'s output has grown, ``downcast`` maps it
+back.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .errors import OperationError, RegistryError
 from .executor.admission import field_errors
 from .executor.invocation import validate_output
 from .model import Model
-from .registry import OperationRegistry
+from .registry import OperationRegistry, Upcasted
 from .spec import OperationSpec, parse_version
 
 Upcast = Callable[[Any], Any]
@@ -58,9 +62,11 @@ def install_upcast(
 
     ``new`` is one version of the same key, higher than ``old``, installed (before or after this
     call) with its own handler, which may itself be an upcast to a higher one: ``1 -> 2 -> 3``
-    chains. ``registry.check()`` (run by ``serve``) reports an upcast to a version not installed,
-    and an ``old`` whose auth level is looser than ``new``'s: ``old``'s own policy is what
-    admits its commands, so it must be at least as strict.
+    chains. Each command is authorized by ``old``'s policy and then, on the upcast input, by
+    ``new``'s (and so on up a chain), at admission: ``upcast`` runs there, once per command
+    (make it a pure function of its input). ``registry.check()`` (run by ``serve``) reports an
+    upcast to a version not installed, and an ``old`` whose auth level is looser than
+    ``new``'s (its callers would be denied by ``new``'s).
 
     The handler gets a context whose ``spec`` is ``new`` (its own) and whose ``upcast_from`` is
     the spec the command asked for (``old``, or the first of a chain); the command's retry,
@@ -84,21 +90,24 @@ def install_upcast(
             raise RegistryError(f"{old.key} {old.version}: the {what} is not callable")
     label = f"{old.key} {old.version} -> {new.version}"
 
+    async def step(value: Any) -> Model:
+        return _as_input(new, await _maybe_await(upcast(value)), label)
+
     async def upcasting(value: Any, ctx: OperationContext) -> Any:
         target = registry.get(new.key, new.version)
         if target.spec is not new:
             raise RegistryError(f"{label}: another spec of {new.version} is installed")
-        mapped = await _maybe_await(upcast(value))
-        new_value = _as_input(new, mapped, label)
+        # the executor passes what admission upcast and authorized; a direct call, the input
+        onward = value.onward() if isinstance(value, Upcasted) else await step(value)
         raw = await target.handler(
-            new_value, dataclasses.replace(ctx, spec=new, upcast_from=ctx.upcast_from or ctx.spec)
+            onward, dataclasses.replace(ctx, spec=new, upcast_from=ctx.upcast_from or ctx.spec)
         )
         if downcast is None:
             return raw
         return await _maybe_await(downcast(validate_output(new.io.output, raw)))
 
-    upcasting.__qualname__ = f"upcast[{label}]"
-    registry.install(old, upcasting, upcast_to=new)
+    step.__qualname__ = upcasting.__qualname__ = f"upcast[{label}]"
+    registry.install(old, upcasting, upcast_to=new, upcast=step)
 
 
 async def _maybe_await(value: Any) -> Any:

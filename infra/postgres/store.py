@@ -61,7 +61,7 @@ RETURNING run_key, attempts
 """
 
 _CLAIMS_LOST = """
-SELECT run_key, input_hash, status, result, attempts,
+SELECT run_key, version, input_hash, status, result, attempts,
        greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
 FROM oprunner_runs WHERE run_key = ANY($1::text[])
 """
@@ -153,7 +153,7 @@ def _claim_from(row: Any, request: ClaimRequest) -> Claim:
     if row is None:
         return Claim(ClaimStatus.BUSY, 0, retry_after=0.0)  # gone meanwhile: claim again
     if row["input_hash"] != request.input_hash:
-        return Claim(ClaimStatus.CONFLICT, row["attempts"])
+        return Claim(ClaimStatus.CONFLICT, row["attempts"], version=row["version"])
     if row["status"] == "completed":
         return Claim(ClaimStatus.COMPLETED, row["attempts"], result=orjson.loads(row["result"]))
     return Claim(ClaimStatus.BUSY, row["attempts"], retry_after=row["lease_left"])

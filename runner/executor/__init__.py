@@ -97,7 +97,7 @@ class Executor:
             metrics=metrics,
             follow_ups=FollowUpWriter(command_signer, commands_topic) if command_signer else None,
         )
-        self._claims = claims = Claims(store, self.worker_id, lease_seconds)
+        self._claims = claims = Claims(store, self.worker_id, lease_seconds, registry)
         invoker = Invoker(self.clients, metrics, retrier, source=source, can_send=command_signer is not None)
         self._runs = Runs(store, claims, invoker, self._recorder, retrier, metrics)
         self._batches = Batches(

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 from ..auth import Actor, Authenticator
 from ..context import PolicyContext
 from ..envelope import CommandEnvelope, nul_paths, without_nul
-from ..errors import AuthError, StoreUnavailable, UnknownOperation
+from ..errors import AuthError, RegistryError, StoreUnavailable, UnknownOperation
 from ..model import Model, redact
 from ..observability import start_span, traceparent_of
-from ..policy import Decision, authorize
-from ..registry import OperationRegistry
+from ..policy import ALLOW, Decision, authorize
+from ..registry import Installed, OperationRegistry, Upcasted
 from ..spec import OperationSpec
 from ..store import Store
 from .calls import Admitted, Call, Verdict
@@ -110,7 +110,42 @@ class Admission:
         decision = await self._authorize(spec, actor, value, db)
         if not decision.allowed:
             return Verdict(call, "denied", "deny", error("FORBIDDEN", decision.reason))
-        return Admitted(installed, call, value)
+        if installed.upcast_to is None:
+            return Admitted(installed, call, value)
+        upcast, decision = await self._upcast(installed, actor, value, db)
+        if not decision.allowed:
+            return Verdict(call, "denied", "deny", error("FORBIDDEN", decision.reason))
+        return Admitted(installed, call, value, upcast)
+
+    async def _upcast(
+        self, installed: Installed, actor: Actor | None, value: Model, db: Any
+    ) -> tuple[Upcasted, Decision]:
+        """Carry an older version's input up its upcast chain (``runner.versions``), and
+        authorize the command by each version's policy on that version's input, exactly as a
+        command sent to it is authorized: the newest one's handler runs it, so its rules must
+        hold (say it added an owner rule). The first refusal decides.
+
+        What stops the chain (an upcast that raised, its target not installed) is kept in the
+        ``Upcasted``: the handler step raises it, and the command fails as it would have, with
+        no handler beyond that step run."""
+        inputs: list[Any] = []
+        asked = installed.spec.version
+        while (target_spec := installed.upcast_to) is not None:
+            try:
+                assert installed.upcast is not None  # set together (``registry.install``)
+                target = self.registry.get(target_spec.key, target_spec.version)
+                if target.spec is not target_spec:
+                    raise RegistryError(f"{target_spec.key} {target_spec.version}: another spec is installed")
+                value = await installed.upcast(value)
+            except Exception as exc:  # a failed upcast is a handler failure, at run time
+                return Upcasted(tuple(inputs), exc), ALLOW
+            decision = await self._authorize(target_spec, actor, value, db)
+            if not decision.allowed:
+                reason = f"{decision.reason} ({target_spec.version}'s policy, which runs {asked} commands)"
+                return Upcasted(()), Decision(False, reason)
+            inputs.append(value)
+            installed = target
+        return Upcasted(tuple(inputs)), ALLOW
 
     def _authenticate(self, token: str | None) -> tuple[Actor | None, str | None]:
         if token is None:

@@ -130,6 +130,8 @@ class Batches:
         for (i, request), claim in zip(requests.items(), found, strict=True):
             if claim.status is ClaimStatus.ACQUIRED:
                 held[i] = Held(batch[i], request, claim.attempts)
+            elif self.claims.may_restate(batch[i], claim):
+                alone.append(i)  # perhaps only the default version moved: ``Runs.once`` sees
             elif (verdict := settled(batch[i].call, claim)) is not None:
                 verdicts[i] = verdict
             else:

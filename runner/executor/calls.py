@@ -15,7 +15,7 @@ from ..auth import Actor
 from ..envelope import CommandEnvelope
 from ..followups import FollowUp
 from ..model import Model
-from ..registry import Installed
+from ..registry import Installed, Upcasted
 from ..spec import OperationSpec
 from ..store import ClaimRequest, Publication, run_key
 
@@ -74,10 +74,17 @@ class Admitted:
     installed: Installed
     call: Call
     value: Model
+    upcast: Upcasted | None = None
+    """For a spec served through an upcast: its input up the chain, as admission authorized it."""
 
     @property
     def spec(self) -> OperationSpec:
         return self.installed.spec
+
+    @property
+    def handler_input(self) -> Any:
+        """What the handler gets: the input, or for an upcast spec the ``Upcasted`` chain."""
+        return self.value if self.upcast is None else self.upcast
 
 
 @dataclass(frozen=True, slots=True)

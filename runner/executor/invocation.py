@@ -145,7 +145,7 @@ class Invoker:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(spec.timeout):
-                raw = await admitted.installed.handler(admitted.value, ctx)
+                raw = await admitted.installed.handler(admitted.handler_input, ctx)
             output = validate_output(spec.io.output, raw)
         except OperationError as exc:
             if exc.retryable:

@@ -6,13 +6,14 @@ A command runs here unless it came in a batch and its batch could take it (see
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from ..errors import LeaseLost, OperationError, RetryableError
 from ..observability import Metrics
 from ..store import ClaimRequest, ClaimStatus, Store
 from .calls import Admitted, Call, Held, Outcome, Verdict
-from .claims import Claims, settled
+from .claims import Claims, Restated, settled
 from .invocation import Invoker, Rollback
 from .outcomes import Recorder, error, outcome
 from .retries import Retrier
@@ -49,8 +50,16 @@ class Runs:
         ``failures`` the transient failures its attempts have had so far."""
         request = request or self.claims.request(admitted, self.claims.owner())
         spec, call = admitted.spec, admitted.call
+        restated: Restated | None = None
         while True:
-            claim = await self.retrier.store(lambda: self.store.claim(request))
+            claim = await self.retrier.store(functools.partial(self.store.claim, request))
+            if restated is None and claim.status is ClaimStatus.CONFLICT:
+                restated = self.claims.restate(admitted, request, claim)
+                if restated is not None:  # the default moved since its run was claimed
+                    request = restated.request
+                    continue
+            if restated is not None and claim.status is ClaimStatus.COMPLETED:
+                restated.relabel(call)  # its stored result is replayed as the version that ran
             if (verdict := settled(call, claim)) is not None:
                 return await self.recorder.settle(verdict)
             if claim.status is ClaimStatus.BUSY:

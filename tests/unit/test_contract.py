@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import textwrap
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import Field
+from pydantic import Field, StringConstraints
 from typer.testing import CliRunner
 
 from runner import (
@@ -177,7 +178,7 @@ class Smaller(Model):
 
 
 class Nullable(Model):
-    value: str | None = None
+    value: str | None = ""  # the same default as NotNullable's: only null is compared
 
 
 class NotNullable(Model):
@@ -291,6 +292,128 @@ class NodeStrict(Model):
 def test_a_recursive_model_is_compared_without_looping() -> None:
     assert diff(spec(Node), spec(Node)) == []
     assert diff(spec(Node), spec(NodeStrict)) == ["t.op 1.0.0: input.name: maxLength 3 added"]
+
+
+class Tags(Model):
+    tags: dict[str, str] = {}
+
+
+class TagsBounded(Model):
+    tags: dict[str, str] = Field(default={}, min_length=1, max_length=3)
+
+
+class KeyedFree(Model):
+    m: dict[str, int] = {}
+
+
+class KeyedPattern(Model):
+    m: dict[Annotated[str, StringConstraints(pattern="^[a-z]+$")], int] = {}
+
+
+class KeyedOtherPattern(Model):
+    m: dict[Annotated[str, StringConstraints(pattern="^[a-c]+$")], int] = {}
+
+
+class KeyedPatternStr(Model):
+    m: dict[Annotated[str, StringConstraints(pattern="^[a-z]+$")], str] = {}
+
+
+class KeyedShort(Model):
+    m: dict[Annotated[str, StringConstraints(max_length=3)], int] = {}
+
+
+def test_map_sizes_and_key_constraints_are_compared() -> None:
+    assert diff(spec(Tags), spec(TagsBounded)) == [
+        "t.op 1.0.0: input.tags: maxProperties 3 added",
+        "t.op 1.0.0: input.tags: minProperties 1 added",
+    ]
+    assert diff(spec(TagsBounded), spec(Tags)) == []
+    assert diff(spec(A, TagsBounded), spec(A, Tags)) == [
+        "t.op 1.0.0: output.tags: maxProperties 3 removed",
+        "t.op 1.0.0: output.tags: minProperties 1 removed",
+    ]
+    # keys constrained by a pattern (patternProperties) or otherwise (propertyNames)
+    assert diff(spec(KeyedFree), spec(KeyedPattern)) == ["t.op 1.0.0: input.m: key pattern added (^[a-z]+$)"]
+    assert diff(spec(KeyedPattern), spec(KeyedOtherPattern)) == [
+        "t.op 1.0.0: input.m: key pattern changed (^[a-z]+$ -> ^[a-c]+$)"
+    ]
+    assert diff(spec(KeyedPattern), spec(KeyedPatternStr)) == [
+        "t.op 1.0.0: input.m{^[a-z]+$}: type narrowed: integer no longer accepted (now string)"
+    ]
+    assert diff(spec(KeyedFree), spec(KeyedShort)) == ["t.op 1.0.0: input.m{keys}: maxLength 3 added"]
+    assert diff(spec(KeyedPattern), spec(KeyedFree)) == []
+    assert diff(spec(KeyedShort), spec(KeyedFree)) == []
+    assert diff(spec(KeyedPattern), spec(KeyedPattern)) == []
+    assert diff(spec(A, KeyedPattern), spec(A, KeyedFree)) == [
+        "t.op 1.0.0: output.m: key pattern removed (^[a-z]+$)"
+    ]
+
+
+class Capture(Model):
+    capture: bool = True
+    note: str = ""
+
+
+class NullDefault(Model):
+    value: str | None = None
+
+
+class CaptureOff(Model):
+    capture: bool = False
+    note: str = ""
+
+
+class CaptureOne(Model):
+    capture: int = 1
+    note: str = ""
+
+
+def test_a_changed_input_default_is_breaking() -> None:
+    """Callers that omit the field silently get other behaviour."""
+    assert diff(spec(Capture), spec(CaptureOff)) == [
+        "t.op 1.0.0: input.capture: default changed true -> false (callers that omit it get the new one)"
+    ]
+    assert diff(spec(Capture), spec(CaptureOne)) == [  # JSON equality: true is not 1
+        "t.op 1.0.0: input.capture: type narrowed: boolean no longer accepted (now integer)",
+        "t.op 1.0.0: input.capture: default changed true -> 1 (callers that omit it get the new one)",
+    ]
+    assert diff(spec(Capture), spec(Capture)) == []
+    assert diff(spec(Nullable), spec(NotNullable)) == ["t.op 1.0.0: input.value: no longer accepts null"]
+    assert diff(spec(AOptionalAdded), spec(A)) == ["t.op 1.0.0: input.note: field removed"]
+    assert diff(spec(NullDefault), spec(Nullable)) == [
+        't.op 1.0.0: input.value: default changed null -> "" (callers that omit it get the new one)'
+    ]
+    assert diff(spec(A, Capture), spec(A, CaptureOff)) == []  # an output's defaults are not a contract
+
+
+class Keyed(Model):
+    doc_id: str
+    other_id: str
+
+
+def test_a_changed_partition_key_is_breaking() -> None:
+    def keyed(partition_key: str | None) -> Any:
+        return define_command(
+            meta=Meta(key="t.op", version="1.0.0", description="t"),
+            io=IO(input=Keyed, output=Out),
+            policy=Policy(auth="public"),
+            partition_key=partition_key,
+        )
+
+    assert locked(keyed("doc_id"))["specs"]["t.op"]["1.0.0"]["partitionKey"] == "doc_id"
+    assert diff(keyed("doc_id"), keyed("other_id")) == [
+        "t.op 1.0.0: partition key changed doc_id -> other_id"
+        " (one resource's commands may run out of order across the deploy)"
+    ]
+    assert diff(keyed(None), keyed("doc_id")) == [
+        "t.op 1.0.0: partition key changed none -> doc_id"
+        " (one resource's commands may run out of order across the deploy)"
+    ]
+    assert diff(keyed("doc_id"), keyed("doc_id")) == []
+    # a lock written before partition keys were locked knows none: nothing to compare
+    old = locked(keyed("doc_id"))
+    del old["specs"]["t.op"]["1.0.0"]["partitionKey"]
+    assert breaking(old, locked(keyed("other_id"))) == []
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -428,7 +551,7 @@ def test_the_lock_is_deterministic_and_names_every_version() -> None:
     text = dumps(lock(registry))
     assert text == dumps(lock(registry)) and text.endswith("}\n")
     entry = json.loads(text)["specs"]["t.op"]["1.9.0"]
-    assert set(entry) == {"kind", "stability", "input", "output", "policy", "errors"}
+    assert set(entry) == {"kind", "stability", "input", "output", "policy", "errors", "partitionKey"}
     assert entry["stability"] == "deprecated" and entry["input"]["required"] == ["name", "count"]
 
 
@@ -656,7 +779,7 @@ def test_upcast_mistakes_are_found_before_serving() -> None:
     install_upcast(looser, V1, strict_v2, lambda old: old)
     assert looser.problems() == [
         "docs.pay 1.0.0: upcasts to docs.pay 2.0.0: its auth 'public' is looser than 'admin'"
-        " (callers of 1.0.0 would skip 2.0.0's policy)"
+        " (callers of 1.0.0 would be denied by 2.0.0's policy)"
     ]
     with pytest.raises(RegistryError, match="higher version of the same key"):
         install_upcast(OperationRegistry(), V2, V1, lambda old: old)
@@ -664,3 +787,241 @@ def test_upcast_mistakes_are_found_before_serving() -> None:
         install_upcast(
             OperationRegistry(), V1, spec(PayV2, key="docs.other", version="2.0.0"), lambda old: old
         )
+
+
+# -- an upcast answers to the newer version's policy too ------------------------------------
+
+SECRET = "s" * 32
+
+
+class MoveV1(Model):
+    account_id: str
+
+
+class MoveV2(Model):
+    account_id: str
+    note: str = ""
+
+
+class Moved(Model):
+    ran_by: str
+
+
+MOVE_V1 = spec(MoveV1, Moved, key="t.move", version="1.0.0", policy=Policy(auth="user"))
+OWNED = Policy(
+    auth="user", rules=[Rule(resource="account", action="move", condition="owner", id_field="account_id")]
+)
+MOVE_V2 = spec(MoveV2, Moved, key="t.move", version="2.0.0", policy=OWNED)
+
+
+def moving(
+    *specs: Any, upcast: Any = None
+) -> tuple[OperationRegistry, Executor, list[str], list[tuple[str, str, str]], InMemoryStore]:
+    """``specs`` of ``t.move``, each upcast to the next; the newest has the handler. Returns
+    the registry, an executor, who the handler ran for, and what the resolver was asked
+    (account, the spec version asking, the input's note)."""
+    from runner.auth import JwtAuthenticator
+
+    ran: list[str] = []
+    asked: list[tuple[str, str, str]] = []
+
+    async def move(value: Any, ctx: OperationContext) -> Any:
+        ran.append(ctx.actor.user_id if ctx.actor else "-")
+        return Moved(ran_by=ran[-1])
+
+    async def account(account_id: str, ctx: Any) -> Any:
+        asked.append((account_id, ctx.spec.version, getattr(ctx.input, "note", "")))
+        return {"owner_id": "alice", "tenant_id": "t1"}
+
+    registry = OperationRegistry()
+    install_op(registry, specs[-1], move)
+    for old, new in itertools.pairwise(specs):
+        install_upcast(registry, old, new, upcast or (lambda old: {**old.to_wire(), "note": "up"}))
+    registry.add_resource("account", account)
+    store = InMemoryStore()
+    return registry, Executor(registry, store, JwtAuthenticator(secret=SECRET)), ran, asked, store
+
+
+def token(sub: str) -> str:
+    from runner.testing import mint_token
+
+    return mint_token(SECRET, sub=sub, tenant="t1")
+
+
+async def test_an_upcast_command_is_authorized_by_the_newer_versions_policy_too() -> None:
+    registry, executor, ran, asked, _ = moving(MOVE_V1, MOVE_V2)
+    assert registry.problems() == []  # not a registry problem: checked for each command
+    pinned = command("t.move", {"accountId": "acc-alice"}, opversion="1.0.0")
+    denied = await executor.execute(pinned, token=token("mallory"))
+    assert (denied.status, denied.error_code) == ("denied", "FORBIDDEN")
+    assert ran == []  # 2.0.0's handler never ran for her
+    audit = denied.audit["data"]
+    assert (audit["decision"], audit["status"], audit["version"]) == ("deny", "denied", "1.0.0")
+    assert audit["input"]["omitted"] is True  # a denial's input is withheld, as any denial's
+    assert "2.0.0" in audit["reason"]
+    # the resolver saw 2.0.0's input, as the upcast made it, and 2.0.0's spec
+    assert asked == [("acc-alice", "2.0.0", "up")]
+    # 2.0.0 itself denies her the same way
+    direct = await executor.execute(command("t.move", {"accountId": "acc-alice"}), token=token("mallory"))
+    assert (direct.status, direct.error_code) == ("denied", "FORBIDDEN")
+
+    allowed = await executor.execute(pinned, token=token("alice"))
+    assert (allowed.status, allowed.output) == ("succeeded", {"ranBy": "alice"})
+    assert allowed.result["opversion"] == "1.0.0" and ran == ["alice"]
+
+
+async def test_every_version_up_a_chain_authorizes_the_command() -> None:
+    middle = spec(MoveV2, Moved, key="t.move", version="1.5.0", policy=Policy(auth="user"))
+    newest = spec(MoveV2, Moved, key="t.move", version="2.0.0", policy=OWNED)
+    _, executor, ran, asked, _ = moving(MOVE_V1, middle, newest)
+    pinned = command("t.move", {"accountId": "acc-alice"}, opversion="1.0.0")
+    denied = await executor.execute(pinned, token=token("mallory"))
+    assert (denied.status, denied.error_code, ran) == ("denied", "FORBIDDEN", [])
+    assert [version for _, version, _ in asked] == ["2.0.0"]
+    ok = await executor.execute(pinned, token=token("alice"))
+    assert ok.status == "succeeded" and ran == ["alice"]
+
+
+async def test_an_upcast_failing_up_a_chain_fails_the_command_there() -> None:
+    middle = spec(MoveV2, Moved, key="t.move", version="1.5.0", policy=Policy(auth="user"))
+    newest = spec(MoveV2, Moved, key="t.move", version="2.0.0", policy=OWNED)
+
+    def upcast(old: Any) -> Any:
+        if isinstance(old, MoveV2):  # 1.5.0 -> 2.0.0
+            raise OperationError("NOT_CARRIED", "1.5.0 commands cannot run on 2.0.0")
+        return {"accountId": old.account_id}
+
+    _, executor, ran, asked, _ = moving(MOVE_V1, middle, newest, upcast=upcast)
+    out = await executor.execute(
+        command("t.move", {"accountId": "acc-alice"}, opversion="1.0.0"), token=token("alice")
+    )
+    assert (out.status, out.error_code, ran, asked) == ("failed", "NOT_CARRIED", [], [])
+
+
+async def test_the_handler_gets_the_input_that_was_authorized() -> None:
+    """The upcast runs once per command, at admission: its result is what the policy judged
+    and what the handler gets (an upcast that answered differently twice cannot slip past)."""
+    calls: list[str] = []
+
+    def upcast(old: MoveV1) -> Any:
+        calls.append(old.account_id)
+        # the first answer is Alice's account (allowed), any later one would be someone else's
+        return {"accountId": old.account_id if len(calls) == 1 else "acc-bob"}
+
+    registry, executor, _, asked, _ = moving(MOVE_V1, MOVE_V2, upcast=upcast)
+    seen: list[str] = []
+    real = registry.get("t.move", "2.0.0").handler
+
+    async def spy(value: Any, ctx: OperationContext) -> Any:
+        seen.append(value.account_id)
+        return await real(value, ctx)
+
+    object.__setattr__(registry.get("t.move", "2.0.0"), "handler", spy)
+    out = await executor.execute(
+        command("t.move", {"accountId": "acc-alice"}, opversion="1.0.0"), token=token("alice")
+    )
+    assert out.status == "succeeded" and calls == ["acc-alice"] and seen == ["acc-alice"]
+    assert asked == [("acc-alice", "2.0.0", "")]
+
+
+async def test_an_upcast_to_a_stricter_auth_level_is_denied_per_command() -> None:
+    services_only = spec(MoveV2, Moved, key="t.move", version="2.0.0", policy=Policy(auth="service"))
+    registry, executor, ran, _, _ = moving(MOVE_V1, services_only)
+    assert registry.problems() == [  # still found before serving
+        "t.move 1.0.0: upcasts to t.move 2.0.0: its auth 'user' is looser than 'service'"
+        " (callers of 1.0.0 would be denied by 2.0.0's policy)"
+    ]
+    out = await executor.execute(
+        command("t.move", {"accountId": "acc-alice"}, opversion="1.0.0"), token=token("alice")
+    )
+    assert (out.status, out.error_code, ran) == ("denied", "FORBIDDEN", [])
+
+
+# -- a command redelivered after the default version moved ----------------------------------
+
+
+class Note(Model):
+    account_id: str
+    note: str = ""
+
+
+NOTE_V1 = spec(MoveV1, Moved, key="t.note", version="1.0.0")
+NOTE_V2 = spec(Note, Moved, key="t.note", version="2.0.0")
+
+
+def deploys() -> tuple[Executor, Executor, list[str], InMemoryStore]:
+    """One store; before the deploy 1.0.0 alone, after it 2.0.0 is the default and serves
+    1.0.0 through an upcast. Returns both executors and the versions the handlers ran."""
+    ran: list[str] = []
+
+    async def note(value: Any, ctx: OperationContext) -> Any:
+        ran.append(ctx.spec.version)
+        return Moved(ran_by=ctx.spec.version)
+
+    store = InMemoryStore()
+    before = OperationRegistry()
+    install_op(before, NOTE_V1, note)
+    after = OperationRegistry()
+    install_op(after, NOTE_V2, note)
+    install_upcast(after, NOTE_V1, NOTE_V2, lambda old: old.to_wire())
+    return Executor(before, store, None), Executor(after, store, None), ran, store
+
+
+async def test_a_command_redelivered_after_the_default_moved_replays_its_result() -> None:
+    """A Kafka redelivery across a rolling deploy: the same message, no opversion, completed
+    under 1.0.0; after the deploy 2.0.0 (with a new defaulted field) is the default."""
+    before, after, ran, _ = deploys()
+    sent = command("t.note", {"accountId": "a1"}, idempotency_key="K")
+    first = await before.execute(sent)
+    assert (first.status, first.output, first.result["opversion"]) == (
+        "succeeded",
+        {"ranBy": "1.0.0"},
+        "1.0.0",
+    )
+    again = await after.execute(sent)
+    assert (again.status, again.replayed, again.output) == ("succeeded", True, {"ranBy": "1.0.0"})
+    assert again.result["opversion"] == again.audit["data"]["version"] == "1.0.0"  # what ran
+    assert again.audit["data"]["input"] == {"accountId": "a1"}
+    [batched] = await after.execute_many([(sent, None)])  # the batch path too
+    assert (batched.status, batched.replayed, batched.output) == ("succeeded", True, {"ranBy": "1.0.0"})
+    assert ran == ["1.0.0"]
+
+
+async def test_a_different_input_still_conflicts_after_the_default_moved() -> None:
+    before, after, ran, _ = deploys()
+    await before.execute(command("t.note", {"accountId": "a1"}, idempotency_key="K"))
+    for data in ({"accountId": "a2"}, {"accountId": "a1", "note": "x"}):
+        out = await after.execute(command("t.note", data, idempotency_key="K"))
+        assert (out.status, out.error_code) == ("rejected", "IDEMPOTENCY_CONFLICT")
+    # a pinned version is the one compared: 1.0.0's run is not 2.0.0's
+    pinned = await after.execute(
+        command("t.note", {"accountId": "a1"}, idempotency_key="K", opversion="2.0.0")
+    )
+    assert pinned.error_code == "IDEMPOTENCY_CONFLICT"
+    await after.execute(command("t.note", {"accountId": "b1"}, idempotency_key="P", opversion="2.0.0"))
+    old = await after.execute(command("t.note", {"accountId": "b1"}, idempotency_key="P", opversion="1.0.0"))
+    assert old.error_code == "IDEMPOTENCY_CONFLICT"
+    assert ran == ["1.0.0", "2.0.0"]
+
+
+async def test_a_command_in_flight_when_the_default_moved_is_taken_over_not_refused() -> None:
+    """Claimed under 1.0.0 by a worker that died: after the deploy its redelivery waits out
+    the dead worker's lease, then runs (now on the default, 2.0.0), once."""
+    from runner.executor import fingerprint
+    from runner.store import ClaimRequest, run_key
+
+    _, after, ran, store = deploys()
+    sent = command("t.note", {"accountId": "a1"}, idempotency_key="K")
+    dead = ClaimRequest(
+        key=run_key(None, None, "K"),
+        op="t.note",
+        version="1.0.0",
+        input_hash=fingerprint("t.note", None, {"accountId": "a1"}),
+        command_id=sent.id,
+        owner="dead-worker/1",
+        lease_seconds=0.05,
+        idempotency_key="K",
+    )
+    assert (await store.claim(dead)).attempts == 1
+    out = await after.execute(sent)
+    assert (out.status, out.replayed, out.audit["data"]["attempt"], ran) == ("succeeded", False, 2, ["2.0.0"])

@@ -47,12 +47,13 @@ def request(
     input_hash: str = "h1",
     lease: float = LONG,
     command_id: str | None = None,
+    version: str = "1.0.0",
 ) -> ClaimRequest:
     """What ``Executor._claim_request`` builds, for alice of tenant t1."""
     return ClaimRequest(
         key=key,
         op="docs.pay",
-        version="1.0.0",
+        version=version,
         input_hash=input_hash,
         command_id=command_id or f"cmd-{key}",
         owner=owner,
@@ -171,6 +172,17 @@ class StoreContract:
         await complete(store, "k1", "w1", outcome("cmd-k1"))
         done = await store.claim(request(owner="w1", input_hash="h2"))
         assert (done.status, done.result) == (ClaimStatus.CONFLICT, None)
+
+    async def test_a_conflict_names_the_version_the_stored_run_was_claimed_with(self, store: Store) -> None:
+        """So the executor can tell a changed input from a default version that moved."""
+        await store.claim(request(version="1.0.0"))
+        running = await store.claim(request(owner="w2", input_hash="h2", version="2.0.0"))
+        assert (running.status, running.version) == (ClaimStatus.CONFLICT, "1.0.0")
+        await complete(store, "k1", "w1", outcome("cmd-k1"))
+        done, *_ = await store.claim_many([request(input_hash="h2", version="2.0.0")])
+        assert (done.status, done.version, done.result) == (ClaimStatus.CONFLICT, "1.0.0", None)
+        replay = await store.claim(request(version="2.0.0"))  # same hash: the stored result
+        assert replay.status is ClaimStatus.COMPLETED
 
     async def test_a_live_lease_is_busy_until_it_runs_out(self, store: Store) -> None:
         await store.claim(request(lease=LONG))
