@@ -298,6 +298,7 @@ class OpsApi:
         body["audit"] = [entry.to_json(detail=True) for entry in trail]
         body["correlationId"] = next((e.correlation_id for e in trail if e.correlation_id), None)
         body["traceId"] = next((e.trace_id for e in trail if e.trace_id), None)
+        body["causedBy"] = next((e.data["causedBy"] for e in trail if e.data.get("causedBy")), None)
         return JSONResponse(body)
 
     async def drain(self, within: float) -> None:

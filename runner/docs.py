@@ -180,6 +180,10 @@ _COMPONENTS: dict[str, Any] = {
             "completedAt": {"type": ["string", "null"], "format": "date-time"},
             "correlationId": {"type": ["string", "null"]},
             "traceId": {"type": ["string", "null"], "description": "the W3C trace id it ran in"},
+            "causedBy": {
+                "type": ["string", "null"],
+                "description": "the command whose handler sent this one (ctx.send), as its causationid says",
+            },
             "audit": {
                 "type": "array",
                 "description": "its audit entries that the caller may see, oldest first, with the "
@@ -214,6 +218,7 @@ _COMPONENTS: dict[str, Any] = {
             "reason": {"type": ["string", "null"]},
             "replayed": {"type": "boolean", "description": "a stored result sent again"},
             "deprecated": {"type": "boolean"},
+            "causedBy": {"type": ["string", "null"], "description": "the command that sent this one"},
             "input": {"description": "as audited: redacted, or only its size and digest"},
             "actor": {"type": ["object", "null"]},
             "deadLetter": {"type": "string"},

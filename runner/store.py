@@ -320,6 +320,7 @@ class AuditEntry:
             "reason": self.data.get("reason"),
             "replayed": bool(self.data.get("replayed")),
             "deprecated": bool(self.data.get("deprecated")),
+            "causedBy": self.data.get("causedBy"),
         }
         if detail:
             out["input"] = self.data.get("input")

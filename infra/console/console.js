@@ -270,7 +270,9 @@ async function showRun(id, current) {
       el("dt", {}, "created"), el("dd", {}, when(body.createdAt)), el("dt", {}, "completed"), el("dd", {}, when(body.completedAt)),
       el("dt", {}, "correlation id"), el("dd", {}, body.correlationId
         ? el("a", { href: `#/runs?correlationId=${encodeURIComponent(body.correlationId)}` }, body.correlationId) : "–"),
-      el("dt", {}, "trace id"), el("dd", {}, body.traceId || "–")),
+      el("dt", {}, "trace id"), el("dd", {}, body.traceId || "–"),
+      el("dt", {}, "caused by"), el("dd", {}, body.causedBy
+        ? el("a", { href: `#/runs/${encodeURIComponent(body.causedBy)}` }, body.causedBy) : "–")),
     el("h3", {}, result.error ? "Error" : "Output"), json(result.error || result.output || null),
     el("h3", {}, "Audit trail"),
     ...(body.audit.length ? body.audit.map((a) => el("section", { class: "audit-entry" },

@@ -141,6 +141,7 @@ class Recorder:
             "input": audited_input(call, status),
             "deprecated": bool(spec and spec.deprecated),
             "replayed": replayed,
+            **({"causedBy": command.causationid} if command.causationid else {}),
             "error": err["code"] if err else None,
             "reason": cut(err["message"], MAX_AUDIT_REASON)
             if err and status in ("denied", "rejected")

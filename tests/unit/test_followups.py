@@ -33,6 +33,7 @@ from runner import (
 from runner.auth import CommandSigner, command_key
 from runner.envelope import parse_command
 from runner.executor import Outcome
+from runner.store import RunFilter
 from runner.testing import InMemoryStore
 
 SECRET = "follow-up-test-secret-0123456789-abcdef"
@@ -154,6 +155,10 @@ async def test_a_succeeded_run_sends_its_follow_up_with_its_ids() -> None:
     assert done.status == "succeeded", done.result
     assert done.output == {"invoiceId": "i1", "by": "op:t.capture", "tenant": "t1"}
     assert done.result["causationid"] == child.id and done.result["correlationid"] == "corr-1"
+    assert done.audit["data"]["causedBy"] == parent.id  # what the runs API and console link by
+    assert "causedBy" not in outcome.audit["data"]  # a command nobody sent has none
+    entries = await executor.store.list_runs(RunFilter(command_id=child.id), after=0, limit=10)
+    assert [e.to_json()["causedBy"] for e in entries] == [parent.id]
 
 
 async def test_published_twice_it_runs_once() -> None:
