@@ -26,11 +26,10 @@ from runner.envelope import (
     MAX_ID_LENGTH,
     CommandEnvelope,
     check_attributes,
-    new_id,
-    now_iso,
     parse_command,
     valid_traceparent,
 )
+from runner.envelope import command as new_command
 from runner.errors import AuthError, EnvelopeError, StoreUnavailable, UnknownOperation
 from runner.executor import Executor, Outcome
 from runner.policy import administers
@@ -178,15 +177,13 @@ class OpsApi:
         """The command an API call makes (``/ops``, ``/graphql``, MCP), held to the Kafka
         path's rules: ``EnvelopeError`` names what is wrong with it. ``max_bytes`` bounds the
         envelope where no body limit did (MCP's arguments)."""
-        command = CommandEnvelope(
-            id=new_id(),
+        command = new_command(
+            op,
+            data,
             source=source,
-            type=op,
-            data=data,
             opversion=version,
-            idempotencykey=idempotency_key,
-            correlationid=correlation_id,
-            time=now_iso(),
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
             traceparent=traceparent,
         )
         encoded = command.encode()

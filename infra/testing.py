@@ -138,6 +138,7 @@ async def oprunner(oprunner_migrated: App, oprunner_settings: Settings) -> Async
     pool = await connect_pool(oprunner_settings.database_url.get_secret_value(), min_size=1, max_size=8)
     try:
         key = command_key(SECRET, None)
+        assert key is not None  # derived from the kit's secret
         authenticator = JwtAuthenticator(secret=SECRET, command_key=key)
         executor = Executor(
             app.registry,

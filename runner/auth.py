@@ -59,12 +59,21 @@ def command_digest(command: CommandEnvelope) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """The one command a token authorizes: its id and the digest of what it asks for."""
+    """The one command a token authorizes: its id and the digest of what it asks for; for a
+    follow-up also the command that sent it (``cause``), its correlation (``corr``), and how
+    many sends deep it is (``depth``), so a lifted token cannot restate its lineage."""
 
     command_id: str
     digest: str
+    cause: str | None = None
+    corr: str | None = None
+    depth: int = 0
 
     def admits(self, command: CommandEnvelope) -> bool:
+        if self.cause is not None and command.causationid != self.cause:
+            return False
+        if self.corr is not None and command.correlation_id != self.corr:
+            return False
         return command.id == self.command_id and hmac.compare_digest(command_digest(command), self.digest)
 
 
@@ -273,7 +282,11 @@ def actor_from_claims(claims: dict[str, Any]) -> Actor:
         cmd, digest = claims.get("cmd"), claims.get("dh")
         if not isinstance(cmd, str) or not isinstance(digest, str) or len(cmd) > 1024 or len(digest) != 64:
             raise AuthError("token 'cmd' and 'dh' must name one command and its data digest")
-        bound = Binding(cmd, digest)
+        cause, corr, depth = claims.get("cause"), claims.get("corr"), claims.get("depth", 0)
+        lineage = (cause is None or isinstance(cause, str)) and (corr is None or isinstance(corr, str))
+        if not lineage or not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 1000:
+            raise AuthError("token 'cause', 'corr' and 'depth' must be strings and a small count")
+        bound = Binding(cmd, digest, cause, corr, depth)
     return Actor(
         kind=kind,
         user_id=sub,
@@ -352,10 +365,17 @@ class CommandSigner:
         self._ttl = ttl
 
     def token_for(
-        self, command: CommandEnvelope, *, subject: str | None = None, tenant: str | None = None
+        self,
+        command: CommandEnvelope,
+        *,
+        subject: str | None = None,
+        tenant: str | None = None,
+        depth: int | None = None,
     ) -> str:
         """``subject`` names who makes the command (default: this signer's); ``tenant`` is
-        the tenant it acts in (a follow-up acts in its parent's)."""
+        the tenant it acts in, and ``depth`` how many sends deep it is (a follow-up's: its
+        parent's tenant, its parent's depth and one). A command with a ``causationid`` gets
+        it and its correlation id bound too."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "sub": subject or self._subject,
@@ -368,4 +388,13 @@ class CommandSigner:
         }
         if tenant is not None:
             claims["tenant"] = tenant
+        if command.causationid is not None:
+            claims["cause"], claims["corr"] = command.causationid, command.correlation_id
+        if depth is not None:
+            claims["depth"] = depth
         return jwt.encode(claims, self._key, algorithm="HS256", headers={"kid": COMMAND_KEY_ID})
+
+    def derive(self, text: str) -> str:
+        """A value only this signer's key can compute from ``text`` (HMAC-SHA256, hex): what a
+        follow-up's ids are made of, so nobody can claim one before it is sent."""
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()

@@ -55,12 +55,15 @@ class OperationContext:
         of the call), and derives the follow-up's idempotency key from this run's, so it is
         claimed once however often it is published. It runs as this operation's service
         identity, in the caller's tenant, with a token good for that one command only; it
-        carries this command's ``correlationid``, and its id as ``causationid``. The input is
-        validated here: a bad one raises ``ValueError`` in the handler."""
+        carries this command's ``correlationid``, and its id as ``causationid``. It is checked
+        here, so the handler fails rather than commit a follow-up that could never run: its
+        input, that its spec is installed and its policy can admit a service, its size, the
+        depth of the chain; a failed check raises ``ValueError``. ``async`` so that a check
+        may read the database one day without every handler changing."""
         if self.sender is None:
             raise RuntimeError(
-                "this runner cannot sign follow-up commands: set OPRUNNER_JWT_SECRET or "
-                "OPRUNNER_COMMAND_TOKEN_SECRET"
+                "this runner cannot sign follow-up commands: it needs OPRUNNER_JWT_SECRET, or "
+                "OPRUNNER_COMMAND_TOKEN_SECRET with a public-key JWT setup"
             )
         return self.sender(spec, input, key)
 

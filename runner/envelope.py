@@ -262,6 +262,7 @@ def command(
     opversion: str | None = None,
     idempotency_key: str | None = None,
     correlation_id: str | None = None,
+    traceparent: str | None = None,
 ) -> CommandEnvelope:
     """Build a command envelope (what a producer sends)."""
     return CommandEnvelope(
@@ -273,4 +274,5 @@ def command(
         idempotencykey=idempotency_key,
         correlationid=correlation_id,
         time=now_iso(),
+        traceparent=traceparent,
     )

@@ -40,8 +40,10 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
         return verdict is True
     if cond == "admin":
         return administers(actor, resource.tenant_id if resource is not None else None, resource is not None)
-    if cond == "service":
-        return actor.kind == "service"
+    if cond == "service":  # a service with a tenant (a follow-up's) acts in that tenant only
+        if actor.kind != "service":
+            return False
+        return actor.tenant_id is None or resource is None or resource.tenant_id == actor.tenant_id
     if cond.startswith("role:"):
         return cond[5:] in actor.roles
     if resource is None:

@@ -28,6 +28,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import StartupError
+from ..settings import Settings
 
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 8 * 1024 * 1024
@@ -209,6 +210,22 @@ class HttpServer:
     ``max_header_bytes`` bounds a request's header block (h11 enforces it on what it has
     buffered); past it uvicorn answers 400 and closes, which lingering makes readable.
     """
+
+    @classmethod
+    def configured(
+        cls, app: Any, settings: Settings, port: int, sock: socket.socket | None = None
+    ) -> HttpServer:
+        """On ``settings``' host and limits (``OPRUNNER_HTTP_*``), at ``port``."""
+        return cls(
+            app,
+            settings.http_host,
+            port,
+            max_header_bytes=settings.http_max_header_bytes,
+            header_timeout=settings.http_header_timeout,
+            max_concurrency=settings.http_max_concurrency,
+            shutdown_timeout=settings.http_shutdown_timeout,
+            sock=sock,
+        )
 
     def __init__(
         self,

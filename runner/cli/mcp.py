@@ -99,14 +99,8 @@ async def _serve_http(
         transport_security=security,
         max_request_body_size=settings.max_message_bytes,
     )
-    http = HttpServer(
-        BearerRequired(asgi, authenticator, anonymous=anonymous),
-        settings.http_host,
-        settings.mcp_port,
-        max_header_bytes=settings.http_max_header_bytes,
-        header_timeout=settings.http_header_timeout,
-        max_concurrency=settings.http_max_concurrency,
-        shutdown_timeout=settings.http_shutdown_timeout,
+    http = HttpServer.configured(
+        BearerRequired(asgi, authenticator, anonymous=anonymous), settings, settings.mcp_port
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -243,6 +243,7 @@ def new_executor(
         command_signer=CommandSigner(key, subject="oprunner-followups", ttl=settings.command_token_ttl)
         if key is not None
         else None,
+        max_message_bytes=settings.max_message_bytes,
     )
 
 
@@ -435,16 +436,7 @@ async def build_runtime(
             app=app,
             runs=runs,
         )
-        http = HttpServer(
-            asgi,
-            settings.http_host,
-            settings.http_port,
-            max_header_bytes=settings.http_max_header_bytes,
-            header_timeout=settings.http_header_timeout,
-            max_concurrency=settings.http_max_concurrency,
-            shutdown_timeout=settings.http_shutdown_timeout,
-            sock=http_socket,
-        )
+        http = HttpServer.configured(asgi, settings, settings.http_port, http_socket)
         resources = opened.pop_all()
     return Runtime(
         settings,

@@ -74,9 +74,11 @@ class Executor:
         metrics: Metrics | None = None,
         commands_topic: str = "ops.commands",
         command_signer: CommandSigner | None = None,
+        max_message_bytes: int = 1024 * 1024,
     ) -> None:
         """``command_signer`` signs the handlers' follow-up commands (``ctx.send``), published
-        to ``commands_topic``; without one, ``ctx.send`` raises."""
+        to ``commands_topic``, each at most ``max_message_bytes``; without one, ``ctx.send``
+        raises."""
         self.registry = registry
         self.store = store
         self.results_topic = results_topic
@@ -98,7 +100,15 @@ class Executor:
             follow_ups=FollowUpWriter(command_signer, commands_topic) if command_signer else None,
         )
         self._claims = claims = Claims(store, self.worker_id, lease_seconds, registry)
-        invoker = Invoker(self.clients, metrics, retrier, source=source, can_send=command_signer is not None)
+        invoker = Invoker(
+            self.clients,
+            metrics,
+            retrier,
+            source=source,
+            registry=registry,
+            signer=command_signer,
+            max_message_bytes=max_message_bytes,
+        )
         self._runs = Runs(store, claims, invoker, self._recorder, retrier, metrics)
         self._batches = Batches(
             store, self._admission, claims, invoker, self._recorder, self._runs, retrier, metrics

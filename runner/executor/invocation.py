@@ -15,12 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..auth import CommandSigner
 from ..context import OperationContext, Sender
 from ..envelope import NUL, nul_paths, visible, without_nul
-from ..errors import OperationError, RetryableError
-from ..followups import MAX_FOLLOW_UPS, MAX_KEY, follow_up
+from ..errors import OperationError, RetryableError, UnknownOperation
+from ..followups import HEADROOM, MAX_DEPTH, MAX_FOLLOW_UPS, MAX_KEY, admits_a_service, follow_up
 from ..model import Model
 from ..observability import Metrics
+from ..registry import OperationRegistry
 from ..spec import OperationSpec
 from .admission import field_errors
 from .calls import Admitted, Call, Held
@@ -72,21 +74,25 @@ class Invoker:
         metrics: Metrics | None,
         retrier: Retrier,
         *,
-        source: str = "oprunner",
-        can_send: bool = False,
+        source: str,
+        registry: OperationRegistry,
+        signer: CommandSigner | None = None,
+        max_message_bytes: int = 1024 * 1024,
     ) -> None:
         self.clients = clients
         self.metrics = metrics
         self.retrier = retrier
         self.source = source
-        self.can_send = can_send  # the executor has a signer for follow-up commands
+        self.registry = registry
+        self.signer = signer  # what signs follow-ups and derives their ids: none, no ctx.send
+        self.max_message_bytes = max_message_bytes
 
     def context(self, spec: OperationSpec, call: Call, db: Any, attempt: int) -> OperationContext:
         command = call.command
         ids = {"command_id": command.id, "correlation_id": command.correlation_id, "op": spec.key}
         call.follow_ups = []  # each attempt starts with none: what a rolled-back one sent is gone
         return OperationContext(
-            sender=self._sender(spec, call) if self.can_send else None,
+            sender=self._sender(spec, call, self.signer) if self.signer is not None else None,
             db=db,
             actor=call.actor,
             idempotency_key=command.idempotency_key,
@@ -99,17 +105,32 @@ class Invoker:
             clients=self.clients,
         )
 
-    def _sender(self, parent: OperationSpec, call: Call) -> Sender:
+    def _sender(self, parent: OperationSpec, call: Call, signer: CommandSigner) -> Sender:
+        """``ctx.send`` for one attempt of ``call``: each check here fails the handler (its
+        parent rolls back) rather than commit a follow-up that could never run."""
         sent, keys = call.follow_ups, set[str]()
+        bound = call.actor.bound if call.actor is not None else None
+        depth = (bound.depth if bound is not None else 0) + 1
+        scope = signer.derive(f"{call.run_key}\n{call.command.id}")[:32]
 
         def send(spec: OperationSpec, input: Any, key: str | None) -> str:
             if parent.kind == "query":
                 raise ValueError(f"{parent.key} is a query: a query reads, it sends no commands")
             if not isinstance(spec, OperationSpec) or spec.kind == "query":
                 raise ValueError("ctx.send takes a command's spec (a query is asked, not sent)")
-            key = key if key is not None else f"{spec.key}#{len(sent) + 1}"
-            if not 0 < len(key) <= MAX_KEY or NUL in key:
-                raise ValueError(f"a follow-up key is 1 to {MAX_KEY} characters, without U+0000")
+            try:
+                installed = self.registry.get(spec.key, spec.version).spec is spec
+            except UnknownOperation:
+                installed = False
+            if not installed:
+                raise ValueError(f"follow-up {spec.key} {spec.version} is not installed in this app")
+            if (why := admits_a_service(spec.policy)) is not None:
+                raise ValueError(f"follow-up {spec.key} would always be denied: {why}")
+            if depth > MAX_DEPTH:
+                raise ValueError(f"follow-up {spec.key}: a chain of sends ends at {MAX_DEPTH}")
+            if key is not None and (not 0 < len(key) <= MAX_KEY or NUL in key or "#" in key):
+                raise ValueError(f"a follow-up key is 1 to {MAX_KEY} characters, without U+0000 or '#'")
+            key = key if key is not None else f"{spec.key}#{len(sent) + 1}"  # '#': the defaults'
             if key in keys:
                 raise ValueError(f"this run has sent a follow-up with key {key!r} already")
             if len(sent) >= MAX_FOLLOW_UPS:
@@ -127,11 +148,17 @@ class Invoker:
                 wire,
                 spec.partition_value(value),
                 key=key,
-                parent_run_key=call.run_key,
+                scope=scope,
                 parent=call.command,
                 traceparent=call.traceparent,
                 source=self.source,
+                depth=depth,
             )
+            if (size := len(item.command.encode()) + HEADROOM) > self.max_message_bytes:
+                raise ValueError(
+                    f"follow-up {spec.key} is {size} bytes with its headers, over the "
+                    f"{self.max_message_bytes}-byte message limit"
+                )
             sent.append(item)
             keys.add(key)
             return item.command.id

@@ -142,6 +142,8 @@ class Recorder:
             "deprecated": bool(spec and spec.deprecated),
             "replayed": replayed,
             **({"causedBy": command.causationid} if command.causationid else {}),
+            # the follow-ups this run sent (ctx.send), kept only with the effects that commit
+            **({"followUps": [item.command.id for item in sent]} if sent and status == "succeeded" else {}),
             "error": err["code"] if err else None,
             "reason": cut(err["message"], MAX_AUDIT_REASON)
             if err and status in ("denied", "rejected")

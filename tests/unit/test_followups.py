@@ -24,6 +24,7 @@ from runner import (
     OperationError,
     OperationRegistry,
     Policy,
+    Rule,
     command,
     define_command,
     define_query,
@@ -33,6 +34,8 @@ from runner import (
 from runner.auth import CommandSigner, command_key
 from runner.envelope import parse_command
 from runner.executor import Outcome
+from runner.followups import MAX_DEPTH
+from runner.registry import Resource
 from runner.store import RunFilter
 from runner.testing import InMemoryStore
 
@@ -42,6 +45,9 @@ KEY = command_key(SECRET, None)
 
 class CaptureIn(Model):
     invoice_id: str
+    target: str = "t.receipt"
+    big: bool = False
+    explicit_key: str | None = None
     fail: str | None = None
     flaky: int = 0
     receipts: int = 1
@@ -77,6 +83,42 @@ Receipt = define_command(
     policy=Policy(auth="service"),
     partition_key="invoice_id",
 )
+Unowned = define_command(  # a follow-up's actor owns nothing: this one could never run
+    meta=Meta(key="t.unowned", version="1.0.0", description="unowned"),
+    io=IO(input=ReceiptIn, output=ReceiptOut),
+    policy=Policy(
+        auth="service", rules=[Rule(resource="invoice", action="x", condition="owner", id_field="invoice_id")]
+    ),
+)
+Tenanted = define_command(  # a service may act, in its own tenant
+    meta=Meta(key="t.tenanted", version="1.0.0", description="tenanted"),
+    io=IO(input=ReceiptIn, output=ReceiptOut),
+    policy=Policy(
+        auth="service",
+        rules=[Rule(resource="invoice", action="x", condition=("owner", "service"), id_field="invoice_id")],
+    ),
+)
+Stray = define_command(  # never installed
+    meta=Meta(key="t.stray", version="1.0.0", description="stray"), io=IO(input=ReceiptIn, output=ReceiptOut)
+)
+
+
+class LoopIn(Model):
+    n: int = 0
+
+
+Loop = define_command(
+    meta=Meta(key="t.loop", version="1.0.0", description="sends itself"),
+    io=IO(input=LoopIn, output=LoopIn),
+    policy=Policy(auth="user"),
+)
+
+
+async def loop(value: LoopIn, ctx: OperationContext) -> LoopIn:
+    await ctx.send(Loop, {"n": value.n + 1}, key="next")
+    return value
+
+
 Look = define_query(
     meta=Meta(key="t.look", version="1.0.0", description="look"), io=IO(input=ReceiptIn, output=ReceiptOut)
 )
@@ -86,9 +128,12 @@ ran: dict[str, int] = {}
 
 async def capture(value: CaptureIn, ctx: OperationContext) -> CaptureOut:
     ids = []
+    target = TARGETS[value.target]
     for n in range(value.receipts):
-        data: Any = {"invoiceId": value.invoice_id, "n": "not a number" if value.bad_receipt else n}
-        ids.append(await ctx.send(Receipt, data, key="receipt" if value.same_key else f"receipt-{n}"))
+        data: Any = {"invoiceId": "x" * 1_100_000 if value.big else value.invoice_id}
+        data["n"] = "not a number" if value.bad_receipt else n
+        key = value.explicit_key or ("receipt" if value.same_key else f"receipt-{n}")
+        ids.append(await ctx.send(target, data, key=key))
     if ctx.attempt <= value.flaky:
         raise ConnectionError("flaky")
     if value.fail:
@@ -107,6 +152,10 @@ async def look(value: ReceiptIn, ctx: OperationContext) -> ReceiptOut:
     raise AssertionError("a query may not send")
 
 
+TARGETS = {"t.receipt": Receipt, "t.unowned": Unowned, "t.tenanted": Tenanted, "t.stray": Stray}
+INVOICES = {"mine": Resource("mine", "alice", "t1"), "theirs": Resource("theirs", "carol", "t2")}
+
+
 async def _no_sleep(_: float) -> None:
     return None
 
@@ -116,6 +165,10 @@ def _executor(signer: bool = True) -> Executor:
     install_op(registry, Capture, capture)
     install_op(registry, Receipt, receipt)
     install_op(registry, Look, look)
+    install_op(registry, Unowned, receipt)
+    install_op(registry, Tenanted, receipt)
+    install_op(registry, Loop, loop)
+    registry.add_resource("invoice", lambda invoice_id, ctx: INVOICES.get(invoice_id))
     return Executor(
         registry,
         InMemoryStore(),
@@ -157,6 +210,7 @@ async def test_a_succeeded_run_sends_its_follow_up_with_its_ids() -> None:
     assert done.result["causationid"] == child.id and done.result["correlationid"] == "corr-1"
     assert done.audit["data"]["causedBy"] == parent.id  # what the runs API and console link by
     assert "causedBy" not in outcome.audit["data"]  # a command nobody sent has none
+    assert outcome.audit["data"]["followUps"] == [child.id]  # and the parent's names what it sent
     entries = await executor.store.list_runs(RunFilter(command_id=child.id), after=0, limit=10)
     assert [e.to_json()["causedBy"] for e in entries] == [parent.id]
 
@@ -227,6 +281,10 @@ async def test_the_same_parent_key_from_two_callers_makes_two_follow_ups() -> No
     [
         ({"invoiceId": "i8", "badReceipt": True}, "invalid input: n"),
         ({"invoiceId": "i9", "receipts": 2, "sameKey": True}, "with key 'receipt' already"),
+        ({"invoiceId": "i9b", "big": True}, "over the 1048576-byte message limit"),
+        ({"invoiceId": "mine", "target": "t.unowned"}, "would always be denied"),
+        ({"invoiceId": "i9c", "target": "t.stray"}, "t.stray 1.0.0 is not installed"),
+        ({"invoiceId": "i9d", "explicitKey": "a#1"}, "without U+0000 or '#'"),
     ],
 )
 async def test_a_bad_send_fails_the_handler(data: dict[str, Any], why: str, caplog: Any) -> None:
@@ -254,3 +312,47 @@ async def test_without_a_signer_send_says_what_to_set(caplog: Any) -> None:
 def test_the_follow_up_envelope_round_trips() -> None:
     raw = command("t.receipt", {"invoiceId": "x"})
     assert orjson.loads(raw.encode()).get("causationid") is None
+
+
+async def test_a_tenant_scoped_follow_up_acts_in_its_tenant_only() -> None:
+    executor = _executor()
+    for invoice, status in (("mine", "succeeded"), ("theirs", "denied")):
+        outcome = await executor.execute(
+            command("t.capture", {"invoiceId": invoice, "target": "t.tenanted"}), token=_token()
+        )
+        (row,) = _sent(outcome)
+        child = await executor.execute(row.value, token=dict(row.headers)["authorization"].decode())
+        assert child.status == status, (invoice, child.result)
+
+
+async def test_a_lifted_token_cannot_restate_the_lineage() -> None:
+    executor = _executor()
+    outcome = await executor.execute(command("t.capture", {"invoiceId": "i12"}), token=_token())
+    (row,) = _sent(outcome)
+    forged = {**orjson.loads(row.value), "correlationid": "attacker"}
+    lifted = await executor.execute(orjson.dumps(forged), token=dict(row.headers)["authorization"].decode())
+    assert lifted.status == "denied"
+
+
+async def test_a_chain_of_sends_ends() -> None:
+    executor = _executor()
+    outcome = await executor.execute(command("t.loop", {"n": 0}), token=_token())
+    depth = 0
+    while outcome.status == "succeeded" and depth < 40:
+        (row,) = _sent(outcome)
+        outcome = await executor.execute(row.value, token=dict(row.headers)["authorization"].decode())
+        depth += 1
+    assert (outcome.status, outcome.error_code, depth) == ("failed", "HANDLER_ERROR", MAX_DEPTH)
+
+
+async def test_a_batch_sends_for_the_commands_that_commit() -> None:
+    executor = _executor()
+    token = _token()
+    items = [
+        (command("t.capture", {"invoiceId": "b1"}), token),
+        (command("t.capture", {"invoiceId": "b2", "fail": "DECLINED"}), token),
+        (command("t.capture", {"invoiceId": "b3", "flaky": 1}), token),
+    ]
+    outcomes = await executor.execute_many(items)
+    assert [o.status for o in outcomes] == ["succeeded", "failed", "succeeded"]
+    assert [len(_sent(o)) for o in outcomes] == [1, 0, 1]
