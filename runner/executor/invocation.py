@@ -111,7 +111,7 @@ class Invoker:
         sent, keys = call.follow_ups, set[str]()
         bound = call.actor.bound if call.actor is not None else None
         depth = (bound.depth if bound is not None else 0) + 1
-        scope = signer.derive(f"{call.run_key}\n{call.command.id}")[:32]
+        scopes: list[str] = []  # derived on the first send: most runs send nothing
 
         def send(spec: OperationSpec, input: Any, key: str | None) -> str:
             if parent.kind == "query":
@@ -143,12 +143,14 @@ class Invoker:
             wire = value.to_wire()
             if nul := nul_paths(wire):
                 raise ValueError(f"follow-up {spec.key}: U+0000 at {', '.join(nul)}")
+            if not scopes:
+                scopes.append(signer.derive(f"{call.run_key}\n{call.command.id}")[:32])
             item = follow_up(
                 spec,
                 wire,
                 spec.partition_value(value),
                 key=key,
-                scope=scope,
+                scope=scopes[0],
                 parent=call.command,
                 traceparent=call.traceparent,
                 source=self.source,
