@@ -166,10 +166,15 @@ class OperationRegistry:
         except (ValueError, KeyError):
             raise UnknownOperation(f"unknown version {version!r} of {key!r}") from None
 
+    def serving(self, spec: OperationSpec) -> Installed | None:
+        """What is installed as exactly ``spec`` (the same object, at its key and version);
+        None when nothing is, or another spec of that version is."""
+        installed = self._ops.get(spec.key, {}).get(parse_version(spec.version))
+        return installed if installed is not None and installed.spec is spec else None
+
     def __iter__(self) -> Iterator[OperationSpec]:
-        for key in sorted(self._ops):
-            for version in sorted(self._ops[key]):
-                yield self._ops[key][version].spec
+        for installed in self._installed():
+            yield installed.spec
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._ops.values())
@@ -223,12 +228,10 @@ class OperationRegistry:
 
     def _upcast_problems(self, spec: OperationSpec, target: OperationSpec) -> list[str]:
         where = f"{spec.key} {spec.version}: upcasts to {target.key} {target.version}"
-        try:
-            served = self.get(target.key, target.version).spec
-        except UnknownOperation:
+        if self.serving(target) is None:
+            if parse_version(target.version) in self._ops.get(target.key, {}):
+                return [f"{where}, but another spec of that version is installed"]
             return [f"{where}, which is not installed (every such command would fail)"]
-        if served is not target:
-            return [f"{where}, but another spec of that version is installed"]
         if AUTH_LEVELS.index(spec.policy.auth) < AUTH_LEVELS.index(target.policy.auth):
             return [
                 f"{where}: its auth {spec.policy.auth!r} is looser than {target.policy.auth!r}"

@@ -94,9 +94,9 @@ def install_upcast(
         return _as_input(new, await _maybe_await(upcast(value)), label)
 
     async def upcasting(value: Any, ctx: OperationContext) -> Any:
-        target = registry.get(new.key, new.version)
-        if target.spec is not new:
-            raise RegistryError(f"{label}: another spec of {new.version} is installed")
+        target = registry.serving(new)
+        if target is None:
+            raise RegistryError(f"{label}: {new.version} is not installed, or another spec of it is")
         # the executor passes what admission upcast and authorized; a direct call, the input
         onward = value.onward() if isinstance(value, Upcasted) else await step(value)
         raw = await target.handler(

@@ -21,10 +21,16 @@ from infra.postgres import PostgresStore
 
 from ..app import App
 from ..errors import RegistryError, StartupError
-from ..executor import Outcome
 from ..settings import Settings
 from .http_server import HttpServer
-from .serve import authenticator_from, build_clients, new_executor, open_database, open_publisher
+from .serve import (
+    authenticator_from,
+    build_clients,
+    delivering,
+    new_executor,
+    open_database,
+    open_publisher,
+)
 
 _log = logging.getLogger("oprunner.mcp")
 
@@ -49,13 +55,7 @@ async def serve_mcp(settings: Settings, app: App, *, http: bool, dev: bool = Fal
         cleaner.start()
         opened.push_async_callback(cleaner.stop)
 
-        async def deliver(outcome: Outcome) -> None:
-            try:
-                await publisher.publish(outcome.publications)
-                cleaner.add(outcome.outbox_ids)
-            except Exception:
-                _log.warning("publish failed; serve's outbox relay will publish", exc_info=True)
-
+        deliver = delivering(publisher, cleaner)  # what this process cannot, serve's relay publishes
         executor = new_executor(settings, app, store, authenticator, build_clients(settings, app), None)
         ops = OpsApi(executor, deliver, max_bytes=settings.max_message_bytes)
         server = build_server(ops, stdio_token=None if http else token, name=f"oprunner-{app.name}")

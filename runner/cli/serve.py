@@ -21,7 +21,7 @@ from infra.console import docs_routes
 from infra.http import OpsApi, build_app
 from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay, ensure_topics
 from infra.kafka.deadletters import KafkaDeadLetters
-from infra.kafka.publisher import producer_options
+from infra.kafka.publisher import OutboxCleaner, producer_options
 from infra.postgres import PostgresStore, connect_pool, migrate
 from infra.postgres.inbox import PostgresInbox
 from infra.postgres.migrate import status
@@ -247,6 +247,20 @@ def new_executor(
     )
 
 
+def delivering(publisher: KafkaPublisher, cleaner: OutboxCleaner) -> Callable[[Outcome], Awaitable[None]]:
+    """Publish an outcome's events at once, and have its outbox rows removed once they are
+    out; a failure is only logged: the rows stay, and the outbox relay publishes them."""
+
+    async def deliver(outcome: Outcome) -> None:
+        try:
+            await publisher.publish(outcome.publications)
+            cleaner.add(outcome.outbox_ids)
+        except Exception:
+            _log.warning("publish failed; the outbox relay will publish", exc_info=True)
+
+    return deliver
+
+
 def build_clients(settings: Settings, app: App) -> Any:
     try:
         return app.build_clients(settings)
@@ -401,13 +415,7 @@ async def build_runtime(
             metrics=metrics,
         )
 
-        async def deliver(outcome: Outcome) -> None:
-            try:
-                await publisher.publish(outcome.publications)
-                consumer.cleaner.add(outcome.outbox_ids)
-            except Exception:
-                _log.warning("publish failed; the outbox relay will publish", exc_info=True)
-
+        deliver = delivering(publisher, consumer.cleaner)
         ops = OpsApi(
             executor_on(PostgresStore(http_pool)),  # HTTP's own connections
             deliver,

@@ -133,9 +133,9 @@ class Admission:
         while (target_spec := installed.upcast_to) is not None:
             try:
                 assert installed.upcast is not None  # set together (``registry.install``)
-                target = self.registry.get(target_spec.key, target_spec.version)
-                if target.spec is not target_spec:
-                    raise RegistryError(f"{target_spec.key} {target_spec.version}: another spec is installed")
+                target = self.registry.serving(target_spec)
+                if target is None:
+                    raise RegistryError(f"{target_spec.key} {target_spec.version} is not installed as such")
                 value = await installed.upcast(value)
             except Exception as exc:  # a failed upcast is a handler failure, at run time
                 return Upcasted(tuple(inputs), exc), ALLOW

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from ..auth import CommandSigner
 from ..context import OperationContext, Sender
 from ..envelope import NUL, nul_paths, visible, without_nul
-from ..errors import OperationError, RetryableError, UnknownOperation
+from ..errors import OperationError, RetryableError
 from ..followups import HEADROOM, MAX_DEPTH, MAX_FOLLOW_UPS, MAX_KEY, admits_a_service, follow_up
 from ..model import Model
 from ..observability import Metrics
@@ -118,11 +118,7 @@ class Invoker:
                 raise ValueError(f"{parent.key} is a query: a query reads, it sends no commands")
             if not isinstance(spec, OperationSpec) or spec.kind == "query":
                 raise ValueError("ctx.send takes a command's spec (a query is asked, not sent)")
-            try:
-                installed = self.registry.get(spec.key, spec.version).spec is spec
-            except UnknownOperation:
-                installed = False
-            if not installed:
+            if self.registry.serving(spec) is None:
                 raise ValueError(f"follow-up {spec.key} {spec.version} is not installed in this app")
             if (why := admits_a_service(spec.policy)) is not None:
                 raise ValueError(f"follow-up {spec.key} would always be denied: {why}")

@@ -123,6 +123,7 @@ class Recorder:
         """The result and audit events of one outcome, as the outbox rows that carry them;
         with ``sent``, a succeeded run's follow-up commands too (``runner.followups``)."""
         command, spec = call.command, call.spec
+        sent = sent if status == "succeeded" else ()  # only effects that commit send anything
         version = spec.version if spec else command.opversion
         op = call.op
         stamp = now_iso()
@@ -142,8 +143,7 @@ class Recorder:
             "deprecated": bool(spec and spec.deprecated),
             "replayed": replayed,
             **({"causedBy": command.causationid} if command.causationid else {}),
-            # the follow-ups this run sent (ctx.send), kept only with the effects that commit
-            **({"followUps": [item.command.id for item in sent]} if sent and status == "succeeded" else {}),
+            **({"followUps": [item.command.id for item in sent]} if sent else {}),  # ctx.send's
             "error": err["code"] if err else None,
             "reason": cut(err["message"], MAX_AUDIT_REASON)
             if err and status in ("denied", "rejected")
@@ -172,16 +172,16 @@ class Recorder:
             publications=(
                 Publication(self.results_topic, key, _json.dumps(result), headers),
                 Publication(self.audit_topic, key, _json.dumps(audit), headers),
-                *self._follow_ups(call, status, sent),
+                *self._follow_ups(call, sent),
             ),
             events=(result, audit),
             correlation_id=command.correlation_id,
             trace_id=call.traceparent.split("-")[1] if call.traceparent else None,
         )
 
-    def _follow_ups(self, call: Call, status: Status, sent: Sequence[FollowUp]) -> tuple[Publication, ...]:
-        if not sent or status != "succeeded":
-            return ()  # only effects that commit send anything
+    def _follow_ups(self, call: Call, sent: Sequence[FollowUp]) -> tuple[Publication, ...]:
+        if not sent:
+            return ()
         if self.follow_ups is None:  # ctx.send refuses without a signer: this is a bug
             raise RuntimeError("follow-up commands were sent, but this executor cannot sign them")
         return self.follow_ups.publications(call.op, call.actor, list(sent))
