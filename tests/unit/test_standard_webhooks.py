@@ -100,6 +100,11 @@ def test_the_package_and_this_test_sign_alike() -> None:
         ({"webhook-signature": "v2,AAAA"}, "signature verification failed"),
         ({"webhook-signature": "v1;AAAA"}, "not a list of 'v1,<base64>'"),
         ({"webhook-signature": "v1,AAA"}, "not a list of 'v1,<base64>'"),  # bad padding
+        ({"webhook-signature": "v1,AAA="}, "signature verification failed"),
+        ({"webhook-signature": "v1,AAB="}, "not a list of 'v1,<base64>'"),  # stray bits: not canonical
+        ({"webhook-signature": "v1,AA=="}, "signature verification failed"),
+        ({"webhook-signature": "v1,A==="}, "not a list of 'v1,<base64>'"),
+        ({"webhook-signature": "v1,AAAA v1,AAA"}, "not a list of 'v1,<base64>'"),  # one bad entry
         ({"webhook-signature": "v1,a,b"}, "not a list of 'v1,<base64>'"),
         ({"webhook-id": "msg_other"}, "signature verification failed"),  # the id is signed
         ({"webhook-timestamp": "12.5"}, "not an integer"),
@@ -121,6 +126,30 @@ def test_a_missing_or_empty_header_is_named(name: str) -> None:
     headers = sign(body)
     assert rejected(body, {k: v for k, v in headers.items() if k != name}) == f"missing {name} header"
     assert rejected(body, {**headers, name: "  "}) == f"missing {name} header"
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        ValueError("Incorrect padding"),
+        UnicodeEncodeError("ascii", "x", 0, 1, "?"),
+        TypeError("Expected payload to be of type str or bytes"),
+        RuntimeError("a release's new complaint"),
+    ],
+)
+def test_whatever_the_package_raises_the_answer_is_this_projects(
+    raised: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package is asked one thing, whether a signature matches; its exceptions and their
+    wording differ between releases (1.1 raised on bad padding, 1.3 reports no match)."""
+    from standardwebhooks.webhooks import Webhook
+
+    def verify(*args: Any, **kwargs: Any) -> None:
+        raise raised
+
+    monkeypatch.setattr(Webhook, "verify", verify)
+    body = event()
+    assert rejected(body, sign(body)) == "signature verification failed: no signature matches"
 
 
 def test_a_wrong_secret_fails_the_signature() -> None:

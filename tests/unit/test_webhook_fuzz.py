@@ -102,3 +102,96 @@ def test_a_signed_event_no_store_can_hold_is_a_400_not_a_retry(event: dict[str, 
     body = json.dumps({**event, "object": "event", "data": {"object": {}}}).encode()
     with pytest.raises(WebhookRejected, match="not storable"):
         SOURCE.verify(body, {"stripe-signature": sign(body)})
+
+
+# -- the answers are this project's --------------------------------------------------------------
+
+VALID = json.dumps({"id": "evt_1", "object": "event", "type": "charge.refunded", "data": {"object": {}}})
+
+
+def _reason(body: bytes, signature: str) -> str:
+    with pytest.raises(WebhookRejected) as info:
+        SOURCE.verify(body, {"stripe-signature": signature})
+    return info.value.reason
+
+
+def test_the_sdk_and_this_test_sign_alike() -> None:
+    import stripe
+
+    stamp = int(time.time())
+    assert stripe.WebhookSignature.verify_header(VALID, sign(VALID.encode(), stamp), SECRET)
+    assert SOURCE.verify(VALID.encode(), {"stripe-signature": sign(VALID.encode(), stamp)}).id == "evt_1"
+
+
+@pytest.mark.parametrize(
+    ("signature", "reason"),
+    [
+        ("", "missing Stripe-Signature header"),
+        ("   ", "missing Stripe-Signature header"),
+        ("t=1" + ",v0=00" * 2000, "Stripe-Signature header too long"),
+        ("v1=" + "0" * 64, "is not 't=<seconds>,v1=<hex>[,...]'"),  # no t
+        ("t={now}", "is not 't=<seconds>,v1=<hex>[,...]'"),  # no v1
+        ("t={now},t={now},v1=" + "0" * 64, "is not 't=<seconds>,v1=<hex>[,...]'"),
+        ("t=1.5,v1=" + "0" * 64, "is not 't=<seconds>,v1=<hex>[,...]'"),
+        ("t=-{now},v1=" + "0" * 64, "is not 't=<seconds>,v1=<hex>[,...]'"),
+        ("t=١٢٣,v1=" + "0" * 64, "is not 't=<seconds>,v1=<hex>[,...]'"),  # digits, not ASCII ones
+        ("t={now},v1=00", "is not 't=<seconds>,v1=<hex>[,...]'"),  # not an HMAC-SHA256
+        ("t={now},v1=" + "0" * 63 + "G", "is not 't=<seconds>,v1=<hex>[,...]'"),
+        ("t={now},v1=" + "A" * 64, "is not 't=<seconds>,v1=<hex>[,...]'"),  # upper case
+        ("t={now},v1", "is not 't=<seconds>,v1=<hex>[,...]'"),
+        ("t={now},,v1=" + "0" * 64, "is not 't=<seconds>,v1=<hex>[,...]'"),
+        ("t={now},v1=" + "0" * 64 + "=", "is not 't=<seconds>,v1=<hex>[,...]'"),
+        ("t=1,v1=" + "0" * 64, "signature timestamp is more than 300 s old"),
+        ("t={future},v1=" + "0" * 64, "signature timestamp is in the future"),
+        ("t={now},v1=" + "0" * 64, "signature verification failed: no v1 signature matches"),
+        ("t={now},v0=" + "0" * 64 + ",v1=" + "0" * 64, "signature verification failed: no v1 signature"),
+    ],
+)
+def test_a_bad_signature_header_gets_this_projects_reason(signature: str, reason: str) -> None:
+    now = int(time.time())
+    header = signature.replace("{now}", str(now)).replace("{future}", str(now + 3600))
+    assert reason in _reason(VALID.encode(), header)
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        ValueError("thin event"),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "?"),
+        RuntimeError("new in a release"),
+    ],
+)
+def test_whatever_the_sdk_raises_the_answer_is_this_projects(
+    raised: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stripe
+
+    def verify_header(*args: Any, **kwargs: Any) -> bool:
+        raise raised
+
+    monkeypatch.setattr(stripe.WebhookSignature, "verify_header", verify_header)
+    assert (
+        _reason(VALID.encode(), sign(VALID.encode()))
+        == "signature verification failed: no v1 signature matches"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xff{}", "body is not a JSON event"),
+        (b"{not json", "body is not a JSON event"),
+        (b"[1, 2]", "body is not a JSON event"),
+        (b"7", "body is not a JSON event"),
+        (b'{"object": "event"}', "event has no id or type"),
+        (b'{"id": 7, "type": "x"}', "event has no id or type"),
+        (b'{"object": "v2.core.event", "id": "evt_thin", "type": "v1.billing.meter.no_meter_found"}', None),
+    ],
+)
+def test_a_signed_body_is_judged_by_this_project(body: bytes, reason: str | None) -> None:
+    """A thin (v2) event verifies and maps to nothing: recorded, answered 200, not retried."""
+    if reason is None:
+        verified = SOURCE.verify(body, {"stripe-signature": sign(body)})
+        assert SOURCE.map(verified) is None
+    else:
+        assert _reason(body, sign(body)) == reason
