@@ -109,7 +109,7 @@ _COMPONENTS: dict[str, Any] = {
         "properties": {
             "field": {"type": "string", "description": "wire name (dotted path) of the field"},
             "message": {"type": "string"},
-            "type": {"type": "string", "description": "pydantic error type"},
+            "type": {"type": "string", "description": "the rule that failed, e.g. missing, greater_than"},
         },
     },
     "Error": {

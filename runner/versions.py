@@ -30,11 +30,11 @@ from pydantic import BaseModel, ValidationError
 
 from .context import OperationContext
 from .errors import OperationError, RegistryError
-from .executor.admission import field_errors
 from .executor.invocation import validate_output
 from .model import Model
 from .registry import OperationRegistry, Upcasted
 from .spec import OperationSpec, parse_version
+from .validation import field_errors
 
 Upcast = Callable[[Any], Any]
 """``old_input -> new_input``: the older spec's validated input model to the newer spec's

@@ -381,7 +381,9 @@ def _known(
 
 
 def _fields(exc: Any) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors())
+    from ..validation import summary
+
+    return summary(exc)
 
 
 def _quiet_kafka() -> None:

@@ -27,7 +27,8 @@ from ..followups import FollowUpWriter
 from ..observability import Metrics
 from ..registry import OperationRegistry
 from ..store import OutcomeRecord, Store
-from .admission import Admission, field_errors
+from ..validation import field_errors
+from .admission import Admission
 from .batching import Batches
 from .calls import Outcome, Status, Verdict
 from .claims import LEASE_SECONDS, Claims, default_worker_id, fingerprint

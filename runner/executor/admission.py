@@ -22,26 +22,12 @@ from ..policy import ALLOW, Decision, authorize
 from ..registry import Installed, OperationRegistry, Upcasted
 from ..spec import OperationSpec
 from ..store import Store
+from ..validation import field_errors
 from .calls import Admitted, Call, Verdict
 from .outcomes import error
 from .retries import Retrier
 
-MAX_FIELD_ERRORS = 100
-
 _log = logging.getLogger("oprunner.executor")
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic's errors as ``{field, message, type}`` with wire names (``invoiceId``); at most
-    ``MAX_FIELD_ERRORS`` of them, so a hostile input cannot make a huge result."""
-    return [
-        {
-            "field": ".".join(str(p) for p in err["loc"])[:200] or "data",
-            "message": err["msg"][:500],
-            "type": err["type"],
-        }
-        for err in exc.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
-    ]
 
 
 def bearer(token: str | None) -> str | None:

@@ -24,7 +24,7 @@ from ..model import Model
 from ..observability import Metrics
 from ..registry import OperationRegistry
 from ..spec import OperationSpec
-from .admission import field_errors
+from ..validation import field_errors
 from .calls import Admitted, Call, Held
 from .outcomes import error
 from .retries import Retrier

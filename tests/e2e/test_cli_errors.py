@@ -88,7 +88,7 @@ def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> 
         (
             ("send", "billing.capturePayment", '{"amount": "-1"}', "--token", "t"),
             {},
-            "invalid input: invoiceId: Field required; amount: Input should be greater than 0",
+            "invalid input: invoiceId: required; amount: must be greater than 0",
         ),
         (("send", "billing.capturePayment", "not json", "--token", "t"), {}, "INPUT"),
     ],
