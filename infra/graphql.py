@@ -63,6 +63,7 @@ from graphql.error import GraphQLSyntaxError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from runner import _json
 from runner.auth import bearer
 from runner.envelope import MAX_ID_LENGTH, valid_traceparent
 from runner.errors import EnvelopeError, StoreUnavailable
@@ -120,7 +121,7 @@ FIELD_ERROR = GraphQLObjectType(
     {
         "field": GraphQLField(GraphQLString, description="wire name (dotted path) of the field"),
         "message": GraphQLField(GraphQLString),
-        "type": GraphQLField(GraphQLString, description="pydantic error type"),
+        "type": GraphQLField(GraphQLString, description="the rule that failed, e.g. missing, greater_than"),
     },
 )
 
@@ -393,6 +394,19 @@ def root_fields(selections: SelectionSetNode, fragments: Mapping[str, FragmentDe
     return count
 
 
+PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+"""``extensions.code`` of a document that does not parse or does not validate (the codes Apollo
+Server uses): what a client tells them apart by, since the messages are graphql-core's and
+change between its releases."""
+
+
+def _coded(error: GraphQLError, code: str) -> dict[str, Any]:
+    formatted: dict[str, Any] = dict(error.formatted)
+    formatted["extensions"] = {**(error.extensions or {}), "code": code}
+    return formatted
+
+
 def _errors(status: int, *messages: str) -> JSONResponse:
     # answered before the body was read whole: the connection ends (see infra.http._too_large)
     close = {"Connection": "close"} if status in (408, 413) else None
@@ -417,7 +431,7 @@ class GraphQLApi:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return _errors(400, f"body is not JSON: {exc}")
+            return _errors(400, f"body is not JSON{_json.where(exc)}")
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
             return _errors(400, 'the body must be a JSON object with a "query" string')
         variables, operation = payload.get("variables"), payload.get("operationName")
@@ -428,10 +442,10 @@ class GraphQLApi:
         try:
             document = parse(payload["query"], max_tokens=10_000)
         except GraphQLSyntaxError as exc:  # a request, not a transport failure: 200, as with JSON
-            return JSONResponse({"errors": [exc.formatted]})
+            return JSONResponse({"errors": [_coded(exc, PARSE_FAILED)]})
         problems = validate(self.schema, document)
         if problems:
-            return JSONResponse({"errors": [e.formatted for e in problems]})
+            return JSONResponse({"errors": [_coded(e, VALIDATION_FAILED) for e in problems]})
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
         chosen = [d for d in operations if operation is None or (d.name and d.name.value == operation)]
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}

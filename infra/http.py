@@ -118,7 +118,7 @@ class OpsApi:
         try:
             data = _json.loads(body) if body.strip() else {}
         except ValueError as exc:
-            return _error(400, "INVALID_JSON", f"body is not JSON: {exc}")
+            return _error(400, "INVALID_JSON", f"body is not JSON{_json.where(exc)}")
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_ID_LENGTH:
             return _error(

@@ -28,3 +28,13 @@ def dumps(value: Any) -> bytes:
 
 def loads(raw: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(raw)
+
+
+def where(exc: BaseException) -> str:
+    """Where a document stopped being JSON, in this project's words (`` at line 1, column 2``,
+    or nothing when the decoder does not say): the decoder's own wording changes between
+    releases, and a 400's or a dead letter's reason must not."""
+    line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    if isinstance(line, int) and isinstance(column, int):
+        return f" at line {line}, column {column}"
+    return ""

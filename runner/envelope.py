@@ -164,10 +164,8 @@ def parse_command(
         raise EnvelopeError("empty message")
     try:
         doc = _json.loads(raw)
-    except _json.JSONDecodeError as exc:
-        raise EnvelopeError(f"not JSON: {exc}") from None
-    except (UnicodeError, ValueError) as exc:
-        raise EnvelopeError(f"not JSON: {exc}") from None
+    except (UnicodeError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise EnvelopeError(f"not JSON{_json.where(exc)}") from None
     if not isinstance(doc, dict):
         raise EnvelopeError(f"a CloudEvent must be a JSON object, got {type(doc).__name__}")
     if doc.get("specversion") != SPECVERSION:

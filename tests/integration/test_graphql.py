@@ -147,9 +147,13 @@ async def test_bad_requests_get_specific_answers(server: ServeProcess) -> None:
         no_query = await http.post("/graphql", json={"variables": {}})
         assert no_query.status_code == 400
         syntax = await http.post("/graphql", json={"query": "mutation {"})
-        assert syntax.status_code == 200 and syntax.json()["errors"][0]["message"].startswith("Syntax Error")
+        [syntax_error] = syntax.json()["errors"]
+        assert syntax.status_code == 200 and syntax_error["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+        assert syntax_error["locations"] == [{"line": 1, "column": 11}] and "data" not in syntax.json()
         unknown = await http.post("/graphql", json={"query": "{ nope }"})
-        assert "Cannot query field 'nope'" in unknown.json()["errors"][0]["message"]
+        [unknown_error] = unknown.json()["errors"]
+        assert unknown_error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert unknown_error["locations"] == [{"line": 1, "column": 3}]
         many = " ".join(
             f'c{i}: ledgerCredit(input: {{accountId: "a1", amount: "1"}}) {{ status }}' for i in range(33)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -120,3 +121,11 @@ def test_nul_in_any_attribute_is_refused_with_the_reason(name: str) -> None:
     doc = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": {}, name: "a\x00b"}
     with pytest.raises(EnvelopeError, match=f"attribute '{name}' contains U\\+0000"):
         parse_command(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("raw", [b"{x", b"\xff\xfe", b'{"a":1,}', b"[" * 5000, b"1e999999"])
+def test_not_json_is_said_in_the_projects_words(raw: bytes) -> None:
+    """The reason (a dead letter's ``dlq-reason``) says where, never the decoder's wording."""
+    with pytest.raises(EnvelopeError) as info:
+        parse_command(raw)
+    assert re.fullmatch(r"not JSON( at line \d+, column \d+)?", str(info.value)), str(info.value)
