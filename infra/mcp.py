@@ -133,6 +133,48 @@ def build_server(ops: OpsApi, *, stdio_token: str | None = None, name: str = "op
     return Server(name, version="1", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+
+
+def _allowed(value: str, patterns: tuple[str, ...]) -> bool:
+    """``value`` is one of ``patterns``, where ``name:*`` stands for ``name`` with any port."""
+    return any(value == p or (p.endswith(":*") and value.startswith(p[:-1])) for p in patterns)
+
+
+class HostGuard:
+    """The DNS-rebinding guard, answered in this project's words before anything else runs: a
+    ``Host`` not listed is a 421, a browser ``Origin`` not listed a 403, each a JSON error with
+    its code. The SDK's own guard stays on behind it, but its status codes and texts are its
+    release's to change; these are the contract."""
+
+    def __init__(self, app: Any, hosts: tuple[str, ...], origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.origins = origins
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            host, origin = headers.get("host", ""), headers.get("origin")
+            if not _allowed(host, self.hosts):
+                message = f"Host {host[:100]!r} is not one this server answers (OPRUNNER_MCP_ALLOWED_HOSTS)"
+                await _answer(send, 421, "MISDIRECTED_REQUEST", message)
+                return
+            if origin is not None and not _allowed(origin, self.origins):
+                message = f"Origin {origin[:100]!r} may not call this server (OPRUNNER_MCP_ALLOWED_ORIGINS)"
+                await _answer(send, 403, "FORBIDDEN_ORIGIN", message)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Any, status: int, code: str, message: str, headers: list[Any] | None = None) -> None:
+    body = _json.dumps({"error": {"code": code, "message": message}})
+    start = [(b"content-type", b"application/json"), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BearerRequired:
     """In front of the streamable HTTP app: every request carries a token that verifies, or
     is answered 401 before the SDK opens a session for it. Sessions cost memory and the SDK
@@ -157,17 +199,7 @@ class BearerRequired:
                 except AuthError as exc:
                     problem = str(exc)
             if problem is not None:
-                body = _json.dumps({"error": {"code": "UNAUTHENTICATED", "message": problem}})
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"www-authenticate", b'Bearer realm="oprunner"'),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                realm = [(b"www-authenticate", b'Bearer realm="oprunner"')]
+                await _answer(send, 401, "UNAUTHENTICATED", problem, realm)
                 return
         await self.app(scope, receive, send)

@@ -16,7 +16,7 @@ from typing import Any
 
 from infra.http import OpsApi
 from infra.kafka.publisher import OutboxCleaner
-from infra.mcp import BearerRequired, build_server
+from infra.mcp import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, BearerRequired, HostGuard, build_server
 from infra.postgres import PostgresStore
 
 from ..app import App
@@ -90,6 +90,15 @@ def transport_security(settings: Settings) -> Any:
     )
 
 
+def allowed_callers(settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ``Host`` and ``Origin`` patterns ``HostGuard`` admits: the settings', or loopback's
+    when none are set (``transport_security`` has refused a public listener without them)."""
+    hosts, origins = settings.mcp_allowed_hosts, settings.mcp_allowed_origins
+    if not hosts and not origins:
+        return LOOPBACK_HOSTS, LOOPBACK_ORIGINS
+    return tuple(hosts), tuple(origins)
+
+
 async def _serve_http(
     settings: Settings, server: Any, security: Any, authenticator: Any, *, anonymous: bool
 ) -> None:
@@ -99,9 +108,9 @@ async def _serve_http(
         transport_security=security,
         max_request_body_size=settings.max_message_bytes,
     )
-    http = HttpServer.configured(
-        BearerRequired(asgi, authenticator, anonymous=anonymous), settings, settings.mcp_port
-    )
+    hosts, origins = allowed_callers(settings)
+    front = HostGuard(BearerRequired(asgi, authenticator, anonymous=anonymous), hosts, origins)
+    http = HttpServer.configured(front, settings, settings.mcp_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -174,7 +174,13 @@ async def test_http_refuses_before_a_session_opens(mcp_http: str) -> None:
             mcp_http, json=hello, headers={**accept, "authorization": good, "host": "evil.example"}
         )
         assert rebound.status_code == 421, rebound.text
+        assert rebound.json()["error"]["code"] == "MISDIRECTED_REQUEST"
         foreign = await http.post(
             mcp_http, json=hello, headers={**accept, "authorization": good, "origin": "http://evil.example"}
         )
         assert foreign.status_code == 403, foreign.text
+        assert foreign.json()["error"]["code"] == "FORBIDDEN_ORIGIN"
+        lookalike = await http.post(  # a name that only begins like an allowed one
+            mcp_http, json=hello, headers={**accept, "authorization": good, "host": "localhost.evil.example"}
+        )
+        assert lookalike.status_code == 421, lookalike.text
