@@ -624,8 +624,12 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
+        from ..validation import message
+
         first = exc.errors()[0]
-        fail(f"bad setting OPRUNNER_{str(first['loc'][0]).upper()}: {first['msg']}")
+        fail(
+            f"bad setting OPRUNNER_{str(first['loc'][0]).upper()}: {message(first['type'], first.get('ctx'))}"
+        )
 
 
 def main() -> None:

@@ -133,7 +133,9 @@ async def open_database(settings: Settings, app: App | None = None) -> tuple[Any
         await pool.close()
         where = _where(settings.database_url.get_secret_value()) if settings.database_url else "?"
         if isinstance(exc, OSError | TimeoutError):
-            raise StartupError(f"cannot reach the database at {where}: {exc or type(exc).__name__}") from exc
+            raise StartupError(
+                f"cannot reach the database at {where}: {str(exc) or type(exc).__name__}"
+            ) from exc
         raise StartupError(f"database at {where}: {type(exc).__name__}: {exc}") from exc
     return pool, applied
 

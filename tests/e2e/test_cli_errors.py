@@ -54,7 +54,11 @@ def _one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> 
             {"OPRUNNER_JWT_SECRET": "", "OPRUNNER_DATABASE_URL": "postgresql://x@h/x"},
             "OPRUNNER_JWT_SECRET",
         ),
-        (("serve",), {"OPRUNNER_MAX_IN_FLIGHT": "zero"}, "bad setting OPRUNNER_MAX_IN_FLIGHT"),
+        (
+            ("serve",),
+            {"OPRUNNER_MAX_IN_FLIGHT": "zero"},
+            "bad setting OPRUNNER_MAX_IN_FLIGHT: must be a whole number",
+        ),
         # weak or published secrets are refused before anything is reached
         (("serve",), {"OPRUNNER_JWT_SECRET": "x"}, "OPRUNNER_JWT_SECRET must be at least 32 bytes"),
         (
