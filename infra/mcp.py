@@ -29,6 +29,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from starlette.datastructures import Headers
 
 from runner import _json
 from runner.auth import bearer
@@ -155,7 +156,7 @@ class HostGuard:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            headers = Headers(scope=scope)
             host, origin = headers.get("host", ""), headers.get("origin")
             if not _allowed(host, self.hosts):
                 message = f"Host {host[:100]!r} is not one this server answers (OPRUNNER_MCP_ALLOWED_HOSTS)"
@@ -188,7 +189,7 @@ class BearerRequired:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            headers = Headers(scope=scope)
             token = bearer(headers.get("authorization"))
             problem = None
             if token is None:
