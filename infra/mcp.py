@@ -162,7 +162,7 @@ class HostGuard:
                 message = f"Host {host[:100]!r} is not one this server answers (OPRUNNER_MCP_ALLOWED_HOSTS)"
                 await _answer(send, 421, "MISDIRECTED_REQUEST", message)
                 return
-            if origin is not None and not _allowed(origin, self.origins):
+            if origin and not _allowed(origin, self.origins):  # empty: absent, as the SDK has it
                 message = f"Origin {origin[:100]!r} may not call this server (OPRUNNER_MCP_ALLOWED_ORIGINS)"
                 await _answer(send, 403, "FORBIDDEN_ORIGIN", message)
                 return

@@ -39,9 +39,10 @@ class StripeWebhookSource:
             raise WebhookRejected("missing Stripe-Signature header")
         if len(signature) > MAX_SIGNATURE_HEADER:
             raise WebhookRejected("Stripe-Signature header too long")
-        stamp = signature_timestamp(signature)
-        if stamp is None:
+        parsed = parse_signature(signature)
+        if parsed is None:
             raise WebhookRejected(MALFORMED_SIGNATURE)
+        stamp, v1s = parsed
         if stamp < time.time() - self.tolerance:
             raise WebhookRejected(f"signature timestamp is more than {self.tolerance} s old")
         if stamp > time.time() + self.tolerance:  # the SDK only bounds the past
@@ -51,7 +52,9 @@ class StripeWebhookSource:
         except UnicodeDecodeError:
             raise WebhookRejected("body is not a JSON event") from None
         try:
-            stripe.WebhookSignature.verify_header(text, signature, self.secret, tolerance=None)
+            # the header as parsed here, so that the SDK's own parsing cannot disagree with it
+            checked = ",".join([f"t={stamp}", *(f"v1={v1}" for v1 in v1s)])
+            stripe.WebhookSignature.verify_header(text, checked, self.secret, tolerance=None)
         except Exception:  # SignatureVerificationError, or whatever a release raises instead
             raise WebhookRejected(NO_MATCHING_SIGNATURE) from None
         try:
@@ -104,19 +107,21 @@ def source_from(settings: Any) -> StripeWebhookSource | None:
     """Stripe's webhook source from ``OPRUNNER_STRIPE_WEBHOOK_SECRET``; None unset (the
     endpoint then answers 404)."""
     secret = settings.stripe_webhook_secret
-    return StripeWebhookSource(secret.get_secret_value()) if secret is not None else None
+    value = secret.get_secret_value().strip() if secret is not None else ""
+    return StripeWebhookSource(value) if value else None  # set but blank: unset, not a forgery
 
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def signature_timestamp(header: str) -> int | None:
-    """The ``t`` of a well-formed ``Stripe-Signature`` header, or None when it is not one:
-    ``name=value`` items split by commas, exactly one ``t`` (whole seconds) and at least one
-    ``v1`` (an HMAC-SHA256 in lowercase hex); other schemes (``v0``) are allowed and ignored."""
+def parse_signature(header: str) -> tuple[int, list[str]] | None:
+    """The ``t`` and the ``v1`` signatures of a well-formed ``Stripe-Signature`` header, or
+    None when it is not one: ``name=value`` items split by commas (blanks around an item
+    allowed), exactly one ``t`` (whole seconds) and at least one ``v1`` (an HMAC-SHA256 in
+    lowercase hex); other schemes (``v0``) are allowed and ignored."""
     stamps: list[str] = []
-    v1s = 0
+    v1s: list[str] = []
     for part in header.strip().split(","):
         item = _ITEM.fullmatch(part.strip())
         if item is None:
@@ -127,7 +132,7 @@ def signature_timestamp(header: str) -> int | None:
         elif name == "v1":
             if not _V1.fullmatch(value):
                 return None
-            v1s += 1
+            v1s.append(value)
     if len(stamps) != 1 or not v1s or not _SECONDS.fullmatch(stamps[0]):
         return None
-    return int(stamps[0])
+    return int(stamps[0]), v1s

@@ -5,16 +5,17 @@ documented, stable identifier: ``missing``, ``greater_than``, ...). The ``messag
 is written here from the type and its context, never pydantic's own ``msg``: that text
 changes between pydantic releases, and the ``rejected`` result, the audit and the CLI's
 ``invalid input:`` line are this project's contract. A type without a sentence here gets
-"is not valid (<type>)"; a spec's own validator (``ValueError`` in a ``field_validator``)
-speaks for itself.
+"is not valid (<type>)"; a spec's own validator (``ValueError`` in a ``field_validator``,
+or a ``PydanticCustomError`` of a type of its own) speaks for itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
+from pydantic_core.core_schema import ErrorType
 
 MAX_FIELD_ERRORS = 100
 """So a hostile input cannot make a huge result."""
@@ -99,17 +100,26 @@ _SENTENCES: dict[str, Sentence] = {
     "json_invalid": _fixed("must be JSON"),
     "json_type": _fixed("must be JSON"),
     "none_required": _fixed("must be null"),
-    "union_tag_invalid": lambda c: f"has no variant {c.get('tag')} (expected {c.get('expected_tags')})",
+    "union_tag_invalid": lambda c: f"names no variant (expected {c.get('expected_tags')})",  # not the input
     "union_tag_not_found": lambda c: f"needs {c.get('discriminator')} to tell its variant",
     "value_error": _own,
     "assertion_error": _own,
 }
 
 
-def message(error_type: str, ctx: Mapping[str, Any] | None) -> str:
-    """This project's sentence for one failed rule."""
+_PYDANTIC_TYPES = frozenset(get_args(ErrorType))
+
+
+def message(error_type: str, ctx: Mapping[str, Any] | None, own: str | None = None) -> str:
+    """This project's sentence for one failed rule; ``own`` is the message of a spec author's
+    ``PydanticCustomError`` (a type pydantic does not have), which is theirs to word."""
     sentence = _SENTENCES.get(error_type)
-    text = sentence(ctx or {}) if sentence is not None else f"is not valid ({error_type})"
+    if sentence is not None:
+        text = sentence(ctx or {})
+    elif own and error_type not in _PYDANTIC_TYPES:
+        text = own
+    else:
+        text = f"is not valid ({error_type})"
     return text[:MAX_MESSAGE]
 
 
@@ -123,7 +133,7 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {
             "field": field_name(err["loc"]),
-            "message": message(err["type"], err.get("ctx")),
+            "message": message(err["type"], err.get("ctx"), err["msg"]),
             "type": err["type"],
         }
         for err in exc.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
@@ -132,7 +142,8 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 def summary(exc: ValidationError) -> str:
     """One line for a person: ``invoiceId: required; amount: must be greater than 0``."""
+    errors = exc.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {message(err['type'], err.get('ctx'))}"
-        for err in exc.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
+        f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {message(e['type'], e.get('ctx'), e['msg'])}"
+        for e in errors
     )

@@ -124,3 +124,41 @@ def test_the_cli_line_and_the_bound() -> None:
     with pytest.raises(ValidationError) as info:
         Order.model_validate({"orderId": "o", "amount": "1", **{f"f{i}": i for i in range(500)}})
     assert len(field_errors(info.value)) == MAX_FIELD_ERRORS
+
+
+def test_an_authors_custom_error_keeps_its_words_and_a_tag_is_not_echoed() -> None:
+    from typing import Annotated
+
+    from pydantic import Discriminator
+    from pydantic_core import PydanticCustomError
+
+    class Iban(Model):
+        iban: str
+
+        @field_validator("iban")
+        @classmethod
+        def _check(cls, value: str) -> str:
+            raise PydanticCustomError("iban_invalid", "not a valid IBAN: check its two digits")
+
+    with pytest.raises(ValidationError) as info:
+        Iban.model_validate({"iban": "x"})
+    [found] = field_errors(info.value)
+    assert found == {
+        "field": "iban",
+        "message": "not a valid IBAN: check its two digits",
+        "type": "iban_invalid",
+    }
+
+    class Card(Model):
+        kind: Literal["card"]
+
+    class Bank(Model):
+        kind: Literal["bank"]
+
+    class Pay(Model):
+        method: Annotated[Card | Bank, Discriminator("kind")]
+
+    with pytest.raises(ValidationError) as info:
+        Pay.model_validate({"method": {"kind": "4111111111111111"}})
+    [found] = field_errors(info.value)
+    assert found["type"] == "union_tag_invalid" and "4111" not in found["message"]

@@ -195,3 +195,28 @@ def test_a_signed_body_is_judged_by_this_project(body: bytes, reason: str | None
         assert SOURCE.map(verified) is None
     else:
         assert _reason(body, sign(body)) == reason
+
+
+def test_what_this_project_parses_is_what_the_sdk_is_asked() -> None:
+    """Blanks around items are allowed here, and the SDK is given the header as parsed, so a
+    correct signature never gets 'no match' for the SDK's stricter reading."""
+    body = VALID.encode()
+    t, v1 = sign(body).split(",")
+    for header in (f"{t}, {v1}", f" {t} ,{v1} ", f"{t},v0={'0' * 64},{v1},v1={'1' * 64}"):
+        assert SOURCE.verify(body, {"stripe-signature": header}).id == "evt_1"
+
+
+def test_a_blank_secret_is_no_source_rather_than_a_forgery_on_every_delivery() -> None:
+    from pydantic import SecretStr
+
+    from infra.stripe_webhooks import source_from
+
+    class Settings:
+        stripe_webhook_secret: SecretStr | None
+
+    settings = Settings()
+    for blank in (None, SecretStr(""), SecretStr("  ")):
+        settings.stripe_webhook_secret = blank
+        assert source_from(settings) is None
+    settings.stripe_webhook_secret = SecretStr(SECRET)
+    assert source_from(settings) is not None
