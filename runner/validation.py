@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, get_args
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_core.core_schema import ErrorType
 
 MAX_FIELD_ERRORS = 100
@@ -123,6 +124,11 @@ def message(error_type: str, ctx: Mapping[str, Any] | None, own: str | None = No
     return text[:MAX_MESSAGE]
 
 
+def describe(err: ErrorDetails) -> str:
+    """``message`` for one of ``ValidationError.errors()``."""
+    return message(err["type"], err.get("ctx"), err["msg"])
+
+
 def field_name(loc: tuple[int | str, ...]) -> str:
     """The wire path of a field (``invoiceId``, ``meta.tags.1``), ``data`` for the input itself."""
     return ".".join(str(p) for p in loc)[:MAX_FIELD] or "data"
@@ -133,7 +139,7 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {
             "field": field_name(err["loc"]),
-            "message": message(err["type"], err.get("ctx"), err["msg"]),
+            "message": describe(err),
             "type": err["type"],
         }
         for err in exc.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
@@ -143,7 +149,4 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
 def summary(exc: ValidationError) -> str:
     """One line for a person: ``invoiceId: required; amount: must be greater than 0``."""
     errors = exc.errors(include_url=False, include_input=False)[:MAX_FIELD_ERRORS]
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {message(e['type'], e.get('ctx'), e['msg'])}"
-        for e in errors
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {describe(e)}" for e in errors)

@@ -624,12 +624,10 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        from ..validation import message
+        from ..validation import describe
 
         first = exc.errors()[0]
-        fail(
-            f"bad setting OPRUNNER_{str(first['loc'][0]).upper()}: {message(first['type'], first.get('ctx'))}"
-        )
+        fail(f"bad setting OPRUNNER_{str(first['loc'][0]).upper()}: {describe(first)}")
 
 
 def main() -> None:
