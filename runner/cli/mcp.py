@@ -73,14 +73,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def transport_security(settings: Settings) -> Any:
-    """The SDK's DNS-rebinding guard: its loopback defaults on loopback (None), else the hosts
-    and origins configured; a public listener without them is refused."""
+    """The ``Host`` and ``Origin`` patterns the DNS-rebinding guards admit, ours (``HostGuard``,
+    first) and the SDK's behind it, from one place: the settings', or loopback's on loopback
+    when none are set; a public listener without them is refused."""
     from mcp.server.transport_security import TransportSecuritySettings
 
     hosts, origins = settings.mcp_allowed_hosts, settings.mcp_allowed_origins
     if not hosts and not origins and settings.http_host in LOOPBACK:
-        return None
-    if not hosts:
+        hosts, origins = list(LOOPBACK_HOSTS), list(LOOPBACK_ORIGINS)
+    elif not hosts:
         raise StartupError(
             f"oprunner mcp --http on {settings.http_host} needs OPRUNNER_MCP_ALLOWED_HOSTS "
             '(a JSON list, e.g. ["mcp.example.com"]): the Host names clients use'
@@ -88,15 +89,6 @@ def transport_security(settings: Settings) -> Any:
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
-
-
-def allowed_callers(settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The ``Host`` and ``Origin`` patterns ``HostGuard`` admits: the settings', or loopback's
-    when none are set (``transport_security`` has refused a public listener without them)."""
-    hosts, origins = settings.mcp_allowed_hosts, settings.mcp_allowed_origins
-    if not hosts and not origins:
-        return LOOPBACK_HOSTS, LOOPBACK_ORIGINS
-    return tuple(hosts), tuple(origins)
 
 
 async def _serve_http(
@@ -108,7 +100,7 @@ async def _serve_http(
         transport_security=security,
         max_request_body_size=settings.max_message_bytes,
     )
-    hosts, origins = allowed_callers(settings)
+    hosts, origins = tuple(security.allowed_hosts), tuple(security.allowed_origins)
     front = HostGuard(BearerRequired(asgi, authenticator, anonymous=anonymous), hosts, origins)
     http = HttpServer.configured(front, settings, settings.mcp_port)
     stop = asyncio.Event()
