@@ -206,10 +206,10 @@ def well_formed_signature(entry: str) -> bool:
     """One ``<version>,<base64>`` entry, its base64 canonical (padded, no stray bits), so that
     every release of the package, decoding or comparing text, sees the same signature."""
     match = _SIGNATURE.fullmatch(entry)
-    if match is None or len(encoded := match[1]) % 4:
+    if match is None:
         return False
-    try:
-        return base64.b64encode(base64.b64decode(encoded, validate=True)).decode() == encoded
+    try:  # an unpadded length is an Error here too
+        return base64.b64encode(base64.b64decode(match[1], validate=True)).decode() == match[1]
     except binascii.Error:
         return False
 
