@@ -23,6 +23,8 @@ one after another, as GraphQL says.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import logging
 import re
@@ -55,6 +57,8 @@ from graphql import (
     OperationDefinitionNode,
     SelectionSetNode,
     execute,
+    execute_sync,
+    get_introspection_query,
     parse,
     validate,
     value_from_ast_untyped,
@@ -71,11 +75,24 @@ from runner.registry import OperationRegistry
 from runner.spec import OperationSpec
 
 from ._requests import BODY_TIMEOUT, BodyNotSent, BodyTooLarge, read_body
+from ._worker import GRAPHQL, on_loop
+from .graphql_cost import BUDGET_EXCEEDED, Budget, coded, expanded_fields, limits_for
 from .http import OpsApi
 
 MAX_ROOT_FIELDS = 32
 """Root fields (calls) in one document: aliases would otherwise let one request run
 thousands of commands."""
+MAX_TOKENS = 5_000
+"""Tokens in one document: a full introspection query is under 200, 32 calls with their
+inputs a few thousand. graphql-core stops lexing past it."""
+MAX_FIELDS = 1_000
+"""Fields in one document, fragments expanded and aliases counted (a full introspection
+query is about 250): checked before validation, whose cost grows with their square."""
+MIN_RESOLVED = 10_000
+"""Fields one execution may resolve, at least (the demo's full introspection resolves
+about 2,000); an app whose own introspection needs more gets twice that."""
+MIN_RESPONSE_BYTES = 1 << 20
+"""Bytes of one response, at least; likewise raised to twice the app's introspection."""
 _NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
 _RESERVED = {"true", "false", "null"}  # not enum values in GraphQL
 _INT32 = 2**31 - 1
@@ -341,20 +358,12 @@ def _resolver(key: str, version: str) -> Any:
                 f"an idempotency key is 1 to {MAX_ID_LENGTH} characters",
                 extensions={"code": "INVALID_IDEMPOTENCY_KEY"},
             )
-        try:
-            command = call.ops.command(
-                key,
-                input if input is not None else {},
-                version=version,
-                idempotency_key=key_given,
-                correlation_id=call.correlation_id,
-                traceparent=call.traceparent,
-                source="oprunner.graphql",
+        try:  # the call itself on the server's loop, where the store and the broker are
+            command, outcome = await on_loop(
+                call.loop, call.context, call.run(key, version, input, key_given)
             )
         except EnvelopeError as exc:
             raise GraphQLError(exc.reason, extensions={"code": "INVALID_COMMAND"}) from None
-        try:
-            outcome = await call.ops.call(command, call.token)
         except StoreUnavailable:
             raise GraphQLError(
                 "the store is unavailable; retry with the same idempotency key",
@@ -367,7 +376,8 @@ def _resolver(key: str, version: str) -> Any:
 
 
 class _Call:
-    """What every resolver of one HTTP request shares: its caller and its headers."""
+    """What every resolver of one HTTP request shares: its caller, its headers, and the
+    server's loop and the request's context, where each call runs."""
 
     def __init__(self, ops: OpsApi, request: Request, header_key: str | None) -> None:
         self.ops = ops
@@ -375,6 +385,21 @@ class _Call:
         self.header_key = header_key
         self.correlation_id = request.headers.get("x-correlation-id") or None
         self.traceparent = valid_traceparent(request.headers.get("traceparent"))
+        self.loop = asyncio.get_running_loop()
+        self.context = contextvars.copy_context()
+
+    async def run(self, key: str, version: str, input: Any, idempotency_key: str | None) -> tuple[Any, Any]:
+        """One call, as ``/ops`` makes it (run on the server's loop)."""
+        command = self.ops.command(
+            key,
+            input if input is not None else {},
+            version=version,
+            idempotency_key=idempotency_key,
+            correlation_id=self.correlation_id,
+            traceparent=self.traceparent,
+            source="oprunner.graphql",
+        )
+        return command, await self.ops.call(command, self.token)
 
 
 def root_fields(selections: SelectionSetNode, fragments: Mapping[str, FragmentDefinitionNode]) -> int:
@@ -413,58 +438,114 @@ def _errors(status: int, *messages: str) -> JSONResponse:
     return JSONResponse({"errors": [{"message": m} for m in messages]}, status_code=status, headers=close)
 
 
+def _json_body(content_type: str | None) -> bool:
+    """``application/json``, with or without parameters: what GraphQL over HTTP sends. A
+    ``text/plain`` POST is what a web page may send without asking (no CORS preflight), so
+    it is refused before anything is read."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json"
+
+
 class GraphQLApi:
-    """``POST /graphql`` (GraphQL over HTTP, JSON bodies) for ``ops``'s registry."""
+    """``POST /graphql`` (GraphQL over HTTP, JSON bodies) for ``ops``'s registry.
+
+    Everything a document's author controls runs on the GraphQL worker's loop, not the
+    server's (``infra._worker``): parsing, counting, validating, executing and encoding.
+    Only the calls themselves come back to the server's loop. See ``infra.graphql_cost`` for
+    the three limits a document is held to.
+    """
 
     def __init__(self, ops: OpsApi, *, body_timeout: float = BODY_TIMEOUT) -> None:
         self.ops = ops
         self.schema = build_schema(ops.executor.registry)
         self.body_timeout = body_timeout
+        # the schema's own full introspection sets the floor of both limits (measured once)
+        probe = Budget(1 << 62)
+        full = execute_sync(self.schema, parse(_FULL_INTROSPECTION), middleware=[probe])
+        self.max_resolved, self.max_bytes = limits_for(
+            probe.used,
+            len(_json.dumps({"data": full.data})),
+            fields=MIN_RESOLVED,
+            nbytes=MIN_RESPONSE_BYTES,
+        )
 
     async def handle(self, request: Request) -> Response:
+        if not _json_body(request.headers.get("content-type")):
+            return _errors(415, "send the document as Content-Type: application/json")
         try:
             body = await read_body(request, self.ops.max_bytes, self.body_timeout)
         except BodyTooLarge:
             return _errors(413, f"body larger than {self.ops.max_bytes} bytes")
         except BodyNotSent:
             return _errors(408, f"the body did not arrive within {self.body_timeout:g} s")
+        call = _Call(self.ops, request, request.headers.get("idempotency-key"))
+        status, content = await GRAPHQL.run(self._answer(body, call))
+        return Response(content, status_code=status, media_type="application/json")
+
+    async def _answer(self, body: bytes, call: _Call) -> tuple[int, bytes]:
+        """The status and body of one request, worked out on the worker's loop."""
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return _errors(400, f"body is not JSON{_json.where(exc)}")
+            return _refused(400, f"body is not JSON{_json.where(exc)}")
         if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
-            return _errors(400, 'the body must be a JSON object with a "query" string')
+            return _refused(400, 'the body must be a JSON object with a "query" string')
         variables, operation = payload.get("variables"), payload.get("operationName")
         if variables is not None and not isinstance(variables, dict):
-            return _errors(400, '"variables" must be an object')
+            return _refused(400, '"variables" must be an object')
         if operation is not None and not isinstance(operation, str):
-            return _errors(400, '"operationName" must be a string')
+            return _refused(400, '"operationName" must be a string')
         try:
-            document = parse(payload["query"], max_tokens=10_000)
+            document = parse(payload["query"], max_tokens=MAX_TOKENS)
         except GraphQLSyntaxError as exc:  # a request, not a transport failure: 200, as with JSON
-            return JSONResponse({"errors": [_coded(exc, PARSE_FAILED)]})
+            return 200, _json.dumps({"errors": [_coded(exc, PARSE_FAILED)]})
+        if expanded_fields(document, MAX_FIELDS) > MAX_FIELDS:
+            asked = f"the document asks for more than {MAX_FIELDS} fields, fragments expanded"
+            return 200, _json.dumps({"errors": [coded(f"{asked}: ask for fewer")]})
         problems = validate(self.schema, document)
         if problems:
-            return JSONResponse({"errors": [_coded(e, VALIDATION_FAILED) for e in problems]})
+            return 200, _json.dumps({"errors": [_coded(e, VALIDATION_FAILED) for e in problems]})
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
         chosen = [d for d in operations if operation is None or (d.name and d.name.value == operation)]
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
         roots = root_fields(chosen[0].selection_set, fragments) if len(chosen) == 1 else 0
         if roots > MAX_ROOT_FIELDS:
-            return _errors(200, f"at most {MAX_ROOT_FIELDS} root fields in one document")
-        header_key = request.headers.get("idempotency-key")
-        if header_key is not None and roots != 1:
-            return _errors(200, "Idempotency-Key names one call: give each field its own idempotencyKey")
+            return _refused(200, f"at most {MAX_ROOT_FIELDS} root fields in one document")
+        if call.header_key is not None and roots != 1:
+            return _refused(200, "Idempotency-Key names one call: give each field its own idempotencyKey")
+        budget = Budget(self.max_resolved)
         result = execute(
             self.schema,
             document,
-            context_value=_Call(self.ops, request, header_key),
+            context_value=call,
             variable_values=variables,
             operation_name=operation,
+            middleware=[budget],
         )
         if inspect.isawaitable(result):
             result = await result
-        body_out: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            body_out["errors"] = [e.formatted for e in result.errors]
-        return JSONResponse(body_out)
+        errors: list[Any] = [e.formatted for e in result.errors or () if not _over(e)]
+        if budget.exceeded:  # one error for all the fields it stopped, not one per field
+            errors.append(coded(f"the document resolves more than {budget.limit} fields: ask for fewer"))
+        content = _json.dumps({"data": result.data, **({"errors": errors} if errors else {})})
+        if len(content) > self.max_bytes:  # what ran is stored: the same keys replay it
+            message = f"the response would be larger than {self.max_bytes} bytes: ask for fewer fields"
+            return 200, _json.dumps({"data": None, "errors": [coded(message)]})
+        return 200, content
+
+
+def _over(error: GraphQLError) -> bool:
+    return (error.extensions or {}).get("code") == BUDGET_EXCEEDED
+
+
+def _refused(status: int, message: str) -> tuple[int, bytes]:
+    return status, _json.dumps({"errors": [{"message": message}]})
+
+
+_FULL_INTROSPECTION = get_introspection_query(
+    descriptions=True,
+    specified_by_url=True,
+    directive_is_repeatable=True,
+    schema_description=True,
+    input_value_deprecation=True,
+)

@@ -6,6 +6,7 @@ The schema is read by introspection; mutations and queries run through the same 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,13 @@ import orjson
 import pytest
 from gql import Client, GraphQLRequest, gql
 from gql.transport.httpx import HTTPXAsyncTransport
-from graphql import GraphQLEnumType, GraphQLInputObjectType, GraphQLNonNull, GraphQLObjectType
+from graphql import (
+    GraphQLEnumType,
+    GraphQLInputObjectType,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    get_introspection_query,
+)
 
 from tests.support import Reader, ServeProcess, Topics, seed_ledger, token
 
@@ -142,7 +149,14 @@ async def test_mutations_and_queries_run_as_commands(
 async def test_bad_requests_get_specific_answers(server: ServeProcess) -> None:
     headers = {"authorization": f"Bearer {token('alice', tenant='t1')}"}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
-        not_json = await http.post("/graphql", content=b"{nope")
+        plain = await http.post("/graphql", content=b'{"query": "{ operations }"}')  # no content type
+        assert plain.status_code == 415 and "application/json" in plain.json()["errors"][0]["message"]
+        text = await http.post(
+            "/graphql", content=b'{"query": "{ operations }"}', headers={"content-type": "text/plain"}
+        )
+        assert text.status_code == 415  # what a web page could send without a preflight
+        json_type = {"content-type": "application/json; charset=utf-8"}
+        not_json = await http.post("/graphql", content=b"{nope", headers=json_type)
         assert not_json.status_code == 400 and "not JSON" in not_json.json()["errors"][0]["message"]
         no_query = await http.post("/graphql", json={"variables": {}})
         assert no_query.status_code == 400
@@ -176,5 +190,44 @@ async def test_bad_requests_get_specific_answers(server: ServeProcess) -> None:
             headers={"idempotency-key": "k"},
         )
         assert "Idempotency-Key names one call" in hidden.json()["errors"][0]["message"]
-        huge = await http.post("/graphql", content=b'{"query": "' + b" " * (2 * 1024 * 1024) + b'"}')
+        huge = await http.post(
+            "/graphql", content=b'{"query": "' + b" " * (2 * 1024 * 1024) + b'"}', headers=json_type
+        )
         assert huge.status_code == 413
+
+
+def _amplifier(k: int) -> str:
+    """The review's document: five fragments of ``k`` aliases each, ``k**5`` fields expanded."""
+    names = ["S", "A", "B", "C", "D", "E"]
+    on = {"S": "__Schema", "A": "__Type", "B": "__Field", "C": "__Type", "D": "__Field", "E": "__Type"}
+    via = {"S": "types", "A": "fields", "B": "type", "C": "fields", "D": "type"}
+    fragments = [
+        f"fragment {n} on {on[n]} {{ "
+        + " ".join(f"x{i}: {via[n]} {{ ...{names[j + 1]} }}" for i in range(k))
+        + " }"
+        for j, n in enumerate(names[:-1])
+    ]
+    return "{ __schema { ...S } }\n" + "\n".join(fragments) + "\nfragment E on __Type { name }"
+
+
+async def test_a_document_is_held_to_its_cost(server: ServeProcess) -> None:
+    """No token, as a web page could: refused for what it would cost, before it runs, and the
+    server answers everyone else meanwhile; what costs more than it shows stops at the budget;
+    the full introspection of the schema still works."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for k in (4, 10):
+            document = {"query": _amplifier(k)}
+            started = asyncio.get_running_loop().create_task(http.post("/graphql", json=document))
+            health = await http.get("/healthz")
+            answer = await started
+            assert health.status_code == 200 and answer.status_code == 200
+            [error] = answer.json()["errors"]
+            assert error["extensions"]["code"] == "GRAPHQL_BUDGET_EXCEEDED" and "data" not in answer.json()
+        # few fields asked, many resolved: every type's fields, thirty times over
+        wide = " ".join(f"t{i}: types {{ name fields {{ name type {{ name }} }} }}" for i in range(30))
+        stopped = (await http.post("/graphql", json={"query": f"{{ __schema {{ {wide} }} }}"})).json()
+        [error] = stopped["errors"]  # one error for every field it stopped
+        assert error["extensions"]["code"] == "GRAPHQL_BUDGET_EXCEEDED" and "fields" in error["message"]
+        full = await http.post("/graphql", json={"query": get_introspection_query(descriptions=True)})
+        body = full.json()
+        assert "errors" not in body and len(body["data"]["__schema"]["types"]) > 10

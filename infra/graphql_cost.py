@@ -1,0 +1,110 @@
+"""What one GraphQL document may cost: counted before validation and during execution.
+
+Three limits, because each stops what the others cannot:
+
+- **fields after fragments are expanded** (``expanded_fields``), before validation: aliases
+  and fragments let a 1 KB document ask for millions of fields (five fragments of ten
+  aliases each are 10⁵), and graphql-core's own validation is quadratic in fields of one
+  name, so the count comes first and is done without expanding anything twice;
+- **fields resolved** (``Budget``), during execution: lists multiply the expanded fields by
+  their lengths (introspection's ``types { fields { args … } }``), which only execution
+  knows; past the budget every further field fails at once, so the rest costs nothing;
+- **response bytes**, after: what is sent is bounded even when few fields hold much.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLResolveInfo,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+)
+
+BUDGET_EXCEEDED = "GRAPHQL_BUDGET_EXCEEDED"
+"""``extensions.code`` of a document refused, or stopped, for what it would cost."""
+
+
+def expanded_fields(document: DocumentNode, cap: int) -> int:
+    """The fields of ``document``'s operations with every fragment spread expanded and every
+    alias counted, or ``cap + 1`` as soon as it is past ``cap``. Each fragment is counted
+    once and remembered, so the count costs the document's size, whatever it expands to. A
+    spread of an unknown fragment, or of one being counted (a cycle), counts nothing here:
+    validation refuses both."""
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    known: dict[str, int] = {}
+    counting: set[str] = set()
+
+    def count(selections: SelectionSetNode | None) -> int:
+        total = 0
+        for selection in selections.selections if selections is not None else ():
+            if isinstance(selection, FieldNode):
+                total += 1 + count(selection.selection_set)
+            elif isinstance(selection, InlineFragmentNode):
+                total += count(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name not in known and name in fragments and name not in counting:
+                    counting.add(name)
+                    known[name] = count(fragments[name].selection_set)
+                    counting.discard(name)
+                total += known.get(name, 0)
+            if total > cap:
+                return cap + 1
+        return total
+
+    total = 0
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            total += count(definition.selection_set)
+            if total > cap:
+                return cap + 1
+    return total
+
+
+class Budget:
+    """graphql-core middleware counting the fields one execution resolves. Past ``limit``
+    each further field is an error without being resolved, so what a document still asks for
+    is answered by nulls at the cost of a counter; ``exceeded`` tells the caller."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.exceeded = False
+
+    def resolve(self, next_: Any, root: Any, info: GraphQLResolveInfo[Any], **args: Any) -> Any:
+        self.used += 1
+        if self.used > self.limit:
+            self.exceeded = True
+            raise GraphQLError(
+                f"the document resolves more than {self.limit} fields: ask for fewer",
+                extensions={"code": BUDGET_EXCEEDED},
+            )
+        return next_(root, info, **args)
+
+
+def limits_for(resolved: int, size: int, *, fields: int, nbytes: int) -> tuple[int, int]:
+    """The fields and bytes one response may have: at least ``fields`` and ``nbytes``, and
+    twice what the schema's own full introspection takes, so that a large app's clients can
+    always read its schema."""
+    return max(fields, 2 * resolved), max(nbytes, 2 * size)
+
+
+def coded(message: str, code: str = BUDGET_EXCEEDED) -> dict[str, Any]:
+    return {"message": message, "extensions": {"code": code}}
+
+
+__all__ = [
+    "BUDGET_EXCEEDED",
+    "Budget",
+    "coded",
+    "expanded_fields",
+    "limits_for",
+]
