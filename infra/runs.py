@@ -37,7 +37,7 @@ from runner.policy import administers
 from runner.store import RunFilter
 
 from ._requests import BodyNotSent, BodyTooLarge, authenticated, read_body
-from .kafka.deadletters import DeadLetter
+from .kafka.deadletters import DeadLetter, Preview, Show, redacted_preview
 
 _log = logging.getLogger("oprunner.http")
 
@@ -54,6 +54,25 @@ LOOKBACK = 200
 """Ids a live stream looks back each poll for entries committed after later ones it sent
 (ids are drawn when an entry is written, not when its transaction commits)."""
 _DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    """Who holds a live stream, as its limits count it: the actor (``(kind, sub, tenant)``),
+    its group (``("tenant", id)``, or ``("subject", sub)`` without a tenant) and whether it
+    draws on the admins' share."""
+
+    actor: tuple[str, str, str | None]
+    group: tuple[str, str]
+    admin: bool
+
+
+def _holder(actor: Actor) -> _Holder:
+    """A one-command token is no admin here, whatever its kind: it stands for one command."""
+    group = ("tenant", actor.tenant_id) if actor.tenant_id is not None else ("subject", actor.user_id)
+    return _Holder(
+        (actor.kind, actor.user_id, actor.tenant_id), group, actor.kind == "admin" and actor.bound is None
+    )
 
 
 class _Stream(StreamingResponse):
@@ -177,7 +196,7 @@ def _unavailable() -> JSONResponse:
 class DeadLetters(Protocol):
     """The dead-letter topic, as ``infra.kafka.deadletters.KafkaDeadLetters`` reads it."""
 
-    async def newest(self, limit: int) -> Sequence[DeadLetter]: ...
+    async def newest(self, limit: int, show: Show) -> Sequence[DeadLetter]: ...
 
     async def find(self, where: Sequence[tuple[int, int]]) -> Sequence[DeadLetter]: ...
 
@@ -209,10 +228,16 @@ class RunsApi:
     poll_interval: float = 0.5
     keepalive: float = 15.0
     max_streams: int = 32
+    admin_streams: int = 8
+    """Of ``max_streams``, kept for admin tokens (kind ``admin``, not one-command): however many
+    users stream, an admin can still watch. Admins may use the users' share too."""
     max_streams_per_actor: int = 4
+    max_streams_per_tenant: int = 8
+    """Users' streams per tenant (per subject for those without one): a third of the users'
+    share, so one tenant cannot take it all. Admins are held by ``max_streams_per_actor`` only."""
     stream_seconds: float = 900.0
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
-    _streams: dict[tuple[str, str, str | None], int] = field(default_factory=dict)
+    _streams: dict[_Holder, int] = field(default_factory=dict)
 
     def close(self) -> None:
         self._closing.set()
@@ -262,35 +287,32 @@ class RunsApi:
         self, request: Request, actor: Actor, where: RunFilter | None, after: int | None
     ) -> Response:
         """A live stream, if there is room for one: each holds an HTTP request slot for as long
-        as it lasts, so there are at most ``max_streams`` (``max_streams_per_actor`` each), and
-        each ends after ``stream_seconds`` or when its token expires (a client reconnects with
-        ``Last-Event-ID``). Where it starts is read before the answer, so whatever is recorded
-        once the client has the headers is sent."""
-        who = (actor.kind, actor.user_id, actor.tenant_id)
-        if (
-            sum(self._streams.values()) >= self.max_streams
-            or self._streams.get(who, 0) >= self.max_streams_per_actor
-        ):
-            return JSONResponse(
-                {"error": "too many live streams are open; try again later"},
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
-        if where is not None and after is None:
-            try:
-                newest = await self.executor.store.list_runs(where, limit=1)
-            except Exception:
-                _log.warning("could not open a live stream of runs", exc_info=True)
-                return _unavailable()
-            after = newest[0].id if newest else 0
-        lasts = min(self.stream_seconds, _seconds_left(request))
-        self._streams[who] = self._streams.get(who, 0) + 1
+        as it lasts, so their number is bounded (``_refusal``), and each ends after
+        ``stream_seconds`` or when its token expires (a client reconnects with ``Last-Event-ID``).
+        Where it starts is read before the answer, so whatever is recorded once the client has
+        the headers is sent."""
+        who = _holder(actor)
+        refused = self._refusal(who)
+        if refused is not None:
+            return JSONResponse({"error": refused}, status_code=503, headers={"Retry-After": "5"})
+        self._streams[who] = self._streams.get(who, 0) + 1  # taken before any await: no race past a limit
 
         def release() -> None:
             self._streams[who] -= 1
             if not self._streams[who]:
                 del self._streams[who]
 
+        if where is not None and after is None:
+            try:
+                newest = await self.executor.store.list_runs(where, limit=1)
+            except BaseException as exc:  # cancelled (the client left) too: the place is given back
+                release()
+                if not isinstance(exc, Exception):
+                    raise
+                _log.warning("could not open a live stream of runs", exc_info=True)
+                return _unavailable()
+            after = newest[0].id if newest else 0
+        lasts = min(self.stream_seconds, _seconds_left(request))
         return _Stream(
             self._stream(where, after or 0, lasts),
             release,
@@ -338,6 +360,34 @@ class RunsApi:
                 yield b": keepalive\n\n"
             await self._pause(self.poll_interval)
 
+    def _refusal(self, who: _Holder) -> str | None:
+        """Why ``who`` may not open another stream now (the limit it meets and what to do), or
+        None. One answer for all, 503 with ``Retry-After`` as for any busy server: each limit
+        frees itself as streams end, and a client needs one way to wait."""
+        held = self._streams.items()
+        users_share = self.max_streams - self.admin_streams
+        if sum(n for h, n in held if h.actor == who.actor) >= self.max_streams_per_actor:
+            return (
+                f"this token's subject has {self.max_streams_per_actor} live streams open, the most "
+                "one actor may: close one, then retry"
+            )
+        if not who.admin and sum(n for h, n in held if not h.admin and h.group == who.group) >= (
+            self.max_streams_per_tenant
+        ):
+            whose = "this tenant" if who.group[0] == "tenant" else "this subject (no tenant)"
+            return (
+                f"{whose} has {self.max_streams_per_tenant} live streams open, the most one tenant "
+                "may: close one, then retry"
+            )
+        if not who.admin and sum(n for h, n in held if not h.admin) >= users_share:
+            return (
+                f"the {users_share} live streams open to users are taken (the other "
+                f"{self.admin_streams} are kept for admins): retry later"
+            )
+        if sum(n for _, n in held) >= self.max_streams:
+            return f"all {self.max_streams} live streams are taken: retry later"
+        return None
+
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), seconds)
@@ -353,7 +403,8 @@ class RunsApi:
 
     async def dead_letters(self, request: Request) -> Response:
         """``GET /ops/dlq``: the newest dead letters an admin may see (a tenant's admin: those
-        its tenant's actors sent)."""
+        its tenant's actors sent), each by its size and SHA-256, and its command with the spec's
+        sensitive fields redacted when it is one of a spec installed here (no raw bytes)."""
         actor = self._admin(request)
         if isinstance(actor, Response):
             return actor
@@ -362,8 +413,14 @@ class RunsApi:
             limit = _int(request, "limit", low=1, high=MAX_PAGE) or DEFAULT_PAGE
         except BadQuery as exc:
             return _bad(str(exc))
+        registry = self.executor.registry
+
+        def show(letter: DeadLetter, value: bytes) -> Preview | None:
+            """Redacted as the audit redacts; not even parsed when this admin will not see it."""
+            return redacted_preview(value, registry) if _administers_letter(actor, letter.sender) else None
+
         try:
-            letters = await self.dlq.newest(limit if actor.tenant_id is None else MAX_PAGE)
+            letters = await self.dlq.newest(limit if actor.tenant_id is None else MAX_PAGE, show)
         except Exception:
             _log.warning("could not read the dead-letter topic", exc_info=True)
             return JSONResponse({"error": "the broker is unavailable; try again"}, status_code=503)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import httpx
 import orjson
 import pytest
 
+from runner.model import REDACTED
 from tests.support import Reader, ServeProcess, Topics, auth, caused, cloudevent, produce, seed_ledger, token
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -270,8 +272,10 @@ async def test_admins_list_and_replay_dead_letters_and_lend_their_token_to_their
         for letter in shown:
             by_code.setdefault(letter["code"], []).append(letter)
         [malformed] = by_code["MALFORMED"]
-        assert malformed["sender"]["sub"] == "alice" and malformed["preview"].endswith("not json")
-        assert malformed["bytes"] == 9 and malformed["source"].startswith(topics.commands + "/")
+        assert malformed["sender"]["sub"] == "alice" and malformed["source"].startswith(topics.commands + "/")
+        # not a command: its size and the digest of its whole value, never its bytes
+        assert malformed["preview"] is None and malformed["bytes"] == 9
+        assert malformed["sha256"] == hashlib.sha256(b"\xffnot json").hexdigest()
         parked = {orjson.loads(d["preview"])["id"]: d for d in by_code["RETRIES_EXHAUSTED"]}
         assert set(parked) == {"parked-alice", "parked-ops"} and parked["parked-ops"]["attempts"] == 2
         # a tenant's admin sees what its tenant's actors sent, and nothing else
@@ -324,3 +328,106 @@ async def test_live_streams_are_bounded_per_actor(server: ServeProcess) -> None:
                     break
             assert time.monotonic() < deadline, "the closed streams kept their places"
             await asyncio.sleep(0.1)
+
+
+async def try_stream(
+    held: contextlib.AsyncExitStack, http: httpx.AsyncClient, who: dict[str, str]
+) -> httpx.Response:
+    """Ask for a live stream as ``who``: kept open in ``held`` when granted, else its refusal read."""
+    asked = http.stream("GET", "/ops/runs", headers={**who, "accept": "text/event-stream"})
+    r = await held.enter_async_context(asked)
+    if r.status_code != 200:
+        await r.aread()
+    return r
+
+
+async def test_admins_still_get_streams_when_users_have_taken_all_theirs(server: ServeProcess) -> None:
+    users = [bearer(f"user{i}", tenant=f"t{i // 2}") for i in range(8)]  # two per tenant
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=None)) as http,
+        contextlib.AsyncExitStack() as held,
+    ):
+        opened, refusals = 0, []
+        for who in users:  # each opens streams until refused
+            while (r := await try_stream(held, http, who)).status_code == 200:
+                opened += 1
+            refusals.append(r)
+        assert opened == 24  # of 32, other 8 are kept for admins
+        assert all(r.status_code == 503 and r.headers["retry-after"] == "5" for r in refusals)
+        assert all("the most one actor may" in r.json()["error"] for r in refusals[:6])
+        assert all("other 8 are kept for admins" in r.json()["error"] for r in refusals[6:])
+        for admin in (ADMIN, ADMIN_T1):  # an admin without a tenant, and a tenant's
+            for _ in range(4):
+                assert (await try_stream(held, http, admin)).status_code == 200
+        full = await try_stream(held, http, ADMIN_T2)
+        assert full.status_code == 503 and "all 32 live streams are taken" in full.json()["error"]
+
+
+async def test_one_tenant_cannot_take_the_users_share_of_streams(server: ServeProcess) -> None:
+    t9 = [bearer(f"t9-user{i}", tenant="t9") for i in range(3)]
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=None)) as http,
+        contextlib.AsyncExitStack() as held,
+    ):
+        for who in t9[:2]:
+            for _ in range(4):
+                assert (await try_stream(held, http, who)).status_code == 200
+        refused = await try_stream(held, http, t9[2])  # a third of t9's users: its first stream
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert "this tenant has 8 live streams open" in refused.json()["error"]
+        assert (await try_stream(held, http, ALICE)).status_code == 200  # another tenant's user
+        assert (await try_stream(held, http, bearer("ops-t9", kind="admin", tenant="t9"))).status_code == 200
+
+
+PAYMENT_METHOD = "pm_card_secret_4242"
+
+
+async def test_dead_letter_previews_redact_sensitive_fields_and_show_the_rest_by_digest(
+    topics: Topics, database_url: str, serving: Any, clean_db: asyncpg.Pool, kafka_bootstrap: str
+) -> None:
+    # every capture's write fails at COMMIT: parked whole, or cut to 2 KiB (half the 4 KiB limit)
+    server = serving(
+        topics,
+        database_url,
+        app="tests.apps.parked:registry",
+        OPRUNNER_PARK_AFTER_ATTEMPTS="2",
+        OPRUNNER_PARK_AFTER_SECONDS="0",
+        OPRUNNER_MAX_MESSAGE_BYTES="4096",
+    )
+    data = {"invoiceId": "inv_none", "amount": "25.00", "currency": "EUR", "paymentMethodId": PAYMENT_METHOD}
+    whole = cloudevent("billing.capturePayment", data, id="cap-whole")
+    long = cloudevent("billing.capturePayment", data, id="cap-long", pad="x" * 3000)
+    malformed = b"\xff" + orjson.dumps(data)
+    alice = auth("alice", tenant="t1")
+    await produce(
+        kafka_bootstrap,
+        topics.commands,
+        [(b"i", whole, alice), (b"i", long, alice), (b"x", malformed, alice)],
+    )
+    # dead-lettered by a runner that had this operation, listed by one that has it no longer
+    retired = cloudevent("billing.retiredCapture", data, id="cap-retired")
+    sent_by = orjson.dumps({"sub": "alice", "tenant": "t1", "kind": "user"})
+    lettered = [("dlq-code", b"RETRIES_EXHAUSTED"), ("dlq-reason", b"parked"), ("dlq-actor", sent_by)]
+    await produce(kafka_bootstrap, topics.dlq, [(b"i", retired, lettered)])
+    async with Reader(kafka_bootstrap, topics.dlq) as dlq:
+        await dlq.until(lambda ms: len(ms) >= 4, timeout=60)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        r = await http.get("/ops/dlq", headers=ADMIN_T1)  # alice's tenant's admin
+        assert r.status_code == 200 and PAYMENT_METHOD not in r.text
+        assert (await http.get("/ops/dlq", headers=ADMIN_T2)).json()["deadLetters"] == []
+    by_digest = {d["sha256"]: d for d in r.json()["deadLetters"]}
+
+    def sha(value: bytes) -> str:
+        return hashlib.sha256(value).hexdigest()
+
+    assert set(by_digest) == {sha(whole), sha(long[:2048]), sha(malformed), sha(retired)}
+    shown = by_digest[sha(whole)]  # a command of a spec installed here: as its audit shows it
+    assert shown["code"] == "RETRIES_EXHAUSTED" and shown["bytes"] == len(whole) and not shown["previewCut"]
+    command = orjson.loads(shown["preview"])
+    assert command["id"] == "cap-whole" and command["type"] == "billing.capturePayment"
+    assert command["data"] == {**data, "paymentMethodId": REDACTED}
+    cut = by_digest[sha(long[:2048])]  # cut short when dead-lettered: no command to parse
+    assert cut["truncated"] and cut["bytes"] == 2048 and cut["originalBytes"] == len(long)
+    assert cut["preview"] is None
+    assert by_digest[sha(malformed)]["code"] == "MALFORMED" and by_digest[sha(malformed)]["preview"] is None
+    assert by_digest[sha(retired)]["preview"] is None  # no spec here says what is sensitive
