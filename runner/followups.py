@@ -14,7 +14,11 @@ the parent's key can claim the follow-up's first. ``correlationid`` is the paren
 It is authorized as the handler's service identity (``sub`` = ``op:<parent operation key>``,
 kind ``service``, the parent's tenant) by a one-command token (``runner.auth.CommandSigner``)
 bound to that command's id, operation, data, cause and correlation, and counting its depth:
-lifting it from the topic gains nothing, and a chain of sends ends at ``MAX_DEPTH``.
+lifting it from the topic gains nothing, and a chain of sends ends at ``MAX_DEPTH``. A parent
+without a tenant (a user without one, an anonymous caller) gives its follow-up none either:
+a ``service`` condition then holds only on resources without a tenant (``runner.policy.scoped``),
+never on every tenant's, since the binding's ``cause`` tells a follow-up from the runner's own
+webhook-made commands.
 """
 
 from __future__ import annotations

@@ -40,10 +40,12 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
         return verdict is True
     if cond == "admin":
         return administers(actor, resource.tenant_id if resource is not None else None, resource is not None)
-    if cond == "service":  # a service with a tenant (a follow-up's) acts in that tenant only
+    if cond == "service":
         if actor.kind != "service":
             return False
-        return actor.tenant_id is None or resource is None or resource.tenant_id == actor.tenant_id
+        if not scoped(actor):
+            return True  # an operator's service token, a webhook's command: global
+        return resource is None or resource.tenant_id == actor.tenant_id
     if cond.startswith("role:"):
         return cond[5:] in actor.roles
     if resource is None:
@@ -54,6 +56,14 @@ async def _holds(cond: Condition, actor: Actor, resource: Resource | None, ctx: 
     if cond == "tenant":
         return resource.tenant_id is not None and same_tenant
     return False
+
+
+def scoped(actor: Actor) -> bool:
+    """Whether a service actor acts in one tenant only: one with a tenant, or a follow-up
+    (its binding names the command that sent it) whatever its parent's tenant. A follow-up
+    of a parent with no tenant (a user without one, an anonymous caller of a public
+    operation) thus reaches only what has no tenant either, never every tenant's."""
+    return actor.tenant_id is not None or (actor.bound is not None and actor.bound.cause is not None)
 
 
 def administers(actor: Actor, tenant_id: str | None, known: bool = True) -> bool:

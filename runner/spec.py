@@ -73,7 +73,8 @@ class Rule:
     """One authorization rule. All of a policy's rules must pass.
 
     ``condition`` is ``owner`` (the resource's owner is the actor, same tenant), ``tenant``
-    (same tenant), ``admin`` / ``service`` (actor kind), ``role:<name>``, a callable
+    (same tenant), ``admin`` / ``service`` (actor kind; a service with a tenant, or a
+    follow-up, only on its tenant's resource), ``role:<name>``, a callable
     ``(actor, resource, input) -> bool``, or a sequence of these meaning *any of*
     (``("owner", "admin")``). The resource is loaded by the resolver registered for
     ``resource``, with the id taken from the input field ``id_field``.
@@ -96,7 +97,11 @@ class Rule:
 
     @functools.cached_property
     def _needs_resource(self) -> bool:
-        return any(callable(c) or c in ("owner", "tenant") for c in self.conditions)
+        if any(callable(c) or c in ("owner", "tenant") for c in self.conditions):
+            return True
+        # a rule naming its resource with a ``service`` condition: a service with a tenant
+        # (or a follow-up) acts on that tenant's only, so the resource's tenant is looked at
+        return "service" in self.conditions and self.resource is not None and self.id_field is not None
 
     def needs_resource(self) -> bool:
         return self._needs_resource

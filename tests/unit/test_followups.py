@@ -153,7 +153,11 @@ async def look(value: ReceiptIn, ctx: OperationContext) -> ReceiptOut:
 
 
 TARGETS = {"t.receipt": Receipt, "t.unowned": Unowned, "t.tenanted": Tenanted, "t.stray": Stray}
-INVOICES = {"mine": Resource("mine", "alice", "t1"), "theirs": Resource("theirs", "carol", "t2")}
+INVOICES = {
+    "mine": Resource("mine", "alice", "t1"),
+    "theirs": Resource("theirs", "carol", "t2"),
+    "loose": Resource("loose", "carol", None),
+}
 
 
 async def _no_sleep(_: float) -> None:
@@ -180,7 +184,7 @@ def _executor(signer: bool = True) -> Executor:
     )
 
 
-def _token(sub: str = "alice", tenant: str = "t1") -> str:
+def _token(sub: str = "alice", tenant: str | None = "t1") -> str:
     return mint_token(SECRET, sub=sub, tenant=tenant)
 
 
@@ -319,6 +323,18 @@ async def test_a_tenant_scoped_follow_up_acts_in_its_tenant_only() -> None:
     for invoice, status in (("mine", "succeeded"), ("theirs", "denied")):
         outcome = await executor.execute(
             command("t.capture", {"invoiceId": invoice, "target": "t.tenanted"}), token=_token()
+        )
+        (row,) = _sent(outcome)
+        child = await executor.execute(row.value, token=dict(row.headers)["authorization"].decode())
+        assert child.status == status, (invoice, child.result)
+
+
+async def test_a_follow_up_of_a_tenant_less_parent_reaches_no_tenants_resources() -> None:
+    """Its parent acts in no tenant, so neither does it: not every tenant's (issue 26)."""
+    executor = _executor()
+    for invoice, status in (("mine", "denied"), ("theirs", "denied"), ("loose", "succeeded")):
+        outcome = await executor.execute(
+            command("t.capture", {"invoiceId": invoice, "target": "t.tenanted"}), token=_token(tenant=None)
         )
         (row,) = _sent(outcome)
         child = await executor.execute(row.value, token=dict(row.headers)["authorization"].decode())

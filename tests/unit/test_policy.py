@@ -18,6 +18,7 @@ from runner import (
     Rule,
     define_command,
 )
+from runner.auth import Binding
 from runner.policy import authorize
 
 
@@ -172,3 +173,63 @@ async def test_a_token_limited_to_operations_runs_only_those() -> None:
     decision = await authorize(spec, narrow, _registry(), PolicyContext(narrow, spec, In(doc_id="d"), None))
     assert not decision.allowed and "t.other" in decision.reason
     assert await _allowed(Policy(), Actor("user", "alice", "t1", ops=frozenset({"t.op"})))
+
+
+def _follow_up(tenant: str | None) -> Actor:
+    """A follow-up's actor as its one-command token makes it: its binding names its cause."""
+    return Actor(
+        "service", "op:t.parent", tenant, bound=Binding("c", "0" * 64, cause="parent", corr="parent")
+    )
+
+
+@pytest.mark.parametrize(
+    ("actor", "t1", "t2", "untenanted"),
+    [
+        (_follow_up(None), False, False, True),  # a tenant-less parent's reaches no tenant's
+        (_follow_up("t1"), True, False, False),
+        (Actor("service", "oprunner-webhooks", None), True, True, True),  # the runner's own: global
+        (Actor("service", "svc", "t1"), True, False, False),
+    ],
+)
+async def test_a_follow_up_acts_only_where_its_parent_could(
+    actor: Actor, t1: bool, t2: bool, untenanted: bool
+) -> None:
+    """Every named condition, for a follow-up of a parent with or without a tenant: only the
+    tenant-less resource is open to the tenant-less parent's, as its parent's own tenant is
+    to a tenant's. A rule that names a resource but only ``service`` checks it too."""
+    rules = [
+        Rule(resource="doc", condition=("owner", "service"), id_field="doc_id"),
+        Rule(resource="doc", condition="service", id_field="doc_id"),
+    ]
+    for rule in rules:
+        got = [
+            await _allowed(
+                Policy(auth="service", rules=[rule]), actor, _registry(Resource("d", "carol", tenant))
+            )
+            for tenant in ("t1", "t2", None)
+        ]
+        assert got == [t1, t2, untenanted], (rule.condition, actor)
+    for condition in (
+        "owner",
+        "tenant",
+        "admin",
+    ):  # a follow-up owns nothing, is no tenant's member nor admin
+        rule = Rule(resource="doc", condition=condition, id_field="doc_id")
+        for tenant in ("t1", "t2", None):
+            registry = _registry(Resource("d", "carol", tenant))
+            assert not await _allowed(Policy(auth="service", rules=[rule]), _follow_up(None), registry)
+    assert await _allowed(Policy(auth="service", rules=[Rule(condition="service")]), _follow_up(None))
+    # a rule naming its resource looks at it, so a missing one denies as in any other rule
+    only_service = Policy(auth="service", rules=[rules[1]])
+    assert not await _allowed(only_service, Actor("service", "svc", None), _registry(None))
+    assert "no resolver" in _problems(only_service)
+
+
+def _problems(policy: Policy) -> str:
+    registry = OperationRegistry()
+
+    async def handler(value: Any, ctx: Any) -> Any:
+        return {"ok": True}
+
+    registry.install(_spec(policy), handler)
+    return " ".join(registry.problems())
