@@ -277,7 +277,8 @@ class OpsApi:
             return JSONResponse({"error": "a run id has no U+0000"}, status_code=400)
         not_found = JSONResponse({"error": f"no run {run_id!r} visible to you"}, status_code=404)
         try:
-            run = await self.executor.store.find_run(run_id, run_key(actor.tenant_id, actor.user_id, run_id))
+            key = run_key(actor.tenant_id, actor.user_id, run_id, kind=actor.kind)
+            run = await self.executor.store.find_run(run_id, key)
         except Exception:
             _log.warning("could not look up run %r", run_id[:255], exc_info=True)
             return JSONResponse({"error": "the store is unavailable; try again"}, status_code=503)
@@ -304,13 +305,15 @@ class OpsApi:
 
 
 def _may_see(actor: Actor, run: Any) -> bool:
-    """Its own actor (same subject and tenant) sees a run; a one-command token only its own
-    command's run; an admin with a tenant that tenant's runs; an admin without one, all."""
+    """Its own actor (same subject, tenant and kind: a user is not the service of its name)
+    sees a run; a one-command token only its own command's run; an admin with a tenant that
+    tenant's runs; an admin without one, all."""
     if actor.ops is not None and run.op not in actor.ops:
         return False  # a token limited to some operations sees their runs only
+    mine = (run.actor_id, run.tenant_id, run.actor_kind) == (actor.user_id, actor.tenant_id, actor.kind)
     if actor.bound is not None:
-        return bool(run.command_id == actor.bound.command_id and run.actor_id == actor.user_id)
-    if run.actor_id == actor.user_id and run.tenant_id == actor.tenant_id:
+        return bool(run.command_id == actor.bound.command_id and mine)
+    if mine:
         return True
     return administers(actor, run.tenant_id)
 
@@ -372,8 +375,10 @@ def build_app(
             metrics=any(route.path == "/metrics" for route in extra_routes or []),
         )
 
+        encoded = _json.dumps(document)  # once: a request costs no more than sending it
+
         async def openapi_document(request: Request) -> Response:
-            return JSONResponse(document)
+            return Response(encoded, media_type="application/json")
 
         from .graphql import GraphQLApi  # it builds on OpsApi, defined here
 

@@ -116,7 +116,8 @@ def visible_to(actor: Actor, asked: RunFilter) -> RunFilter | None:
     if actor.bound is not None:
         if asked.command_id not in (None, actor.bound.command_id):
             return None
-        return replace(asked, command_id=actor.bound.command_id, actor=(actor.user_id, actor.tenant_id))
+        mine = (actor.user_id, actor.tenant_id)
+        return replace(asked, command_id=actor.bound.command_id, actor=mine, actor_kind=actor.kind)
     if actor.kind == "admin":
         if actor.tenant_id is None:
             return asked
@@ -125,7 +126,7 @@ def visible_to(actor: Actor, asked: RunFilter) -> RunFilter | None:
         return replace(asked, tenant_id=actor.tenant_id)
     if asked.actor_id not in (None, actor.user_id) or asked.tenant_id not in (None, actor.tenant_id):
         return None
-    return replace(asked, actor=(actor.user_id, actor.tenant_id))
+    return replace(asked, actor=(actor.user_id, actor.tenant_id), actor_kind=actor.kind)  # a user is no service
 
 
 def _text(request: Request, name: str) -> str | None:

@@ -37,6 +37,15 @@ refused at the door rather than met later as an index-row limit in the store."""
 MAX_LIST_CLAIM = 64
 COMMAND_KEY_ID = "oprunner-command"
 """The ``kid`` of a one-command token (``CommandSigner``): verified with the command key."""
+RESERVED_PREFIXES = ("oprunner-", "op:")
+"""Subjects of the runner's own identities (``oprunner-webhooks``, a follow-up's
+``op:<operation>``): only a service token signed with the command key may name them, since
+runs, their visibility and their keys are scoped by subject."""
+
+
+def reserved(subject: str) -> bool:
+    """Whether ``subject`` names one of the runner's own identities (``RESERVED_PREFIXES``)."""
+    return subject.startswith(RESERVED_PREFIXES)
 
 
 def command_digest(command: CommandEnvelope) -> str:
@@ -211,6 +220,9 @@ class JwtAuthenticator:
             # key type (ES256 against an RSA key) raises InvalidKeyError, which is not one
             raise AuthError("token invalid") from None
         actor = actor_from_claims(claims)
+        if reserved(actor.user_id) and not (one_command and actor.kind == "service"):
+            # the runner's own identities: an ordinary token naming one would see their runs
+            raise AuthError(f"token 'sub' {actor.user_id[:64]!r} names an identity reserved to the runner")
         # Valid until exp (minus nothing: the leeway only ever widens acceptance at the edge).
         entry = (actor, float(claims["exp"]))
         self._remember(self._cache, cache_key, entry)

@@ -35,16 +35,29 @@ class Claim:
     so the executor can tell a changed input from a default version that moved meanwhile."""
 
 
-def run_key(tenant_id: str | None, subject: str | None, idempotency_key: str) -> str:
-    """Where a caller's idempotency key is stored: scoped by the caller's tenant and subject,
-    each length-prefixed (``n`` for none), so one caller's key never meets another's, whatever
-    either contains. Not by operation: like Stripe's, a key names one intended effect, and its
-    reuse for another operation is reported to its owner as a conflict."""
+def run_key(tenant_id: str | None, subject: str | None, idempotency_key: str, *, kind: str | None) -> str:
+    """Where a caller's idempotency key is stored: scoped by the caller's tenant, subject and
+    kind, each length-prefixed (``n`` for none), so one caller's key never meets another's,
+    whatever either contains. A user's (and an anonymous caller's) has no kind prefix, the
+    format of runs stored before kinds were: a service or an admin of the same subject has
+    its own (``service|...``, ``admin|...``), so a user token that shares a service's
+    subject never replays the service's runs. Not by operation: like Stripe's, a key names
+    one intended effect, and its reuse for another operation is reported to its owner as a
+    conflict."""
 
     def part(value: str | None) -> str:
         return "n" if value is None else f"{len(value)}:{value}"
 
-    return f"{part(tenant_id)}/{part(subject)}/{idempotency_key}"
+    scoped = f"{part(tenant_id)}/{part(subject)}/{idempotency_key}"
+    return scoped if kind in (None, "user") else f"{kind}|{scoped}"
+
+
+def kind_of(key: str, subject: str | None) -> str | None:
+    """The actor kind of the run stored under ``key`` (``run_key``'s), given its subject."""
+    for kind in ("service", "admin"):
+        if key.startswith(f"{kind}|"):
+            return kind
+    return None if subject is None else "user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +261,8 @@ class RunView:
     attempts: int | None = None  # None: no run was claimed (rejected, denied, pending)
     created_at: datetime | None = None
     completed_at: datetime | None = None
+    actor_kind: str | None = None
+    """``user``, ``service`` or ``admin``: who may see it is decided by kind too."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -266,7 +281,8 @@ class RunView:
 class RunFilter:
     """What a runs list asks for. The HTTP API narrows it to what the asking actor may see:
     ``actor`` (exactly this subject and tenant, a missing tenant matching only a missing one)
-    for a user, ``tenant_id`` for a tenant's admin, ``command_id`` for a one-command token."""
+    and ``actor_kind`` for a user or a service, ``tenant_id`` for a tenant's admin,
+    ``command_id`` for a one-command token."""
 
     op: str | None = None
     status: str | None = None
@@ -277,6 +293,9 @@ class RunFilter:
     since: datetime | None = None
     until: datetime | None = None
     actor: tuple[str | None, str | None] | None = None
+    actor_kind: str | None = None
+    """Only entries whose actor is of this kind: with ``actor``, what keeps a user from
+    seeing the runs of a service of the same subject (and tenant)."""
     ops: frozenset[str] | None = None
     """Only these operations (a token limited by its ``ops`` claim sees only those runs)."""
     replays: bool = False

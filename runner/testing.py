@@ -34,6 +34,7 @@ from .store import (
     RunFilter,
     RunView,
     Sweep,
+    kind_of,
 )
 
 __all__ = ["InMemoryStore", "MemoryRun", "NoDatabase", "command", "mint_token"]
@@ -290,18 +291,29 @@ class InMemoryStore:
                 run.attempts,
                 run.created_at,
                 run.completed_at,
+                kind_of(run.key, run.actor_id),
             )
         record = next((r for r in reversed(self._records) if r.command_id == id), None)
         if record is None:
             if (accepted := self.accepted.get(id)) is None:
                 return None
             actor = accepted[0].actor or {}
-            return RunView(id, "", "pending", None, actor.get("id"), actor.get("tenant"))
+            return RunView(
+                id, "", "pending", None, actor.get("id"), actor.get("tenant"), actor_kind=actor.get("kind")
+            )
         data = record.audit
         error = {"code": data.get("error"), "message": data.get("reason")} if data.get("error") else None
         result = {"status": record.status, **({"error": error} if error else {})}
         actor = data.get("actor") or {}
-        return RunView(id, record.op, record.status, result, actor.get("id"), actor.get("tenant"))
+        return RunView(
+            id,
+            record.op,
+            record.status,
+            result,
+            actor.get("id"),
+            actor.get("tenant"),
+            actor_kind=actor.get("kind"),
+        )
 
     async def list_runs(
         self, where: RunFilter, *, before: int | None = None, after: int | None = None, limit: int = 50
@@ -380,6 +392,7 @@ def _matches(entry: AuditEntry, where: RunFilter) -> bool:
         (where.status, entry.status),
         (where.actor_id, entry.actor_id),
         (where.tenant_id, entry.tenant_id),
+        (where.actor_kind, _kind(entry)),
         (where.correlation_id, entry.correlation_id),
         (where.command_id, entry.command_id),
     )
@@ -394,3 +407,8 @@ def _matches(entry: AuditEntry, where: RunFilter) -> bool:
     if where.ops is not None and entry.op not in where.ops:
         return False
     return where.replays or not entry.data.get("replayed")
+
+
+def _kind(entry: AuditEntry) -> str | None:
+    actor = entry.data.get("actor")
+    return actor.get("kind") if isinstance(actor, dict) else None

@@ -29,6 +29,7 @@ from runner.store import (
     RunFilter,
     RunView,
     Sweep,
+    kind_of,
 )
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -269,7 +270,7 @@ class PostgresStore:
     async def find_run(self, id: str, key: str | None = None) -> RunView | None:
         row = await self.pool.fetchrow(
             """SELECT command_id, idempotency_key, op, status, outcome, result, actor_id, tenant_id,
-                      attempts, created_at, completed_at
+                      attempts, created_at, completed_at, run_key
                FROM oprunner_runs WHERE command_id = $1 OR run_key = $2
                ORDER BY (run_key = $2) DESC NULLS LAST LIMIT 1""",
             id,
@@ -289,6 +290,7 @@ class PostgresStore:
                 row["attempts"],
                 row["created_at"],
                 row["completed_at"],
+                kind_of(row["run_key"], row["actor_id"]),
             )
         audit = await self.pool.fetchrow(
             """SELECT op, status, actor_id, data FROM oprunner_audit
@@ -297,16 +299,27 @@ class PostgresStore:
         )
         if audit is None:
             accepted = await self.pool.fetchrow(
-                "SELECT actor_id, tenant_id FROM oprunner_accepted WHERE command_id = $1", id
+                """SELECT actor_id, tenant_id, actor ->> 'kind' AS kind
+                   FROM oprunner_accepted WHERE command_id = $1""",
+                id,
             )
             if accepted is None:
                 return None
-            return RunView(id, "", "pending", None, accepted["actor_id"], accepted["tenant_id"])
+            who = accepted["actor_id"], accepted["tenant_id"]
+            return RunView(id, "", "pending", None, *who, actor_kind=accepted["kind"])
         data = orjson.loads(audit["data"])
         error = {"code": data.get("error"), "message": data.get("reason")} if data.get("error") else None
         result = {"status": audit["status"], **({"error": error} if error else {})}
-        tenant = (data.get("actor") or {}).get("tenant")
-        return RunView(id, audit["op"], audit["status"], result, audit["actor_id"], tenant)
+        actor = data.get("actor") or {}
+        return RunView(
+            id,
+            audit["op"],
+            audit["status"],
+            result,
+            audit["actor_id"],
+            actor.get("tenant"),
+            actor_kind=actor.get("kind"),
+        )
 
     async def list_runs(
         self, where: RunFilter, *, before: int | None = None, after: int | None = None, limit: int = 50
@@ -364,6 +377,7 @@ class PostgresStore:
 _AUDIT_COLUMNS = """id, command_id, op, version, status, decision, actor_id,
     (data -> 'actor') ->> 'tenant' AS tenant_id, correlation_id, trace_id, recorded_at, data"""
 _TENANT = "((data -> 'actor') ->> 'tenant')"  # the expression oprunner_audit_by_tenant indexes
+_KIND = "((data -> 'actor') ->> 'kind')"
 
 
 def _run_conditions(where: RunFilter) -> tuple[list[str], list[Any]]:
@@ -380,6 +394,7 @@ def _run_conditions(where: RunFilter) -> tuple[list[str], list[Any]]:
         ("status", where.status),
         ("actor_id", where.actor_id),
         (_TENANT, where.tenant_id),
+        (_KIND, where.actor_kind),
         ("correlation_id", where.correlation_id),
         ("command_id", where.command_id),
     ):

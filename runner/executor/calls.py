@@ -47,9 +47,9 @@ class Call:
     def run_key(self) -> str:
         """Where this caller's idempotency key is claimed (``runner.store.run_key``)."""
         actor = self.actor
-        return run_key(
-            actor.tenant_id if actor else None, actor.user_id if actor else None, self.command.idempotency_key
-        )
+        if actor is None:
+            return run_key(None, None, self.command.idempotency_key, kind=None)
+        return run_key(actor.tenant_id, actor.user_id, self.command.idempotency_key, kind=actor.kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,6 +217,24 @@ def test_an_own_command_secret_replaces_the_derived_key() -> None:
     assert command_key(None, None) is None
 
 
+@pytest.mark.parametrize("sub", ["oprunner-webhooks", "oprunner-followups", "op:billing.capture", "op:"])
+def test_the_runners_own_identities_are_reserved(sub: str) -> None:
+    """Runs are scoped by subject: a token minted outside the runner (of any kind), or one
+    signed with the command key that is not a service's, cannot name the runner's own."""
+    auth = JwtAuthenticator(secret=SECRET, command_key=KEY)
+    for kind in ("user", "service", "admin"):
+        with pytest.raises(AuthError, match="reserved"):
+            auth.authenticate(mint_token(SECRET, sub=sub, kind=kind))  # type: ignore[arg-type]
+    bound = {"cmd": "c1", "dh": "0" * 64, "ops": ["op.a"]}
+    as_user = jwt.encode({**_claims(sub=sub, kind="user"), **bound}, KEY, headers={"kid": COMMAND_KEY_ID})  # type: ignore[arg-type]
+    with pytest.raises(AuthError, match="reserved"):
+        auth.authenticate(as_user)
+    # what the runner mints itself passes, and a look-alike subject is nobody's
+    minted = CommandSigner(KEY, subject=sub, ttl=600).token_for(_command("c1", {}, type="op.a"))  # type: ignore[arg-type]
+    assert auth.authenticate(minted).user_id == sub
+    assert auth.authenticate(mint_token(SECRET, sub=f"x{sub}")).user_id == f"x{sub}"
+
+
 def test_ops_claim_limits_the_actor() -> None:
     actor = JwtAuthenticator(secret=SECRET).authenticate(mint_token(SECRET, sub="robot", ops=["a.b", "c.d"]))
     assert actor.ops == {"a.b", "c.d"}

@@ -1013,7 +1013,7 @@ async def test_a_command_in_flight_when_the_default_moved_is_taken_over_not_refu
     _, after, ran, store = deploys()
     sent = command("t.note", {"accountId": "a1"}, idempotency_key="K")
     dead = ClaimRequest(
-        key=run_key(None, None, "K"),
+        key=run_key(None, None, "K", kind=None),
         op="t.note",
         version="1.0.0",
         input_hash=fingerprint("t.note", None, {"accountId": "a1"}),

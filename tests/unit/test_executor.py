@@ -420,6 +420,19 @@ async def test_an_idempotency_key_belongs_to_its_caller(app: App) -> None:
     assert app.behaviour.effects == ["order-991-pay"] * 3
 
 
+async def test_an_idempotency_key_belongs_to_its_callers_kind_too(app: App) -> None:
+    """A service and a user of one subject and tenant are two callers: the same key is two
+    runs, each replayed to its own kind only."""
+    service = app.token("alice", kind="service")
+    as_service = await app.run("docs.pay", GOOD, token=service, idempotency_key="shared-key")
+    as_user = await app.run("docs.pay", GOOD, idempotency_key="shared-key")
+    assert (as_service.status, as_service.replayed) == ("succeeded", False)
+    assert (as_user.status, as_user.replayed) == ("succeeded", False)
+    again = await app.run("docs.pay", GOOD, token=service, idempotency_key="shared-key")
+    assert again.replayed and again.output == as_service.output
+    assert app.behaviour.effects == ["shared-key"] * 2
+
+
 async def test_strangers_input_is_audited_by_size_and_digest_only(app: App) -> None:
     """Denied, and rejected before the caller proved who they are: the audit keeps who (or
     nobody), the input's size and SHA-256, never the input."""

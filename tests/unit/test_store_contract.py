@@ -29,6 +29,7 @@ from runner.store import (
     RunFilter,
     RunView,
     Store,
+    run_key,
 )
 from runner.testing import InMemoryStore
 
@@ -474,14 +475,14 @@ class StoreContract:
         running = await store.find_run("cmd-k1")
         assert running is not None and running.created_at is not None and running.completed_at is None
         assert replace(running, created_at=None) == RunView(
-            "cmd-k1", "docs.pay", "running", None, "alice", "t1", "k1", attempts=1
+            "cmd-k1", "docs.pay", "running", None, "alice", "t1", "k1", attempts=1, actor_kind="user"
         )
         await complete(store, "k1", "w1", outcome("cmd-k1", "failed", error=("NOPE", "no")))
         failed = {"status": "failed", "error": {"code": "NOPE", "message": "no"}}
         done = await store.find_run("cmd-k1")
         assert done is not None and done.completed_at is not None and done.created_at == running.created_at
         assert replace(done, created_at=None, completed_at=None) == RunView(
-            "cmd-k1", "docs.pay", "failed", failed, "alice", "t1", "k1", attempts=1
+            "cmd-k1", "docs.pay", "failed", failed, "alice", "t1", "k1", attempts=1, actor_kind="user"
         )
 
     async def test_find_run_by_run_key_prefers_the_callers_own(self, store: Store) -> None:
@@ -492,6 +493,14 @@ class StoreContract:
         assert (await store.find_run("x", "kb")).command_id == "y"  # type: ignore[union-attr]
         assert (await store.find_run("x", "no-such-key")).command_id == "x"  # type: ignore[union-attr]
         assert await store.find_run("nothing", "no-such-key") is None
+
+    async def test_a_run_shows_the_kind_its_key_was_claimed_for(self, store: Store) -> None:
+        """The kind is part of the run key (``run_key``): what ``GET /ops/runs/{id}`` compares
+        with the asking token's, so a user is never shown a service's run of its name."""
+        await store.claim(request(run_key("t1", "alice", "k", kind="service"), command_id="s"))
+        await store.claim(request(run_key("t1", "alice", "k", kind="user"), command_id="u"))
+        assert (await store.find_run("s")).actor_kind == "service"  # type: ignore[union-attr]
+        assert (await store.find_run("u")).actor_kind == "user"  # type: ignore[union-attr]
 
     async def test_find_run_falls_back_to_the_latest_audit_entry(self, store: Store) -> None:
         """An outcome recorded without a run (rejected before any claim) is found by its
@@ -511,12 +520,13 @@ class StoreContract:
         )
         await store.record(outcome("cmd-y", "succeeded"))  # a query: no run, no error
         assert await store.find_run("cmd-y") == RunView(
-            "cmd-y", "docs.pay", "succeeded", {"status": "succeeded"}, "alice", "t1"
+            "cmd-y", "docs.pay", "succeeded", {"status": "succeeded"}, "alice", "t1", actor_kind="user"
         )
 
     async def test_an_accepted_command_is_pending_until_an_outcome_is_recorded(self, store: Store) -> None:
         await store.accept(Accepted("acc-1", b'{"id":"acc-1"}', ALICE), LONG)
-        assert await store.find_run("acc-1") == RunView("acc-1", "", "pending", None, "alice", "t1")
+        pending = RunView("acc-1", "", "pending", None, "alice", "t1", actor_kind="user")
+        assert await store.find_run("acc-1") == pending
         await store.record(outcome("acc-1", "denied", error=("FORBIDDEN", "no"), decision="deny"))
         assert (await store.find_run("acc-1")).status == "denied"  # type: ignore[union-attr]
         await store.claim(request("k-acc", command_id="acc-1"))
@@ -556,26 +566,30 @@ class StoreContract:
         await store.record(outcome("c", actor=other_tenant, correlation_id="flow-1"))
         await store.record(outcome("d", actor=no_tenant))
         await store.record(outcome("e", "rejected", actor=None, error=("INVALID_INPUT", "bad")))
+        await store.record(outcome("f", actor={**ALICE, "kind": "service"}, op="docs.read"))
 
         async def ids(where: RunFilter) -> list[str]:
             return sorted(e.command_id for e in await store.list_runs(where))
 
-        assert await ids(RunFilter()) == ["a", "b", "c", "d", "e"]
-        assert await ids(RunFilter(op="docs.read")) == ["b"]
-        assert await ids(RunFilter(status="succeeded")) == ["a", "c", "d"]
+        assert await ids(RunFilter()) == ["a", "b", "c", "d", "e", "f"]
+        assert await ids(RunFilter(op="docs.read")) == ["b", "f"]
+        assert await ids(RunFilter(status="succeeded")) == ["a", "c", "d", "f"]
         assert await ids(RunFilter(actor_id="bob")) == ["b"]
-        assert await ids(RunFilter(tenant_id="t1")) == ["a", "b"]
+        assert await ids(RunFilter(tenant_id="t1")) == ["a", "b", "f"]
         assert await ids(RunFilter(correlation_id="flow-1")) == ["a", "c"]
         assert await ids(RunFilter(command_id="e")) == ["e"]
-        # one actor exactly: alice of t1 is not alice of t2, nor alice of no tenant
-        assert await ids(RunFilter(actor=("alice", "t1"))) == ["a"]
-        assert await ids(RunFilter(actor=("alice", None))) == ["d"]
+        # one actor exactly: alice of t1 is not alice of t2, nor alice of no tenant, nor the
+        # service of her name
+        assert await ids(RunFilter(actor=("alice", "t1"), actor_kind="user")) == ["a"]
+        assert await ids(RunFilter(actor=("alice", "t1"), actor_kind="service")) == ["f"]
+        assert await ids(RunFilter(actor=("alice", "t1"))) == ["a", "f"]
+        assert await ids(RunFilter(actor=("alice", None), actor_kind="user")) == ["d"]
         assert await ids(RunFilter(actor=(None, None))) == ["e"]
-        assert await ids(RunFilter(ops=frozenset({"docs.read", "docs.other"}))) == ["b"]
+        assert await ids(RunFilter(ops=frozenset({"docs.read", "docs.other"}))) == ["b", "f"]
         assert await ids(RunFilter(ops=frozenset(), actor=("alice", "t1"))) == []
         everything = await store.list_runs(RunFilter())
         middle = sorted(e.recorded_at for e in everything)[2]
-        assert len(await ids(RunFilter(since=middle))) + len(await ids(RunFilter(until=middle))) == 5
+        assert len(await ids(RunFilter(since=middle))) + len(await ids(RunFilter(until=middle))) == 6
 
     async def test_replays_are_listed_only_when_asked_for(self, store: Store) -> None:
         await store.record(outcome("a"))
