@@ -126,7 +126,7 @@ def visible_to(actor: Actor, asked: RunFilter) -> RunFilter | None:
         return replace(asked, tenant_id=actor.tenant_id)
     if asked.actor_id not in (None, actor.user_id) or asked.tenant_id not in (None, actor.tenant_id):
         return None
-    return replace(asked, actor=(actor.user_id, actor.tenant_id), actor_kind=actor.kind)  # a user is no service
+    return replace(asked, actor=(actor.user_id, actor.tenant_id), actor_kind=actor.kind)
 
 
 def _text(request: Request, name: str) -> str | None:
