@@ -15,6 +15,11 @@ Who calls: over streamable HTTP, the bearer token of that HTTP request (each req
 token remembered from the session's start); over stdio, the token the process was started
 with, since stdio has no headers and the process belongs to whoever started it.
 
+Who holds what, over HTTP (the ASGI layers in front of the SDK, outermost first): ``HostGuard``
+(DNS rebinding), ``BearerRequired`` (a token that verifies, not a one-command token),
+``StreamGate`` (each caller's requests in flight), ``SessionGate`` (each caller's sessions,
+each usable by its opener only), ``TokenDeadline`` (nothing outlives its token).
+
 The idempotency key: ``_meta["io.oprunner/idempotencyKey"]`` when the client sends one, which
 is what makes a retry on a new connection safe; otherwise one made from the connection and
 the JSON-RPC request id, because request ids restart at 0 on every connection and alone
@@ -23,12 +28,19 @@ would make one session's call a replay of another's.
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import jwt
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 
 from runner import _json
@@ -176,11 +188,41 @@ async def _answer(send: Any, status: int, code: str, message: str, headers: list
     await send({"type": "http.response.body", "body": body})
 
 
+CALLER = "oprunner.caller"
+"""The scope key ``BearerRequired`` sets for the gates behind it: the request's ``Caller``."""
+EXPIRES = "oprunner.expires"
+"""The scope key of the request's token ``exp`` (epoch seconds), or None without a token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Whose slots a request takes: a token's kind, subject and tenant, the same three that
+    say whose runs are whose. Token-less callers (an app with public operations) are told
+    apart by their address, the only thing they have."""
+
+    kind: str
+    subject: str
+    tenant: str | None = None
+
+
+def _expiry(token: str) -> float:
+    """The ``exp`` of a token the authenticator has just accepted: read without verifying
+    again (it verified), and required there, so present and an integer."""
+    claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    return float(claims["exp"])
+
+
 class BearerRequired:
     """In front of the streamable HTTP app: every request carries a token that verifies, or
-    is answered 401 before the SDK opens a session for it. Sessions cost memory and the SDK
-    keeps thousands for half an hour: without this an anonymous client could take them all.
-    ``anonymous`` lets token-less requests through (an app with public operations)."""
+    is answered 401 before the SDK opens a session for it: sessions cost memory, and without
+    this an anonymous client could take them all.
+    ``anonymous`` lets token-less requests through (an app with public operations).
+
+    A one-command token (one the runner minted for one command, ``Actor.bound``) is refused
+    with 403: it travels in ``ops.commands`` for anyone reading the topic, and here it would
+    buy sessions, not its command. A token past its ``exp`` (inside the authenticator's
+    leeway) is refused too: no request here outlives its token (``TokenDeadline``). What
+    passes carries its ``Caller`` and ``exp`` in the scope for the gates behind."""
 
     def __init__(self, app: Any, authenticator: Any, *, anonymous: bool) -> None:
         self.app = app
@@ -188,19 +230,258 @@ class BearerRequired:
         self.anonymous = anonymous
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            token = bearer(headers.get("authorization"))
-            problem = None
-            if token is None:
-                problem = None if self.anonymous else "a bearer token is required"
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = bearer(Headers(scope=scope).get("authorization"))
+        problem, caller, expires = None, None, None
+        if token is None:
+            problem = None if self.anonymous else "a bearer token is required"
+            client = scope.get("client") or ("", 0)
+            caller = Caller("anonymous", str(client[0]))
+        else:
+            try:
+                actor = self.authenticator.authenticate(token)
+                expires = _expiry(token)
+            except AuthError as exc:
+                problem = str(exc)
             else:
-                try:
-                    self.authenticator.authenticate(token)
-                except AuthError as exc:
-                    problem = str(exc)
-            if problem is not None:
-                realm = [(b"www-authenticate", b'Bearer realm="oprunner"')]
-                await _answer(send, 401, "UNAUTHENTICATED", problem, realm)
-                return
-        await self.app(scope, receive, send)
+                if actor.bound is not None:
+                    message = "a one-command token runs its one command, not MCP: use a user or service token"
+                    await _answer(send, 403, "ONE_COMMAND_TOKEN", message)
+                    return
+                if expires <= time.time():
+                    problem = "token expired"
+                caller = Caller(actor.kind, actor.user_id, actor.tenant_id)
+        if problem is not None:
+            realm = [(b"www-authenticate", b'Bearer realm="oprunner"')]
+            await _answer(send, 401, "UNAUTHENTICATED", problem, realm)
+            return
+        await self.app({**scope, CALLER: caller, EXPIRES: expires}, receive, send)
+
+
+class Pool:
+    """Slots of one kind, counted per caller: ``total`` for everyone, of which one caller holds
+    at most ``share`` (``per_caller``, and never past a quarter of ``total``), so a caller at
+    its share only ever refuses itself, and filling the pool takes four callers at least."""
+
+    def __init__(self, total: int, per_caller: int) -> None:
+        self.total = total
+        self.share = max(1, min(per_caller, total // 4))
+        self.used = 0
+        self._held: dict[Caller, int] = {}
+
+    def full_for(self, caller: Caller) -> str | None:
+        """``"caller"`` when ``caller`` holds its share, ``"server"`` when the pool is full."""
+        if self._held.get(caller, 0) >= self.share:
+            return "caller"
+        return "server" if self.used >= self.total else None
+
+    def take(self, caller: Caller) -> None:
+        self._held[caller] = self._held.get(caller, 0) + 1
+        self.used += 1
+
+    def give(self, caller: Caller) -> None:
+        left = self._held.get(caller, 0) - 1
+        if left > 0:
+            self._held[caller] = left
+        else:
+            self._held.pop(caller, None)
+        self.used -= 1
+
+
+async def _busy(send: Any, what: str) -> None:
+    """The whole server's pool is full: 503, as for any busy server, since no caller of its
+    own can free it; the client waits and asks again."""
+    message = f"the server has all the MCP {what} it serves open; try again in a few seconds"
+    await _answer(send, 503, "BUSY", message, [(b"retry-after", b"5")])
+
+
+class StreamGate:
+    """At most ``pool.share`` requests in flight per caller, and ``pool.total`` in all. A GET
+    stream, or a POST answered as SSE, holds an HTTP request slot for as long as it is open:
+    without this one token could hold every slot the server has. A caller past its share is
+    answered 429 ``TOO_MANY_STREAMS`` (its own doing, its own to undo)."""
+
+    def __init__(self, app: Any, pool: Pool) -> None:
+        self.app = app
+        self.pool = pool
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        caller = scope[CALLER]
+        full = self.pool.full_for(caller)
+        if full == "caller":
+            message = (
+                f"this caller has {self.pool.share} MCP requests or streams open, its most: "
+                "close a GET stream or wait for a call to finish"
+            )
+            await _answer(send, 429, "TOO_MANY_STREAMS", message)
+            return
+        if full == "server":
+            await _busy(send, "streams")
+            return
+        self.pool.take(caller)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.pool.give(caller)
+
+
+@dataclass(slots=True)
+class _Session:
+    owner: Caller
+    in_flight: int = 1
+    idle_since: float = 0.0
+
+
+class SessionGate:
+    """Each MCP session belongs to the caller that opened it, and counts against its share.
+
+    A session's id is learnt from the SDK's answer to the request that opened it (its
+    ``mcp-session-id`` header, on a status below 400: what the SDK itself keeps), before the
+    client sees it. A request naming a session of another caller is answered 404
+    ``SESSION_NOT_FOUND``, as for an unknown one: it learns nothing of whether the id exists,
+    and a client's answer to a 404 (a new session) is the right one. A session is forgotten
+    (its slot freed) when a DELETE ends it, when the SDK answers 404 for it (it ended there),
+    and after ``idle`` seconds with no request in flight: the SDK's own idle expiry, which
+    runs on the same clock and begins no later than this one does.
+
+    Requests of the sessionless protocol revisions (an ``mcp-protocol-version`` the SDK does
+    not route to sessions) pass untouched: the SDK opens no session for them."""
+
+    def __init__(self, app: Any, pool: Pool, *, idle: float) -> None:
+        self.app = app
+        self.pool = pool
+        self.idle = idle
+        self._sessions: dict[str, _Session] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        version = headers.get(MCP_PROTOCOL_VERSION_HEADER) if headers is not None else None
+        if headers is None or (version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS):
+            await self.app(scope, receive, send)
+            return
+        caller = scope[CALLER]
+        session_id = headers.get(MCP_SESSION_ID_HEADER)
+        self._expire()
+        if session_id is None:
+            await self._open(caller, scope, receive, send)
+            return
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != caller:
+            await _answer(send, 404, "SESSION_NOT_FOUND", "no such MCP session: initialize a new one")
+            return
+        session.in_flight += 1
+        status: list[int] = []
+        try:
+            await self.app(scope, receive, _watching(send, status))
+        finally:
+            session.in_flight -= 1
+            session.idle_since = time.monotonic()
+        gone = status == [404]  # the SDK no longer has it (ended, crashed or idle there)
+        deleted = scope["method"] == "DELETE" and bool(status) and status[0] < 300
+        if (gone or deleted) and self._sessions.get(session_id) is session:
+            self._forget(session_id)
+
+    async def _open(self, caller: Caller, scope: Any, receive: Any, send: Any) -> None:
+        """A request without a session id: the SDK opens a session for it (kept if it
+        initializes), so it takes a slot first and gives it back unless a session came of it."""
+        full = self.pool.full_for(caller)
+        if full == "caller":
+            message = (
+                f"this caller has {self.pool.share} MCP sessions open, its most: end one "
+                f"(DELETE /mcp with its Mcp-Session-Id) or let one sit idle {self.idle:g} s"
+            )
+            await _answer(send, 429, "TOO_MANY_SESSIONS", message)
+            return
+        if full == "server":
+            await _busy(send, "sessions")
+            return
+        self.pool.take(caller)
+        opened: list[_Session] = []
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                session_id = Headers(raw=message.get("headers", [])).get(MCP_SESSION_ID_HEADER)
+                if session_id is not None and session_id not in self._sessions:
+                    opened.append(_Session(caller))
+                    self._sessions[session_id] = opened[0]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if opened:
+                opened[0].in_flight -= 1
+                opened[0].idle_since = time.monotonic()
+            else:
+                self.pool.give(caller)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        idle = [
+            sid for sid, s in self._sessions.items() if s.in_flight == 0 and now - s.idle_since >= self.idle
+        ]
+        for session_id in idle:
+            self._forget(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        self.pool.give(self._sessions.pop(session_id).owner)
+
+
+def _watching(send: Any, status: list[int]) -> Any:
+    """``send``, noting the response's status in ``status``."""
+
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        await send(message)
+
+    return sending
+
+
+class TokenDeadline:
+    """No request outlives its token: at the token's ``exp`` a request still open (a GET
+    stream, a POST answered as SSE) is told its client went away, which the SDK's streams
+    handle as a disconnect, and its answer is then ended cleanly; one that has not answered
+    yet is answered 401 ``UNAUTHENTICATED``. A client reconnects with a fresh token. If the
+    app does not finish within ``grace`` seconds of that, it is cancelled."""
+
+    def __init__(self, app: Any, *, grace: float = 2.0) -> None:
+        self.app = app
+        self.grace = grace
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        expires = scope.get(EXPIRES) if scope["type"] == "http" else None
+        if expires is None:
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + (expires - time.time())
+        state = {"expired": False, "started": False, "complete": False}
+
+        async def receiving() -> Any:
+            if not state["expired"]:
+                with anyio.CancelScope(deadline=deadline):
+                    return await receive()
+                state["expired"] = True
+            return {"type": "http.disconnect"}
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["complete"] = True
+            await send(message)
+
+        with anyio.CancelScope(deadline=deadline + self.grace):
+            await self.app(scope, receiving, sending)
+        if anyio.current_time() < deadline:
+            return  # ended on its own (or its client went): nothing of ours to add
+        if state["started"] and not state["complete"]:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        elif not state["started"]:
+            realm = [(b"www-authenticate", b'Bearer realm="oprunner", error="invalid_token"')]
+            await _answer(send, 401, "UNAUTHENTICATED", "token expired: send a fresh one", realm)

@@ -48,6 +48,24 @@ class Settings(BaseSettings):
     and ``mcp_allowed_origins`` the browser ``Origin`` values: the MCP specification's guard
     against DNS rebinding. Loopback needs neither; any other ``http_host`` needs the hosts."""
     mcp_allowed_origins: list[str] = []
+    mcp_sessions_per_caller: int = Field(default=8, ge=1)
+    """MCP sessions one caller (a token's kind, subject and tenant) holds open at once over
+    ``--http``; past it, 429 ``TOO_MANY_SESSIONS`` for that caller only. No caller gets more
+    than a quarter of ``mcp_max_sessions``, whatever this says."""
+    mcp_max_sessions: int = Field(default=1024, ge=1)
+    """MCP sessions open at once, all callers together (each costs memory and a task); past
+    it, 503 ``BUSY``."""
+    mcp_streams_per_caller: int = Field(default=16, ge=1)
+    """MCP requests one caller has in flight at once, each open stream (a GET stream, a POST
+    answered as SSE) counting for as long as it lasts; past it, 429 ``TOO_MANY_STREAMS``.
+    Above ``mcp_sessions_per_caller``, so a caller holding a GET stream per session can
+    still call tools."""
+    mcp_max_streams: int | None = Field(default=None, ge=1)
+    """MCP requests in flight, all callers together; past it, 503 ``BUSY``. Unset: half of
+    ``http_max_concurrency``, so streams never take the request slots short calls need."""
+    mcp_session_idle_seconds: float = Field(default=600.0, gt=0)
+    """An MCP session with no request in flight (no open stream) for this long is closed and
+    its slot freed: a client that vanished holds its caller's share no longer than this."""
     service_token: SecretStr | None = None
     """No longer used: a reusable service credential must not travel in messages. ``serve``
     refuses to start while it is set, so nobody believes it still does something."""

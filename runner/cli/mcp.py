@@ -16,7 +16,17 @@ from typing import Any
 
 from infra.http import OpsApi
 from infra.kafka.publisher import OutboxCleaner
-from infra.mcp import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, BearerRequired, HostGuard, build_server
+from infra.mcp import (
+    LOOPBACK_HOSTS,
+    LOOPBACK_ORIGINS,
+    BearerRequired,
+    HostGuard,
+    Pool,
+    SessionGate,
+    StreamGate,
+    TokenDeadline,
+    build_server,
+)
 from infra.postgres import PostgresStore
 
 from ..app import App
@@ -94,14 +104,22 @@ def transport_security(settings: Settings) -> Any:
 async def _serve_http(
     settings: Settings, server: Any, security: Any, authenticator: Any, *, anonymous: bool
 ) -> None:
+    sessions = Pool(settings.mcp_max_sessions, settings.mcp_sessions_per_caller)
+    in_flight = settings.mcp_max_streams or max(1, settings.http_max_concurrency // 2)
+    streams = Pool(in_flight, settings.mcp_streams_per_caller)
     asgi = server.streamable_http_app(
         streamable_http_path="/mcp",
         host=settings.http_host,
         transport_security=security,
         max_request_body_size=settings.max_message_bytes,
+        session_idle_timeout=settings.mcp_session_idle_seconds,
+        max_sessions=sessions.total,  # a backstop: SessionGate refuses first, in our words
     )
     hosts, origins = tuple(security.allowed_hosts), tuple(security.allowed_origins)
-    front = HostGuard(BearerRequired(asgi, authenticator, anonymous=anonymous), hosts, origins)
+    # outermost first: the Host, the token, the caller's requests, its sessions, the token's end
+    owned = SessionGate(TokenDeadline(asgi), sessions, idle=settings.mcp_session_idle_seconds)
+    gated = StreamGate(owned, streams)
+    front = HostGuard(BearerRequired(gated, authenticator, anonymous=anonymous), hosts, origins)
     http = HttpServer.configured(front, settings, settings.mcp_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
