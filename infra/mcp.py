@@ -96,11 +96,14 @@ def build_server(ops: OpsApi, *, stdio_token: str | None = None, name: str = "op
     registry = ops.executor.registry
     process = uuid.uuid4().hex  # stdio: one connection per process
 
+    # made once, as the registry is fixed while served: a list costs sending it
+    defaults = {spec.key: registry.get(spec.key).spec for spec in registry}
+    tools = types.ListToolsResult(tools=[tool_for(spec) for spec in defaults.values()])
+
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        defaults = {spec.key: registry.get(spec.key).spec for spec in registry}
-        return types.ListToolsResult(tools=[tool_for(spec) for spec in defaults.values()])
+        return tools
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
