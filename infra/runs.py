@@ -239,6 +239,7 @@ class RunsApi:
     stream_seconds: float = 900.0
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _streams: dict[_Holder, int] = field(default_factory=dict)
+    _catalog: bytes | None = None
 
     def close(self) -> None:
         self._closing.set()
@@ -468,11 +469,15 @@ class RunsApi:
         )
 
     async def specs(self, request: Request) -> Response:
-        """The catalog: every spec's metadata, schemas, policy and error codes."""
-        out = []
-        for spec in self.executor.registry:
-            described = spec.describe()
-            described["sensitive"] = spec.sensitive_fields()
-            described["deprecated"] = spec.deprecated
-            out.append(described)
-        return JSONResponse({"specs": out})
+        """The catalog: every spec's metadata, schemas, policy and error codes, made and
+        encoded once (the registry does not change while it is served): an anonymous GET
+        costs sending it, not a schema generation per spec."""
+        if self._catalog is None:
+            out = []
+            for spec in self.executor.registry:
+                described = spec.describe()
+                described["sensitive"] = spec.sensitive_fields()
+                described["deprecated"] = spec.deprecated
+                out.append(described)
+            self._catalog = _json.dumps({"specs": out})
+        return Response(self._catalog, media_type="application/json")
