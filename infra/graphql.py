@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -55,11 +56,13 @@ from graphql import (
     GraphQLString,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OverlappingFieldsCanBeMergedRule,
     SelectionSetNode,
     execute,
     execute_sync,
     get_introspection_query,
     parse,
+    specified_rules,
     validate,
     value_from_ast_untyped,
 )
@@ -76,15 +79,18 @@ from runner.spec import OperationSpec
 
 from ._requests import BODY_TIMEOUT, BodyNotSent, BodyTooLarge, read_body
 from ._worker import GRAPHQL, on_loop
-from .graphql_cost import BUDGET_EXCEEDED, Budget, coded, expanded_fields, limits_for
+from .graphql_cost import BUDGET_EXCEEDED, Budget, coded, expanded_fields, first_conflict, limits_for
 from .http import OpsApi
 
 MAX_ROOT_FIELDS = 32
 """Root fields (calls) in one document: aliases would otherwise let one request run
 thousands of commands."""
-MAX_TOKENS = 5_000
+MAX_TOKENS = 2_000
 """Tokens in one document: a full introspection query is under 200, 32 calls with their
-inputs a few thousand. graphql-core stops lexing past it."""
+inputs and selections under 1,000. graphql-core stops lexing past it; validation costs
+about 30 µs a node, so this bounds it to some 60 ms."""
+MAX_FRAGMENTS = 64
+"""Fragment definitions in one document: each is visited by several validation rules."""
 MAX_FIELDS = 1_000
 """Fields in one document, fragments expanded and aliases counted (a full introspection
 query is about 250): checked before validation, whose cost grows with their square."""
@@ -419,6 +425,9 @@ def root_fields(selections: SelectionSetNode, fragments: Mapping[str, FragmentDe
     return count
 
 
+OPERATION_NOT_CHOSEN = "OPERATION_RESOLUTION_FAILURE"
+"""``extensions.code`` when ``operationName`` names no operation of the document, or is
+missing where it has several (Apollo Server's code)."""
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 """``extensions.code`` of a document that does not parse or does not validate (the codes Apollo
@@ -482,6 +491,19 @@ class GraphQLApi:
         status, content = await GRAPHQL.run(self._answer(body, call))
         return Response(content, status_code=status, media_type="application/json")
 
+    def _refused(self, document: DocumentNode) -> list[dict[str, Any]]:
+        """Why ``document`` is not run, as formatted errors (none: it runs): its size, then
+        graphql-core's validation, then ``first_conflict`` (the rule validation leaves out)."""
+        if expanded_fields(document, MAX_FIELDS) > MAX_FIELDS:
+            asked = f"the document asks for more than {MAX_FIELDS} fields, fragments expanded"
+            return [coded(f"{asked}: ask for fewer")]
+        if sum(isinstance(d, FragmentDefinitionNode) for d in document.definitions) > MAX_FRAGMENTS:
+            return [coded(f"at most {MAX_FRAGMENTS} fragments in one document")]
+        problems = validate(self.schema, document, _RULES)
+        if not problems and (conflict := first_conflict(document)) is not None:
+            problems = [conflict]
+        return [_coded(e, VALIDATION_FAILED) for e in problems]
+
     async def _answer(self, body: bytes, call: _Call) -> tuple[int, bytes]:
         """The status and body of one request, worked out on the worker's loop."""
         try:
@@ -499,16 +521,23 @@ class GraphQLApi:
             document = parse(payload["query"], max_tokens=MAX_TOKENS)
         except GraphQLSyntaxError as exc:  # a request, not a transport failure: 200, as with JSON
             return 200, _json.dumps({"errors": [_coded(exc, PARSE_FAILED)]})
-        if expanded_fields(document, MAX_FIELDS) > MAX_FIELDS:
-            asked = f"the document asks for more than {MAX_FIELDS} fields, fragments expanded"
-            return 200, _json.dumps({"errors": [coded(f"{asked}: ask for fewer")]})
-        problems = validate(self.schema, document)
-        if problems:
-            return 200, _json.dumps({"errors": [_coded(e, VALIDATION_FAILED) for e in problems]})
+        try:
+            refused = self._refused(document)
+        except RecursionError:  # fragments spread in fragments, each nested: deeper than Python
+            refused = [coded("the document is nested too deeply, fragments expanded: flatten it")]
+        if refused:
+            return 200, _json.dumps({"errors": refused})
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
         chosen = [d for d in operations if operation is None or (d.name and d.name.value == operation)]
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-        roots = root_fields(chosen[0].selection_set, fragments) if len(chosen) == 1 else 0
+        if len(chosen) != 1:
+            message = (
+                f"the document has {len(chosen)} operations: name the one to run with operationName"
+                if chosen
+                else f"the document has no operation named {(operation or '')[:100]!r}"
+            )
+            return 200, _json.dumps({"errors": [coded(message, OPERATION_NOT_CHOSEN)]})
+        roots = root_fields(chosen[0].selection_set, fragments)
         if roots > MAX_ROOT_FIELDS:
             return _refused(200, f"at most {MAX_ROOT_FIELDS} root fields in one document")
         if call.header_key is not None and roots != 1:
@@ -542,6 +571,8 @@ def _refused(status: int, message: str) -> tuple[int, bytes]:
     return status, _json.dumps({"errors": [{"message": message}]})
 
 
+_RULES = [rule for rule in specified_rules if rule is not OverlappingFieldsCanBeMergedRule]
+"""graphql-core's rules but the quadratic one, which ``first_conflict`` replaces."""
 _FULL_INTROSPECTION = get_introspection_query(
     descriptions=True,
     specified_by_url=True,

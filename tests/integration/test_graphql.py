@@ -231,3 +231,45 @@ async def test_a_document_is_held_to_its_cost(server: ServeProcess) -> None:
         full = await http.post("/graphql", json={"query": get_introspection_query(descriptions=True)})
         body = full.json()
         assert "errors" not in body and len(body["data"]["__schema"]["types"]) > 10
+
+
+async def test_validation_costs_what_the_document_is(server: ServeProcess) -> None:
+    """The shapes that made graphql-core's validation take seconds (fields of one name
+    compared pairwise, hundreds of fragments) are refused or answered at once; a real
+    conflict is still refused, in this project's words and code."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+
+        async def errors(query: str, **extra: Any) -> list[dict[str, Any]]:
+            answer = await http.post("/graphql", json={"query": query, **extra})
+            assert answer.status_code == 200
+            return list(answer.json().get("errors", []))
+
+        repeated = "{ __schema { " + " ".join("a: queryType { b: name }" for _ in range(240)) + " } }"
+        assert await errors(repeated) == []  # one field asked 240 times is one field
+        spreads = "{ __schema { " + " ".join(f"...F{i}" for i in range(65)) + " } }\n"
+        spreads += "\n".join(f"fragment F{i} on __Schema {{ a: __typename }}" for i in range(65))
+        [too_many] = await errors(spreads)
+        assert (
+            too_many["extensions"]["code"] == "GRAPHQL_BUDGET_EXCEEDED"
+            and "64 fragments" in too_many["message"]
+        )
+        [conflict] = await errors("{ __schema { types { a: name a: description } } }")
+        assert conflict["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert conflict["locations"] == [{"line": 1, "column": 22}, {"line": 1, "column": 30}]
+        [nested] = await errors("{ __schema { a: queryType { x: name } a: queryType { x: description } } }")
+        assert nested["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        [args] = await errors('{ a: __type(name: "Query") { name } a: __type(name: "Status") { name } }')
+        assert args["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        [too_long] = await errors("{ " + "operations " * 2001 + "}")
+        assert too_long["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+        two = "query A { operations } query B { operations }"
+        [unnamed] = await errors(two)
+        assert (
+            unnamed["extensions"]["code"] == "OPERATION_RESOLUTION_FAILURE"
+            and "operationName" in unnamed["message"]
+        )
+        [unknown] = await errors(two, operationName="Nope")
+        assert (
+            unknown["extensions"]["code"] == "OPERATION_RESOLUTION_FAILURE" and "'Nope'" in unknown["message"]
+        )
+        assert await errors(two, operationName="B") == []
