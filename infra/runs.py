@@ -60,19 +60,20 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 class _Holder:
     """Who holds a live stream, as its limits count it: the actor (``(kind, sub, tenant)``),
     its group (``("tenant", id)``, or ``("subject", sub)`` without a tenant) and whether it
-    draws on the admins' share."""
+    is an operator (an admin without a tenant), who draws on the share kept for them."""
 
     actor: tuple[str, str, str | None]
     group: tuple[str, str]
-    admin: bool
+    operator: bool
 
 
 def _holder(actor: Actor) -> _Holder:
-    """A one-command token is no admin here, whatever its kind: it stands for one command."""
+    """A one-command token is no operator here, whatever its kind: it stands for one command.
+    A tenant's admin is a member of its tenant: it shares the tenant's streams, so one
+    tenant's admins can take neither the operators' share nor every other tenant's."""
     group = ("tenant", actor.tenant_id) if actor.tenant_id is not None else ("subject", actor.user_id)
-    return _Holder(
-        (actor.kind, actor.user_id, actor.tenant_id), group, actor.kind == "admin" and actor.bound is None
-    )
+    operator = actor.kind == "admin" and actor.bound is None and actor.tenant_id is None
+    return _Holder((actor.kind, actor.user_id, actor.tenant_id), group, operator)
 
 
 class _Stream(StreamingResponse):
@@ -230,12 +231,12 @@ class RunsApi:
     keepalive: float = 15.0
     max_streams: int = 32
     admin_streams: int = 8
-    """Of ``max_streams``, kept for admin tokens (kind ``admin``, not one-command): however many
-    users stream, an admin can still watch. Admins may use the users' share too."""
+    """Of ``max_streams``, kept for operators (admin tokens without a tenant, not one-command):
+    however many others stream, an operator can still watch. Operators may use the rest too."""
     max_streams_per_actor: int = 4
     max_streams_per_tenant: int = 8
-    """Users' streams per tenant (per subject for those without one): a third of the users'
-    share, so one tenant cannot take it all. Admins are held by ``max_streams_per_actor`` only."""
+    """Streams per tenant, its users and its admins together (per subject for those without
+    one): a third of the others' share, so one tenant cannot take it all."""
     stream_seconds: float = 900.0
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _streams: dict[_Holder, int] = field(default_factory=dict)
@@ -293,6 +294,9 @@ class RunsApi:
         ``stream_seconds`` or when its token expires (a client reconnects with ``Last-Event-ID``).
         Where it starts is read before the answer, so whatever is recorded once the client has
         the headers is sent."""
+        if where is None:  # decided by the token and the filter alone: it says nothing of data
+            message = "this filter names only runs this token may not see: a stream of it would stay empty"
+            return JSONResponse({"error": message}, status_code=403)
         who = _holder(actor)
         refused = self._refusal(who)
         if refused is not None:
@@ -367,13 +371,13 @@ class RunsApi:
         None. One answer for all, 503 with ``Retry-After`` as for any busy server: each limit
         frees itself as streams end, and a client needs one way to wait."""
         held = self._streams.items()
-        users_share = self.max_streams - self.admin_streams
+        shared = self.max_streams - self.admin_streams
         if sum(n for h, n in held if h.actor == who.actor) >= self.max_streams_per_actor:
             return (
                 f"this token's subject has {self.max_streams_per_actor} live streams open, the most "
                 "one actor may: close one, then retry"
             )
-        if not who.admin and sum(n for h, n in held if not h.admin and h.group == who.group) >= (
+        if not who.operator and sum(n for h, n in held if not h.operator and h.group == who.group) >= (
             self.max_streams_per_tenant
         ):
             whose = "this tenant" if who.group[0] == "tenant" else "this subject (no tenant)"
@@ -381,10 +385,10 @@ class RunsApi:
                 f"{whose} has {self.max_streams_per_tenant} live streams open, the most one tenant "
                 "may: close one, then retry"
             )
-        if not who.admin and sum(n for h, n in held if not h.admin) >= users_share:
+        if not who.operator and sum(n for h, n in held if not h.operator) >= shared:
             return (
-                f"the {users_share} live streams open to users are taken (the other "
-                f"{self.admin_streams} are kept for admins): retry later"
+                f"the {shared} live streams open to tenants are taken (the other "
+                f"{self.admin_streams} are kept for operators, admins without a tenant): retry later"
             )
         if sum(n for _, n in held) >= self.max_streams:
             return f"all {self.max_streams} live streams are taken: retry later"

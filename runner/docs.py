@@ -547,8 +547,8 @@ def openapi(
             "without a tenant all. As Server-Sent Events, each entry is an `event: run` whose `id` is "
             "the entry's; reconnect with the `Last-Event-ID` header (the last id received, as EventSource "
             "sends it) to go on from it. A stream ends after 15 minutes or with its token; at most 32 are "
-            "open, 8 of them kept for admins, 8 per tenant and 4 per actor (past that, 503 with "
-            "`Retry-After`).",
+            "open, 8 of them kept for admins without a tenant, 8 per tenant and 4 per actor (past "
+            "that, 503 with `Retry-After`).",
             "operationId": "listRuns",
             "parameters": filters + paging,
             "security": [{"bearer": []}],

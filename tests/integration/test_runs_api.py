@@ -341,7 +341,7 @@ async def try_stream(
     return r
 
 
-async def test_admins_still_get_streams_when_users_have_taken_all_theirs(server: ServeProcess) -> None:
+async def test_operators_still_get_streams_when_tenants_have_taken_all_theirs(server: ServeProcess) -> None:
     users = [bearer(f"user{i}", tenant=f"t{i // 2}") for i in range(8)]  # two per tenant
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=None)) as http,
@@ -352,19 +352,24 @@ async def test_admins_still_get_streams_when_users_have_taken_all_theirs(server:
             while (r := await try_stream(held, http, who)).status_code == 200:
                 opened += 1
             refusals.append(r)
-        assert opened == 24  # of 32, other 8 are kept for admins
+        assert opened == 24  # of 32, the other 8 are kept for operators
         assert all(r.status_code == 503 and r.headers["retry-after"] == "5" for r in refusals)
         assert all("the most one actor may" in r.json()["error"] for r in refusals[:6])
-        assert all("other 8 are kept for admins" in r.json()["error"] for r in refusals[6:])
-        for admin in (ADMIN, ADMIN_T1):  # an admin without a tenant, and a tenant's
+        assert all("other 8 are kept for operators" in r.json()["error"] for r in refusals[6:])
+        tenant_admin = await try_stream(held, http, ADMIN_T1)  # a member of t1, which has its 8
+        assert tenant_admin.status_code == 503 and "this tenant has 8" in tenant_admin.json()["error"]
+        for operator in (ADMIN, bearer("ops-2", kind="admin")):  # admins without a tenant
             for _ in range(4):
-                assert (await try_stream(held, http, admin)).status_code == 200
-        full = await try_stream(held, http, ADMIN_T2)
+                assert (await try_stream(held, http, operator)).status_code == 200
+        full = await try_stream(held, http, bearer("ops-3", kind="admin"))
         assert full.status_code == 503 and "all 32 live streams are taken" in full.json()["error"]
 
 
-async def test_one_tenant_cannot_take_the_users_share_of_streams(server: ServeProcess) -> None:
+async def test_one_tenant_cannot_take_the_others_share_of_streams(server: ServeProcess) -> None:
+    """Neither its users nor its admins: a tenant's admin is one of the tenant's, and eight
+    admin tokens of one tenant (the outsider's review) hold 8 streams, not all 32."""
     t9 = [bearer(f"t9-user{i}", tenant="t9") for i in range(3)]
+    t8_admins = [bearer(f"t8-admin{i}", kind="admin", tenant="t8") for i in range(8)]
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(20, read=None)) as http,
         contextlib.AsyncExitStack() as held,
@@ -375,8 +380,24 @@ async def test_one_tenant_cannot_take_the_users_share_of_streams(server: ServePr
         refused = await try_stream(held, http, t9[2])  # a third of t9's users: its first stream
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
         assert "this tenant has 8 live streams open" in refused.json()["error"]
+        t9_admin = await try_stream(held, http, bearer("ops-t9", kind="admin", tenant="t9"))
+        assert t9_admin.status_code == 503 and "this tenant has 8" in t9_admin.json()["error"]
+        opened = 0
+        for who in t8_admins:
+            while (await try_stream(held, http, who)).status_code == 200:
+                opened += 1
+        assert opened == 8
         assert (await try_stream(held, http, ALICE)).status_code == 200  # another tenant's user
-        assert (await try_stream(held, http, bearer("ops-t9", kind="admin", tenant="t9"))).status_code == 200
+        assert (await try_stream(held, http, ADMIN)).status_code == 200  # an operator
+
+
+async def test_a_stream_of_nothing_visible_is_refused_not_held(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        for _ in range(5):  # past the 4 an actor may hold, had they been opened
+            answer = await http.get("/ops/runs?tenant=t2", headers={**ALICE, "accept": "text/event-stream"})
+            assert answer.status_code == 403 and "may not see" in answer.json()["error"]
+        listed = await http.get("/ops/runs?tenant=t2", headers=ALICE)
+        assert listed.status_code == 200 and listed.json()["runs"] == []
 
 
 PAYMENT_METHOD = "pm_card_secret_4242"

@@ -45,13 +45,14 @@ def _actor(sub: str, tenant: str | None = None, kind: Any = "user") -> Actor:
     return Actor(user_id=sub, tenant_id=tenant, kind=kind, roles=frozenset())
 
 
-def test_a_subject_without_a_tenant_is_capped_as_a_tenant_is_and_admins_are_not() -> None:
+def test_a_subject_without_a_tenant_is_capped_as_a_tenant_is_and_operators_are_not() -> None:
     api = RunsApi(executor=None, max_streams_per_tenant=6)  # type: ignore[arg-type]
     for actor, n in ((_actor("solo"), 4), (_actor("solo", kind="service"), 2)):
         api._streams[_holder(actor)] = n
     refused = api._refusal(_holder(_actor("solo", kind="service")))
     assert refused is not None and refused.startswith("this subject (no tenant) has 6")
     assert api._refusal(_holder(_actor("other"))) is None  # another subject, its own cap
-    assert api._refusal(_holder(_actor("solo", kind="admin"))) is None  # an admin: its own count
+    assert api._refusal(_holder(_actor("solo", kind="admin"))) is None  # an operator: its own count
     one_command = Actor(user_id="ops", kind="admin", roles=frozenset(), bound=Binding("c1", "d"))
-    assert not _holder(one_command).admin  # stands for one command: no admin's share
+    assert not _holder(one_command).operator  # stands for one command: no operator's share
+    assert not _holder(_actor("ops-t1", kind="admin", tenant="t1")).operator  # a tenant's member
