@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -44,8 +45,17 @@ runs, their visibility and their keys are scoped by subject."""
 
 
 def reserved(subject: str) -> bool:
-    """Whether ``subject`` names one of the runner's own identities (``RESERVED_PREFIXES``)."""
-    return subject.startswith(RESERVED_PREFIXES)
+    """Whether ``subject`` names one of the runner's own identities (``RESERVED_PREFIXES``),
+    or looks like one to a reader: compared after NFKC, in any case, with every dash as ``-``
+    and without spaces or invisible characters, so ``OPRUNNER-webhooks``, `` op:x`` and a
+    non-breaking hyphen are reserved too (each would read as the runner in an audit)."""
+    folded = unicodedata.normalize("NFKC", subject).casefold()
+    kept = (
+        "-" if unicodedata.category(c) == "Pd" else c
+        for c in folded
+        if not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf")
+    )
+    return "".join(kept).startswith(RESERVED_PREFIXES)
 
 
 def command_digest(command: CommandEnvelope) -> str:

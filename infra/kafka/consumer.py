@@ -294,10 +294,14 @@ class CommandConsumer:
             except EnvelopeError as exc:
                 dead.append((message, exc.reason))
                 continue
+            credentials = _credentials(message)
+            if len(credentials) > 1:  # which one speaks for the command is nobody's guess
+                dead.append((message, "more than one authorization header: send one"))
+                continue
             traceparent = valid_traceparent(headers.get("traceparent"))
             if traceparent:
                 command = replace(command, traceparent=traceparent)
-            commands.append((message, command, bearer(headers.get("authorization"))))
+            commands.append((message, command, bearer(credentials[0]) if credentials else None))
         for message, reason in dead:
             lettered = await self._retrying(functools.partial(self._dead_letter, message, reason))
             if lettered is None:
@@ -463,8 +467,8 @@ class CommandConsumer:
     def _sender(self, message: Any) -> Actor | None:
         """The verified actor of a message's token, or None (no token, or one that fails)."""
         auth = self.executor.authenticator
-        raw = next((v for k, v in (message.headers or ()) if str(k).lower() == "authorization"), None)
-        token = bearer(raw) if raw else None
+        credentials = _credentials(message)
+        token = bearer(credentials[0]) if len(credentials) == 1 else None
         if token is None or auth is None:
             return None
         try:
@@ -549,3 +553,9 @@ class CommandConsumer:
             self._parts.pop(tp, None)
             if self.metrics is not None:
                 self.metrics.forget_partition(tp.topic, tp.partition)
+
+
+def _credentials(message: Any) -> list[Any]:
+    """The values of a message's ``authorization`` headers, its key in any case (Kafka's are
+    case-sensitive, HTTP's are not, and producers write both)."""
+    return [v for k, v in message.headers or () if str(k).lower() == "authorization"]

@@ -273,3 +273,32 @@ async def test_poison_and_nul_messages_get_an_answer_each_and_the_partition_move
         r["idempotency_key"].startswith("poison")
         for r in await accounts.fetch("SELECT idempotency_key FROM ledger_effects")
     )
+
+
+async def test_a_command_speaks_with_one_credential(
+    server: tuple[ServeProcess, Topics], kafka_bootstrap: str, accounts: asyncpg.Pool
+) -> None:
+    """Two ``authorization`` headers (a bad one first, alice's last, as a proxy adding its
+    own would make) are no guess at which one counts: the message is dead-lettered with the
+    reason. The header's name is read in any case, as HTTP's is."""
+    _, topics = server
+    alice = auth()[0][1]
+    two = [("authorization", b"Bearer a"), ("Authorization", alice)]
+    await send_raw(
+        kafka_bootstrap,
+        topics.commands,
+        [
+            (b"mine", credit("mine", "two-credentials"), two),
+            (b"mine", credit("mine", "capitalised"), [("Authorization", alice)]),
+        ],
+    )
+    async with Reader(kafka_bootstrap, topics.dlq) as dlq, Reader(kafka_bootstrap, topics.results) as results:
+        await dlq.until(lambda ms: len(ms) >= 1, timeout=60)
+        await results.until(lambda ms: "capitalised" in caused(ms), timeout=60)
+    [letter] = [dict(m.headers) for m in dlq.messages]
+    assert (
+        letter["dlq-code"] == b"MALFORMED" and b"more than one authorization header" in letter["dlq-reason"]
+    )
+    [answer] = [e["data"] for e in results.events() if e["causationid"] == "capitalised"]
+    assert answer["status"] == "succeeded"
+    assert "two-credentials" not in caused(results.messages)

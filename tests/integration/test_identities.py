@@ -111,7 +111,8 @@ async def test_ordinary_tokens_naming_the_runners_identities_are_denied(
         owner = bearer("ops", kind="admin")  # a global operator: the follow-up's run is there
         listed = (await http.get("/ops/runs", headers=owner)).json()["runs"]
         assert any(r["actorId"] == "op:tenancy.ask" for r in listed), listed
-        for sub in ("op:tenancy.ask", "oprunner-webhooks", "oprunner-followups"):
+        look_alikes = ("OPRUNNER-webhooks", " op:tenancy.ask", "oprunner\u2011webhooks")
+        for sub in ("op:tenancy.ask", "oprunner-webhooks", "oprunner-followups", *look_alikes):
             for kind in ("user", "admin", "service"):
                 who = bearer(sub, kind=kind)
                 r = await http.get("/ops/runs", headers=who)

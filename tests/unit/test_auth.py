@@ -217,7 +217,22 @@ def test_an_own_command_secret_replaces_the_derived_key() -> None:
     assert command_key(None, None) is None
 
 
-@pytest.mark.parametrize("sub", ["oprunner-webhooks", "oprunner-followups", "op:billing.capture", "op:"])
+@pytest.mark.parametrize(
+    "sub",
+    [
+        "oprunner-webhooks",
+        "oprunner-followups",
+        "op:billing.capture",
+        "op:",
+        # what reads as the runner's own in an audit or the console (an outsider's review)
+        "OPRUNNER-webhooks",
+        "Op:billing.capturePayment",
+        " op:x",
+        "oprunner\u2011webhooks",  # a non-breaking hyphen
+        "\u200boprunner-webhooks",  # a zero-width space first
+        "\uff4fp:x",  # a fullwidth o
+    ],
+)
 def test_the_runners_own_identities_are_reserved(sub: str) -> None:
     """Runs are scoped by subject: a token minted outside the runner (of any kind), or one
     signed with the command key that is not a service's, cannot name the runner's own."""
@@ -232,7 +247,7 @@ def test_the_runners_own_identities_are_reserved(sub: str) -> None:
     # what the runner mints itself passes, and a look-alike subject is nobody's
     minted = CommandSigner(KEY, subject=sub, ttl=600).token_for(_command("c1", {}, type="op.a"))  # type: ignore[arg-type]
     assert auth.authenticate(minted).user_id == sub
-    assert auth.authenticate(mint_token(SECRET, sub=f"x{sub}")).user_id == f"x{sub}"
+    assert auth.authenticate(mint_token(SECRET, sub=f"x{sub.strip()}")).user_id == f"x{sub.strip()}"
 
 
 def test_ops_claim_limits_the_actor() -> None:
