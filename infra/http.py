@@ -391,4 +391,14 @@ def build_app(
             Route("/ops/runs/{id:anytext}", ops.show, methods=["GET"]),
             Route("/ops/{key}", ops.run, methods=["POST"]),
         ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: _no_route, 405: _no_route})
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """A path or method nothing here answers: JSON in this API's words, not the framework's
+    plain text (405 keeps its ``Allow`` header)."""
+    status = getattr(exc, "status_code", 404)
+    path = request.url.path[:200]  # JSON escapes what it holds
+    what = "no such path" if status == 404 else f"{request.method} is not served at this path"
+    message = f"{what}: {path} (the routes are in {OPENAPI_PATH})"
+    return JSONResponse({"error": message}, status_code=status, headers=getattr(exc, "headers", None))

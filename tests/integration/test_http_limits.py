@@ -120,3 +120,12 @@ async def test_a_body_no_route_reads_cannot_hold_the_connection(server: ServePro
         trickling.cancel()
     assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower(), answer
     writer.close()
+
+
+async def test_a_path_or_method_nothing_serves_is_answered_in_json(server: ServeProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        missing = await http.post("/nothing/here")
+        assert missing.status_code == 404 and "no such path: /nothing/here" in missing.json()["error"]
+        wrong = await http.delete("/healthz")
+        assert wrong.status_code == 405 and "DELETE is not served" in wrong.json()["error"]
+        assert "GET" in wrong.headers["allow"]
