@@ -97,6 +97,9 @@ query is about 250): checked before validation, whose cost grows with their squa
 MIN_RESOLVED = 10_000
 """Fields one execution may resolve, at least (the demo's full introspection resolves
 about 2,000); an app whose own introspection needs more gets twice that."""
+MAX_WORKING = 32
+"""Documents on the GraphQL worker at once, waiting included; past it, 503 ``BUSY``: the
+worker is one thread, and each document waiting for it holds an HTTP request slot."""
 MIN_RESPONSE_BYTES = 1 << 20
 """Bytes of one response, at least; likewise raised to twice the app's introspection."""
 _NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
@@ -468,6 +471,7 @@ class GraphQLApi:
         self.ops = ops
         self.schema = build_schema(ops.executor.registry)
         self.body_timeout = body_timeout
+        self._working = 0  # documents handed to the worker and not answered yet
         # the schema's own full introspection sets the floor of both limits (measured once)
         probe = Budget(1 << 62)
         full = execute_sync(self.schema, parse(_FULL_INTROSPECTION), middleware=[probe])
@@ -487,8 +491,17 @@ class GraphQLApi:
             return _errors(413, f"body larger than {self.ops.max_bytes} bytes")
         except BodyNotSent:
             return _errors(408, f"the body did not arrive within {self.body_timeout:g} s")
+        if self._working >= MAX_WORKING:  # a bounded queue: each document waiting holds a request slot
+            message = f"{MAX_WORKING} GraphQL documents are being answered: retry in a moment"
+            return JSONResponse(
+                {"errors": [coded(message, "BUSY")]}, status_code=503, headers={"Retry-After": "1"}
+            )
         call = _Call(self.ops, request, request.headers.get("idempotency-key"))
-        status, content = await GRAPHQL.run(self._answer(body, call))
+        self._working += 1
+        try:
+            status, content = await GRAPHQL.run(self._answer(body, call))
+        finally:
+            self._working -= 1
         return Response(content, status_code=status, media_type="application/json")
 
     def _refused(self, document: DocumentNode) -> list[dict[str, Any]]:
@@ -557,10 +570,22 @@ class GraphQLApi:
         if budget.exceeded:  # one error for all the fields it stopped, not one per field
             errors.append(coded(f"the document resolves more than {budget.limit} fields: ask for fewer"))
         content = _json.dumps({"data": result.data, **({"errors": errors} if errors else {})})
-        if len(content) > self.max_bytes:  # what ran is stored: the same keys replay it
+        if len(content) > self.max_bytes:  # what each call became stays: its ids replay it
             message = f"the response would be larger than {self.max_bytes} bytes: ask for fewer fields"
-            return 200, _json.dumps({"data": None, "errors": [coded(message)]})
+            return 200, _json.dumps({"data": _ids(result.data), "errors": [coded(message)]})
         return 200, content
+
+
+def _ids(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Of an answer too large to send, what lets its caller find each call again: every root
+    field's ``status``, ``commandId`` and ``idempotencyKey`` (a mutation has run)."""
+    if data is None:
+        return None
+    kept = ("status", "commandId", "idempotencyKey")
+    return {
+        name: {k: value[k] for k in kept if k in value} if isinstance(value, dict) else None
+        for name, value in data.items()
+    }
 
 
 def _over(error: GraphQLError) -> bool:

@@ -262,6 +262,11 @@ async def test_validation_costs_what_the_document_is(server: ServeProcess) -> No
         assert args["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
         [too_long] = await errors("{ " + "operations " * 2001 + "}")
         assert too_long["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+        # the reviewer's: ten levels of fragments, each spreading the next five times, no field
+        fan = "{ ...F0 } " + " ".join(f"fragment F{i} on Query {{ {f'...F{i + 1} ' * 5}}}" for i in range(10))
+        assert await errors(fan + " fragment F10 on Query { }") == []  # merged once, not 5**10 times
+        [fanned] = await errors(fan + " fragment F10 on Query { __typename }")
+        assert fanned["extensions"]["code"] == "GRAPHQL_BUDGET_EXCEEDED"
         two = "query A { operations } query B { operations }"
         [unnamed] = await errors(two)
         assert (
