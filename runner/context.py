@@ -35,9 +35,10 @@ class OperationContext:
     logger: logging.LoggerAdapter[logging.Logger]
     clients: Mapping[str, Any] = field(default_factory=dict)
     run_key: str = ""
-    """The idempotency key scoped to its caller (``runner.store.run_key``): what the run is
-    stored under, and what ``external_key`` derives from, so two callers that chose the same
-    key never share an outside API's idempotency key either."""
+    """The idempotency key scoped to its caller, without the caller's kind (the executor's
+    ``Call.effect_scope``): what ``external_key`` derives from, so two callers that chose the
+    same key never share an outside API's idempotency key either, and a run's keys stay the
+    same across migration 0009."""
     upcast_from: OperationSpec | None = None
     """Set when this handler runs a command of an older version through an upcast
     (``runner.versions.install_upcast``): the spec the command asked for, which its result

@@ -51,6 +51,18 @@ class Call:
             return run_key(None, None, self.command.idempotency_key, kind=None)
         return run_key(actor.tenant_id, actor.user_id, self.command.idempotency_key, kind=actor.kind)
 
+    @property
+    def effect_scope(self) -> str:
+        """What the run's outside keys (``ctx.external_key``) and its follow-ups' ids derive
+        from: the run key without the caller's kind, as it was before migration 0009 added
+        it, so a run left half done across that upgrade calls Stripe again under the same key
+        and sends the same follow-ups. A user and a service of one subject that chose one key
+        then share those: a replay at Stripe, never a second effect."""
+        actor = self.actor
+        if actor is None:
+            return run_key(None, None, self.command.idempotency_key, kind=None)
+        return run_key(actor.tenant_id, actor.user_id, self.command.idempotency_key, kind=None)
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:

@@ -96,7 +96,7 @@ class Invoker:
             db=db,
             actor=call.actor,
             idempotency_key=command.idempotency_key,
-            run_key=call.run_key,
+            run_key=call.effect_scope,
             spec=spec,
             command_id=command.id,
             correlation_id=command.correlation_id,
@@ -140,7 +140,7 @@ class Invoker:
             if nul := nul_paths(wire):
                 raise ValueError(f"follow-up {spec.key}: U+0000 at {', '.join(nul)}")
             if not scopes:
-                scopes.append(signer.derive(f"{call.run_key}\n{call.command.id}")[:32])
+                scopes.append(signer.derive(f"{call.effect_scope}\n{call.command.id}")[:32])
             item = follow_up(
                 spec,
                 wire,

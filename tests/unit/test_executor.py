@@ -495,3 +495,20 @@ async def test_a_batch_counts_its_time_in_each_stage(app: App) -> None:
     text = metrics.render().decode()
     for stage in ("admit", "claim", "run", "commit"):
         assert f'oprunner_stage_seconds_count{{stage="{stage}"}} 1.0' in text, stage
+
+
+def test_outside_keys_keep_their_pre_0009_scope_whatever_the_kind() -> None:
+    """The run key holds the kind (0009); what a run's Stripe keys and follow-up ids derive
+    from does not, so a service's run left half done across the upgrade calls Stripe again
+    under the key it used before, not a new one (a second PaymentIntent)."""
+    from runner.auth import Actor
+    from runner.envelope import command as new_command
+    from runner.executor.calls import Call
+    from runner.store import run_key
+
+    command = new_command("docs.pay", GOOD, idempotency_key="k1")
+    for kind in ("user", "service", "admin"):
+        actor = Actor(kind=kind, user_id="op:billing.capturePayment", tenant_id="t1")  # type: ignore[arg-type]
+        call = Call(command=command, started=0.0, actor=actor)
+        assert call.effect_scope == run_key("t1", "op:billing.capturePayment", "k1", kind=None)
+        assert (call.run_key == call.effect_scope) == (kind == "user")
