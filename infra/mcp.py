@@ -208,11 +208,15 @@ class Caller:
     tenant: str | None = None
 
 
-def _expiry(token: str) -> float:
-    """The ``exp`` of a token the authenticator has just accepted: read without verifying
-    again (it verified), and required there, so present and an integer."""
-    claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
-    return float(claims["exp"])
+def _expiry(token: str) -> float | None:
+    """The ``exp`` of a token the authenticator has just accepted, read without verifying
+    again (it verified); ``None`` for a token that is no JWT (another ``Authenticator``'s),
+    whose requests then have no deadline here."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+        return float(claims["exp"])
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):  # an authenticator of opaque tokens
+        return None
 
 
 class BearerRequired:
@@ -253,7 +257,7 @@ class BearerRequired:
                     message = "a one-command token runs its one command, not MCP: use a user or service token"
                     await _answer(send, 403, "ONE_COMMAND_TOKEN", message)
                     return
-                if expires <= time.time():
+                if expires is not None and expires <= time.time():
                     problem = "token expired"
                 caller = Caller(actor.kind, actor.user_id, actor.tenant_id)
         if problem is not None:

@@ -297,6 +297,9 @@ class RunsApi:
         if where is None:  # decided by the token and the filter alone: it says nothing of data
             message = "this filter names only runs this token may not see: a stream of it would stay empty"
             return JSONResponse({"error": message}, status_code=403)
+        if actor.bound is not None:  # readable on ops.commands for days: it must not hold slots
+            message = "a one-command token follows its one run: GET /ops/runs/<its command id>, not a stream"
+            return JSONResponse({"error": message}, status_code=403)
         who = _holder(actor)
         refused = self._refusal(who)
         if refused is not None:
@@ -308,7 +311,7 @@ class RunsApi:
             if not self._streams[who]:
                 del self._streams[who]
 
-        if where is not None and after is None:
+        if after is None:
             try:
                 newest = await self.executor.store.list_runs(where, limit=1)
             except BaseException as exc:  # cancelled (the client left) too: the place is given back

@@ -102,7 +102,7 @@ def as_resource(resource_id: str, loaded: Any) -> Resource | None:
 
 async def _check_rule(rule: Rule, actor: Actor, registry: OperationRegistry, ctx: PolicyContext) -> Decision:
     resource: Resource | None = None
-    if rule.needs_resource():
+    if rule.needs_resource_for(actor.kind == "service" and scoped(actor)):
         assert rule.resource is not None and rule.id_field is not None  # checked by Rule
         resolver = registry.resolver(rule.resource)
         if resolver is None:

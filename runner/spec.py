@@ -106,6 +106,17 @@ class Rule:
     def needs_resource(self) -> bool:
         return self._needs_resource
 
+    @functools.cached_property
+    def _needs_resource_for_any(self) -> bool:
+        return any(callable(c) or c in ("owner", "tenant") for c in self.conditions)
+
+    def needs_resource_for(self, scoped_service: bool) -> bool:
+        """Whether checking this rule for an actor loads the resource: always when a
+        condition reads it; for a ``service`` condition only when the actor is a service held
+        to one tenant (``runner.policy.scoped``), so a global service's command (a webhook's,
+        an operator's) does not now need its resource to exist."""
+        return self._needs_resource_for_any or (self._needs_resource and scoped_service)
+
     def __post_init__(self) -> None:
         for cond in self.conditions:
             if isinstance(cond, str) and cond not in _NAMED and not cond.startswith("role:"):

@@ -452,3 +452,22 @@ async def test_dead_letter_previews_redact_sensitive_fields_and_show_the_rest_by
     assert cut["preview"] is None
     assert by_digest[sha(malformed)]["code"] == "MALFORMED" and by_digest[sha(malformed)]["preview"] is None
     assert by_digest[sha(retired)]["preview"] is None  # no spec here says what is sensitive
+
+
+async def test_a_one_command_token_holds_no_stream(server: ServeProcess) -> None:
+    """It travels in ops.commands for days: read off the topic, it would hold its tenant's
+    streams. It follows its one run by id instead."""
+    from runner.auth import CommandSigner, command_key
+    from runner.envelope import command as new_command
+    from tests.support import SECRET
+
+    key = command_key(SECRET, None)
+    assert key is not None
+    lifted = CommandSigner(key, subject="oprunner-webhooks", ttl=600).token_for(
+        new_command("ledger.credit", {"accountId": "a1", "amount": "1"}), tenant="t1"
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        answer = await http.get(
+            "/ops/runs", headers={"authorization": f"Bearer {lifted}", "accept": "text/event-stream"}
+        )
+        assert answer.status_code == 403 and "one-command token" in answer.json()["error"]

@@ -219,9 +219,12 @@ async def test_a_follow_up_acts_only_where_its_parent_could(
             registry = _registry(Resource("d", "carol", tenant))
             assert not await _allowed(Policy(auth="service", rules=[rule]), _follow_up(None), registry)
     assert await _allowed(Policy(auth="service", rules=[Rule(condition="service")]), _follow_up(None))
-    # a rule naming its resource looks at it, so a missing one denies as in any other rule
+    # for a service held to a tenant, a rule naming its resource looks at it, so a missing
+    # one denies as in any other rule; a global service (a webhook's command) needs none
     only_service = Policy(auth="service", rules=[rules[1]])
-    assert not await _allowed(only_service, Actor("service", "svc", None), _registry(None))
+    assert not await _allowed(only_service, _follow_up("t1"), _registry(None))
+    assert not await _allowed(only_service, Actor("service", "svc", "t1"), _registry(None))
+    assert await _allowed(only_service, Actor("service", "oprunner-webhooks", None), _registry(None))
     assert "no resolver" in _problems(only_service)
 
 
