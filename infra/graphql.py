@@ -464,7 +464,7 @@ class GraphQLApi:
     Everything a document's author controls runs on the GraphQL worker's loop, not the
     server's (``infra._worker``): parsing, counting, validating, executing and encoding.
     Only the calls themselves come back to the server's loop. See ``infra.graphql_cost`` for
-    the three limits a document is held to.
+    what a document's cost is counted as, and the constants above for its limits.
     """
 
     def __init__(self, ops: OpsApi, *, body_timeout: float = BODY_TIMEOUT) -> None:
@@ -504,7 +504,7 @@ class GraphQLApi:
             self._working -= 1
         return Response(content, status_code=status, media_type="application/json")
 
-    def _refused(self, document: DocumentNode) -> list[dict[str, Any]]:
+    def _problems(self, document: DocumentNode) -> list[dict[str, Any]]:
         """Why ``document`` is not run, as formatted errors (none: it runs): its size, then
         graphql-core's validation, then ``first_conflict`` (the rule validation leaves out)."""
         if expanded_fields(document, MAX_FIELDS) > MAX_FIELDS:
@@ -535,7 +535,7 @@ class GraphQLApi:
         except GraphQLSyntaxError as exc:  # a request, not a transport failure: 200, as with JSON
             return 200, _json.dumps({"errors": [_coded(exc, PARSE_FAILED)]})
         try:
-            refused = self._refused(document)
+            refused = self._problems(document)
         except RecursionError:  # fragments spread in fragments, each nested: deeper than Python
             refused = [coded("the document is nested too deeply, fragments expanded: flatten it")]
         if refused:
@@ -568,7 +568,7 @@ class GraphQLApi:
             result = await result
         errors: list[Any] = [e.formatted for e in result.errors or () if not _over(e)]
         if budget.exceeded:  # one error for all the fields it stopped, not one per field
-            errors.append(coded(f"the document resolves more than {budget.limit} fields: ask for fewer"))
+            errors.append(coded(budget.message))
         content = _json.dumps({"data": result.data, **({"errors": errors} if errors else {})})
         if len(content) > self.max_bytes:  # what each call became stays: its ids replay it
             message = f"the response would be larger than {self.max_bytes} bytes: ask for fewer fields"

@@ -152,11 +152,13 @@ class Budget:
         # (non-null) would otherwise null the call that ran, and there are few of them
         if self.used > self.limit and info.path.prev is not None and info.path.prev.prev is not None:
             self.exceeded = True
-            raise GraphQLError(
-                f"the document resolves more than {self.limit} fields: ask for fewer",
-                extensions={"code": BUDGET_EXCEEDED},
-            )
+            raise GraphQLError(self.message, extensions={"code": BUDGET_EXCEEDED})
         return next_(root, info, **args)
+
+    @property
+    def message(self) -> str:
+        """What a document past the budget is told, for each field and for the whole answer."""
+        return f"the document resolves more than {self.limit} fields: ask for fewer"
 
 
 def limits_for(resolved: int, size: int, *, fields: int, nbytes: int) -> tuple[int, int]:

@@ -297,11 +297,17 @@ class Pool:
         self.used -= 1
 
 
-async def _busy(send: Any, what: str) -> None:
-    """The whole server's pool is full: 503, as for any busy server, since no caller of its
-    own can free it; the client waits and asks again."""
-    message = f"the server has all the MCP {what} it serves open; try again in a few seconds"
-    await _answer(send, 503, "BUSY", message, [(b"retry-after", b"5")])
+async def _refused(pool: Pool, caller: Caller, send: Any, code: str, mine: str, what: str) -> bool:
+    """Whether ``caller`` may not take a slot of ``pool``, answered when so: past its own share
+    429 ``code`` with ``mine`` (its own doing, its own to undo); the whole pool full, 503
+    ``BUSY``, as for any busy server, since no caller of its own can free it."""
+    full = pool.full_for(caller)
+    if full == "caller":
+        await _answer(send, 429, code, mine)
+    elif full == "server":
+        message = f"the server has all the MCP {what} it serves open; try again in a few seconds"
+        await _answer(send, 503, "BUSY", message, [(b"retry-after", b"5")])
+    return full is not None
 
 
 class StreamGate:
@@ -319,16 +325,11 @@ class StreamGate:
             await self.app(scope, receive, send)
             return
         caller = scope[CALLER]
-        full = self.pool.full_for(caller)
-        if full == "caller":
-            message = (
-                f"this caller has {self.pool.share} MCP requests or streams open, its most: "
-                "close a GET stream or wait for a call to finish"
-            )
-            await _answer(send, 429, "TOO_MANY_STREAMS", message)
-            return
-        if full == "server":
-            await _busy(send, "streams")
+        mine = (
+            f"this caller has {self.pool.share} MCP requests or streams open, its most: "
+            "close a GET stream or wait for a call to finish"
+        )
+        if await _refused(self.pool, caller, send, "TOO_MANY_STREAMS", mine, "streams"):
             return
         self.pool.take(caller)
         try:
@@ -396,16 +397,11 @@ class SessionGate:
     async def _open(self, caller: Caller, scope: Any, receive: Any, send: Any) -> None:
         """A request without a session id: the SDK opens a session for it (kept if it
         initializes), so it takes a slot first and gives it back unless a session came of it."""
-        full = self.pool.full_for(caller)
-        if full == "caller":
-            message = (
-                f"this caller has {self.pool.share} MCP sessions open, its most: end one "
-                f"(DELETE /mcp with its Mcp-Session-Id) or let one sit idle {self.idle:g} s"
-            )
-            await _answer(send, 429, "TOO_MANY_SESSIONS", message)
-            return
-        if full == "server":
-            await _busy(send, "sessions")
+        mine = (
+            f"this caller has {self.pool.share} MCP sessions open, its most: end one "
+            f"(DELETE /mcp with its Mcp-Session-Id) or let one sit idle {self.idle:g} s"
+        )
+        if await _refused(self.pool, caller, send, "TOO_MANY_SESSIONS", mine, "sessions"):
             return
         self.pool.take(caller)
         opened: list[_Session] = []

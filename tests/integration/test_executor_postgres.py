@@ -4,7 +4,9 @@ The fuzz test runs here too: only a real Postgres refuses what it cannot hold (U
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
@@ -38,27 +40,44 @@ async def test_outcomes_are_durable_rows(app: App, clean_db: asyncpg.Pool) -> No
     assert set(out.outbox_ids) == {r["id"] for r in await clean_db.fetch("SELECT id FROM oprunner_outbox")}
 
 
-async def test_existing_runs_move_to_their_callers_scope(database_url: str) -> None:
-    """Migration 0005 on a database holding runs from before it: each keeps its key, now under
-    its caller's scope, and the runner finds it there."""
-    from infra.postgres import migrate
+@contextlib.asynccontextmanager
+async def _database_before(database_url: str, migration: int) -> AsyncIterator[str]:
+    """The URL of a new database holding the migrations numbered below ``migration`` only, as
+    an older release left it; dropped after."""
     from infra.postgres.migrate import migration_files
-    from runner.store import run_key
 
     admin = await asyncpg.connect(database_url)
-    name = f"scoping_{uuid.uuid4().hex[:8]}"
+    name = f"before_{migration}_{uuid.uuid4().hex[:8]}"
     await admin.execute(f"CREATE DATABASE {name}")
+    dsn = database_url.rsplit("/", 1)[0] + f"/{name}"
     try:
-        conn = await asyncpg.connect(database_url.rsplit("/", 1)[0] + f"/{name}")
+        conn = await asyncpg.connect(dsn)
         try:
             await conn.execute(
                 "CREATE TABLE oprunner_schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             for number, file, sql in migration_files():
-                if number < 5:
+                if number < migration:
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO oprunner_schema_migrations VALUES ($1, $2)", number, file)
+        finally:
+            await conn.close()
+        yield dsn
+    finally:
+        await admin.execute(f"DROP DATABASE {name}")
+        await admin.close()
+
+
+async def test_existing_runs_move_to_their_callers_scope(database_url: str) -> None:
+    """Migration 0005 on a database holding runs from before it: each keeps its key, now under
+    its caller's scope, and the runner finds it there."""
+    from infra.postgres import migrate
+    from runner.store import run_key
+
+    async with _database_before(database_url, 5) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
             await conn.executemany(
                 """INSERT INTO oprunner_runs
                    (idempotency_key, op, version, input_hash, command_id, status, actor_id, tenant_id)
@@ -76,9 +95,6 @@ async def test_existing_runs_move_to_their_callers_scope(database_url: str) -> N
             }
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f"DROP DATABASE {name}")
-        await admin.close()
 
 
 async def test_existing_runs_of_services_and_admins_move_to_their_kinds_scope(database_url: str) -> None:
@@ -86,23 +102,11 @@ async def test_existing_runs_of_services_and_admins_move_to_their_kinds_scope(da
     kind's scope (by its audited kind, its acceptance, or its reserved subject), a user's and
     an anonymous one's stay, and a command redelivered after the upgrade replays its run."""
     from infra.postgres import migrate
-    from infra.postgres.migrate import migration_files
     from runner.store import ClaimRequest, ClaimStatus, run_key
 
-    admin = await asyncpg.connect(database_url)
-    name = f"kinds_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f"CREATE DATABASE {name}")
-    try:
-        conn = await asyncpg.connect(database_url.rsplit("/", 1)[0] + f"/{name}")
+    async with _database_before(database_url, 9) as dsn:
+        conn = await asyncpg.connect(dsn)
         try:
-            await conn.execute(
-                "CREATE TABLE oprunner_schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for number, file, sql in migration_files():
-                if number < 9:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO oprunner_schema_migrations VALUES ($1, $2)", number, file)
             rows = [  # (command id, subject, tenant, status, the kind audited or accepted, where)
                 ("c-user", "alice", "t1", "completed", "user", "audit"),
                 ("c-svc", "svc", "t1", "completed", "service", "audit"),
@@ -156,7 +160,7 @@ async def test_existing_runs_of_services_and_admins_move_to_their_kinds_scope(da
             assert stored["c-user"] == run_key("t1", "alice", "c-user", kind=None)  # as it was
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(database_url.rsplit("/", 1)[0] + f"/{name}", min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:  # redelivered after the upgrade, each is found where the runner now looks
             store = PostgresStore(pool)
 
@@ -178,6 +182,3 @@ async def test_existing_runs_of_services_and_admins_move_to_their_kinds_scope(da
             assert await pool.fetchval("SELECT count(*) FROM oprunner_runs") == len(rows)  # no second run
         finally:
             await pool.close()
-    finally:
-        await admin.execute(f"DROP DATABASE {name}")
-        await admin.close()
