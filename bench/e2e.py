@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,12 @@ class Figures:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     """oprunner's per-batch time in each stage during the latency run (``runner.observability.STAGES``)."""
     notes: list[str] = field(default_factory=list)
+    postgres_per_command: dict[str, float] = field(default_factory=dict)
+    """WAL bytes, commits and rows written per command in the throughput run, from Postgres's
+    own statistics (``pg_stat_wal``, ``pg_stat_database``; every database of the server)."""
+    profile: list[tuple[str, float]] = field(default_factory=list)
+    """With ``--profile``: the functions with the most own time in the throughput run, and
+    their share of the samples (py-spy, attached to ``serve``)."""
 
 
 def commands(n: int, accounts: int, prefix: str) -> list[tuple[bytes, bytes, str]]:
@@ -141,10 +148,8 @@ class Pipeline:
 
     def start(self) -> None:
         if self.kind in ("oprunner", "workers"):
-            profile = os.environ.get("BENCH_PROFILE")  # a file: run it under cProfile
             cmd = [
                 sys.executable,
-                *(["-m", "cProfile", "-o", profile] if profile and self.kind == "oprunner" else []),
                 *["-m", "runner", "serve", "bench.app:registry"],
                 *(["--workers", str(self.workers)] if self.kind == "workers" else []),
             ]
@@ -289,10 +294,15 @@ async def throughput(
         batch = batch_for(kind, n, accounts, f"tp-{uuid.uuid4().hex[:6]}")
         ids = {c for _, _, c in batch}
         cpu_before = cpu_by_role(pipe.pids)
+        pg_before = await pg_counters(dsn)
+        sampling = Sampler(pipe.pids[0]) if PROFILE[0] and kind == "oprunner" else None
         producing = asyncio.create_task(produce(bootstrap, pipe.commands, batch, headers))
         got = await collect(consumer, kind, ids, max(120.0, n / 100))
         await producing
         cpu = cpu_per_command(cpu_before, cpu_by_role(pipe.pids), n)
+        profile = sampling.stop() if sampling is not None else []
+        await asyncio.sleep(1.1)  # backends flush their statistics at most once a second
+        pg_after = await pg_counters(dsn)
         seen = {c for c, _ in got}
         stamps = [t for _, t in got]
         first, last = (min(stamps) / 1000, max(stamps) / 1000) if stamps else (0.0, 0.0)
@@ -306,6 +316,10 @@ async def throughput(
             figures.notes.append(f"{len(got) - len(seen)} duplicate results (redeliveries answered again)")
         figures.peak_rss_mb = pipe.peak_rss_mb()
         figures.cpu_us_per_command = cpu
+        figures.profile = profile
+        figures.postgres_per_command = {
+            name: round((pg_after[name] - pg_before[name]) / n, 2) for name in pg_after if n
+        }
         return figures
     finally:
         await consumer.stop()
@@ -419,6 +433,69 @@ def stage_table(stages: dict[str, Any]) -> str:
             f"{name:14} {s['batches']:8} {s['mean_ms']:9.2f} {s['p50_ms']:10.1f} {s['p99_ms']:10.1f}"
         )
     return "\n".join(lines)
+
+
+async def pg_counters(dsn: str) -> dict[str, float]:
+    """Postgres's cumulative WAL bytes, commits and rows written, read now."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        wal = await conn.fetchval("SELECT wal_bytes FROM pg_stat_wal")
+        row = await conn.fetchrow(
+            "SELECT sum(xact_commit) AS commits, sum(tup_inserted + tup_updated + tup_deleted) AS rows"
+            " FROM pg_stat_database"
+        )
+    finally:
+        await conn.close()
+    return {"wal_bytes": float(wal), "commits": float(row["commits"]), "rows_written": float(row["rows"])}
+
+
+PROFILE = [False]
+"""``--profile``: sample oprunner's ``serve`` with py-spy during its throughput run."""
+
+
+class Sampler:
+    """py-spy attached to one process until ``stop``: own time per function, from its raw
+    (collapsed-stack) output. Its sampling takes CPU of its own, counted to no role; the
+    process sampled runs a little slower while it is attached."""
+
+    def __init__(self, pid: int, rate: int = 250) -> None:
+        self.out = Path(f"/tmp/bench-profile-{pid}.txt")
+        self.proc = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(self.out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self, top: int = 15) -> list[tuple[str, float]]:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return []
+        own: dict[str, int] = {}
+        total = 0
+        for line in self.out.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            leaf = stack.rsplit(";", 1)[-1]
+            own[leaf] = own.get(leaf, 0) + int(count)
+            total += int(count)
+        ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+        return [(name, round(100 * n / total, 1)) for name, n in ranked] if total else []
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -548,6 +625,10 @@ def git_commit() -> str:
 
 async def main(args: argparse.Namespace) -> int:
     WORKERS[0] = args.workers
+    PROFILE[0] = args.profile
+    if args.profile and shutil.which("py-spy") is None:
+        print("bench.e2e: --profile needs py-spy: pip install py-spy", file=sys.stderr)
+        return 2
     headers = [("authorization", f"Bearer {mint_token(SECRET, sub='alice', tenant='t1', ttl=7200)}".encode())]
     chosen = [p for p in PIPELINES if p in args.only.split(",")]
     with services() as (bootstrap, dsn):
@@ -598,6 +679,19 @@ async def main(args: argparse.Namespace) -> int:
         for r in budgets:
             cells = [getattr(r, attribute).get(role, 0.0) for role in roles]
             print(f"{r.pipeline:12} " + " ".join(f"{c:9.1f}" for c in [*cells, sum(cells)]))
+    if any(r.postgres_per_command for r in rows):
+        print("\nPostgres per command in the throughput run (pg_stat_wal, pg_stat_database):")
+        print(f"{'pipeline':12} {'WAL bytes':>10} {'commits':>8} {'rows':>6}")
+        for r in rows:
+            if r.postgres_per_command:
+                pg = r.postgres_per_command
+                print(
+                    f"{r.pipeline:12} {pg['wal_bytes']:10.0f} {pg['commits']:8.3f} {pg['rows_written']:6.2f}"
+                )
+    if "oprunner" in by and by["oprunner"].profile:
+        print("\noprunner's top functions by own time in the throughput run (py-spy, % of samples):")
+        for name, share in by["oprunner"].profile:
+            print(f"{share:6.1f}%  {name}")
     if "oprunner" in by and by["oprunner"].stages:
         print("\noprunner's stages at the latency run's rate (per batch; from its /metrics):")
         print(stage_table(by["oprunner"].stages))
@@ -627,5 +721,8 @@ if __name__ == "__main__":
         "--latency", default="broker,bare,oprunner", help="pipelines whose latency is measured"
     )
     parser.add_argument("--json", default="", help="where to write the figures")
+    parser.add_argument(
+        "--profile", action="store_true", help="print oprunner's top 15 functions by own time (py-spy)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="serve --workers N for the workers row")
     sys.exit(asyncio.run(main(parser.parse_args())))

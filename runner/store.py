@@ -33,6 +33,11 @@ class Claim:
     version: str | None = None
     """When CONFLICT: the version the stored run was claimed with (``ClaimRequest.version``),
     so the executor can tell a changed input from a default version that moved meanwhile."""
+    events: tuple[bytes, bytes] | None = None
+    """When COMPLETED by the same command (its id is the stored run's) and its result and audit
+    events were stored with the run (``OutcomeRecord.direct``): those events, encoded, to
+    publish again as they were. A redelivery then republishes the originals, their ids
+    included, instead of recording a replay."""
 
 
 def run_key(tenant_id: str | None, subject: str | None, idempotency_key: str, *, kind: str | None) -> str:
@@ -100,6 +105,11 @@ class OutcomeRecord:
     correlation_id: str | None = None
     trace_id: str | None = None
     """Kept with the audit entry, so the runs list can be filtered by them and link a trace."""
+    direct: bool = False
+    """The result and audit events (the first two publications) are stored with the run and
+    published by the caller, not through the outbox: a Kafka command's, whose offset is its
+    outbox (DESIGN.md, step 8). Its other publications (follow-ups) still go through the
+    outbox. Only for a record that completes a run (a claim that a redelivery finds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +142,14 @@ class Transaction(Protocol):
 
     @property
     def db(self) -> Any: ...
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        """``Store.claim_many`` inside this transaction: a claim acquired here is forgotten if
+        the transaction rolls back, and no one else sees it before it commits. Keys are locked
+        in a fixed order (two batches never deadlock); a key another open transaction holds is
+        waited for, at most the store's lock timeout, then ``LeaseLost`` (roll back, and run
+        the commands on their own claims)."""
+        ...
 
     async def complete(self, key: str, owner: str, record: OutcomeRecord) -> list[int]:
         """Mark the run ``key`` completed with ``record`` and write its outbox rows.

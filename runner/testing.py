@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,6 +59,7 @@ class MemoryRun:
     version: str = ""  # the version it was claimed with
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     completed_at: datetime | None = None
+    events: tuple[bytes, bytes] | None = None  # stored result and audit events (``direct``)
 
 
 @dataclass(slots=True)
@@ -89,6 +91,26 @@ class _MemoryTransaction:
         self._staged: list[tuple[str | None, OutcomeRecord, list[OutboxRow]]] = []
         self._db = NoDatabase()
         self._began = time.monotonic()
+        self._claimed: dict[str, MemoryRun | None] = {}  # key -> the run before this claimed it
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        """Claims that roll back with the transaction; keys locked in key order, a key another
+        transaction holds waited for, as Postgres does (without its lock timeout)."""
+        claims: dict[str, Claim] = {}
+        for request in sorted(requests, key=lambda r: r.key):
+            run = await self._store._unlocked(request.key, self)
+            if request.key not in self._claimed:
+                self._claimed[request.key] = None if run is None else dataclasses.replace(run)
+            self._store._locks.setdefault(request.key, (self, asyncio.Event()))
+            claims[request.key] = self._store._claim(request, run)
+        return [claims[r.key] for r in requests]
+
+    def _rollback(self) -> None:
+        for key, before in self._claimed.items():
+            if before is None:
+                self._store.runs.pop(key, None)
+            else:
+                self._store.runs[key] = before
 
     @property
     def db(self) -> NoDatabase:
@@ -110,7 +132,7 @@ class _MemoryTransaction:
             yield
         except BaseException:
             del self._staged[mark:]
-            self._release(keep={key for key, _, _ in self._staged})
+            self._release(keep={key for key, _, _ in self._staged} | set(self._claimed))
             raise
 
     async def complete_many(
@@ -139,7 +161,8 @@ class _MemoryTransaction:
         return any(staged == key for staged, _, _ in self._staged)
 
     def _stage(self, key: str | None, record: OutcomeRecord) -> list[int]:
-        rows = [OutboxRow(self._store._new_id(), p) for p in record.publications]
+        outboxed = record.publications[2:] if record.direct else record.publications
+        rows = [OutboxRow(self._store._new_id(), p) for p in outboxed]
         self._staged.append((key, record, rows))
         return [row.id for row in rows]
 
@@ -180,12 +203,15 @@ class InMemoryStore:
     # -- the protocol ---------------------------------------------------------------------
 
     async def claim(self, request: ClaimRequest) -> Claim:
-        run = await self._unlocked(request.key)
+        return self._claim(request, await self._unlocked(request.key))
+
+    def _claim(self, request: ClaimRequest, run: MemoryRun | None) -> Claim:
         now = time.monotonic()
         if run is not None and run.input_hash != request.input_hash:
             return Claim(ClaimStatus.CONFLICT, run.attempts, version=run.version)
         if run is not None and run.status == "completed":
-            return Claim(ClaimStatus.COMPLETED, run.attempts, result=run.result)
+            events = run.events if run.command_id == request.command_id else None
+            return Claim(ClaimStatus.COMPLETED, run.attempts, result=run.result, events=events)
         if run is not None and run.owner != request.owner and run.lease_until > now:
             return Claim(ClaimStatus.BUSY, run.attempts, retry_after=run.lease_until - now)
         if run is None:
@@ -228,6 +254,9 @@ class InMemoryStore:
         try:
             yield tx  # an exception leaves the staged records unapplied: a rollback
             tx._commit()
+        except BaseException:
+            tx._rollback()
+            raise
         finally:
             tx._release()
 
@@ -356,6 +385,8 @@ class InMemoryStore:
             run.status, run.outcome, run.owner, run.lease_until = "completed", record.status, None, 0.0
             run.result = _json.loads(_json.dumps(record.result))  # stored as JSON, read back as JSON
             run.completed_at = datetime.now(UTC)
+            if record.direct:
+                run.events = (record.publications[0].value, record.publications[1].value)
             self._done.pop(key, asyncio.Event()).set()
         self.audit_log.append(record.audit)
         self._records.append(record)

@@ -11,7 +11,13 @@ outcome is durable. So this loop drives FastStream's aiokafka consumer directly 
   (then the fetch loop waits: backpressure). Under load the batches fill up while others
   run; when idle, a message runs as soon as it arrives;
 * a partition's committed offset only moves past a message once its outcome is committed in
-  the store (a watermark over out-of-order completions);
+  the store and its result and audit events are acknowledged by the broker (a watermark over
+  out-of-order completions). The offset is the outbox of a Kafka command (DESIGN.md, step 8):
+  its events are stored with its run, not in the outbox, and a redelivery publishes them
+  again; claims are taken in the batch's transaction, except for the first fetch from a
+  partition after its assignment (what may be redeliveries), whose claims are committed, so
+  that an attempt that kills the process counts: past ``park_after_attempts`` such attempts
+  the command is parked unrun;
 * a message the store cannot take yet (``StoreUnavailable``: the database is away) is retried
   in place, never skipped. A batch that fails for any other reason is split, and each of its
   commands is retried alone with backoff; one still failing past ``park_after_attempts``
@@ -30,7 +36,7 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,7 +52,7 @@ from runner.envelope import (
     visible,
 )
 from runner.errors import EnvelopeError, StoreUnavailable
-from runner.executor import Executor, Undeliverable
+from runner.executor import ExecutionMode, Executor, Undeliverable
 from runner.observability import Metrics
 from runner.settings import Settings
 from runner.store import Publication
@@ -57,6 +63,11 @@ _DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_field
 """One place for each default: the settings' (a consumer built without settings gets them)."""
 
 _log = logging.getLogger("oprunner.consumer")
+
+
+class CrashedAttempts(RuntimeError):
+    """A command's earlier attempts claimed it and never finished: each took its process
+    down, as far as anyone can tell (the reason it is parked with)."""
 
 
 def _error_text(exc: BaseException) -> str:
@@ -73,6 +84,9 @@ class _Partition:
     committable: int | None = None  # next offset to commit
     committed: int | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    redelivered_below: int = 0
+    """Offsets below this came in the first fetch after the partition was assigned: perhaps
+    redeliveries of commands whose attempt died with a process (their claims are committed)."""
 
     def add(self, offset: int) -> None:
         self.pending[offset] = False
@@ -190,6 +204,8 @@ class CommandConsumer:
                 fetched = await self.fetching.getmany(timeout_ms=100, max_records=self.max_in_flight)
                 revocations = self._revocations
                 for tp, messages in fetched.items():
+                    if tp not in self._parts and messages:  # the first fetch since its assignment
+                        self._parts[tp] = _Partition(redelivered_below=messages[-1].offset + 1)
                     for message in messages:
                         if self._slots.locked():
                             self._schedule()
@@ -256,14 +272,23 @@ class CommandConsumer:
         elif queue is not None:
             del self._queues[key]
 
+    def _mode(self, batch: list[tuple[Any, TopicPartition, Any]]) -> ExecutionMode:
+        """Claims in the batch's transaction, unless it holds a message that may be a
+        redelivery: then committed claims, and the crash budget."""
+        redelivered = any(
+            tp in self._parts and message.offset < self._parts[tp].redelivered_below
+            for _, tp, message in batch
+        )
+        if redelivered:
+            return ExecutionMode(
+                offset_outbox=True, committed_claims=True, crash_budget=self.park_after_attempts
+            )
+        return ExecutionMode(offset_outbox=True, committed_claims=False)
+
     async def _run_batch(self, batch: list[tuple[Any, TopicPartition, Any]]) -> None:
+        unacked: list[tuple[Sequence[Publication], Sequence[int]]] | None = None
         try:
-            if await self._process([message for _, _, message in batch]):
-                for _, tp, message in batch:
-                    if tp in self._parts:
-                        self._parts[tp].done(message.offset)
-                self.processed += len(batch)
-                self.batches += 1
+            unacked = await self._process([message for _, _, message in batch], self._mode(batch))
         except Exception:
             _log.exception("a batch of %d was left unacknowledged", len(batch))
         finally:
@@ -277,9 +302,39 @@ class CommandConsumer:
                 self._running.discard(this)
             if not self._stopping.is_set():
                 self._schedule()
+        # Its keys are free for their next commands now; its offsets wait for the broker.
+        if unacked is None or not await self._published(unacked):
+            return
+        for _, tp, message in batch:
+            if tp in self._parts:
+                self._parts[tp].done(message.offset)
+        self.processed += len(batch)
+        self.batches += 1
 
-    async def _process(self, messages: list[Any]) -> bool:
-        """Take a batch to durable outcomes; False if stopping first (offsets not done)."""
+    async def _published(self, unacked: list[tuple[Sequence[Publication], Sequence[int]]]) -> bool:
+        """Publish what has no outbox row and wait until the broker acknowledged it all,
+        trying again while it fails; False if stopping first (the commands are delivered
+        again, and publish their stored events again)."""
+        failures = 0
+        while unacked:
+            futures = [await self.outgoing.submit(pubs, ids, acked=True) for pubs, ids in unacked]
+            results = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
+            unacked = [item for item, r in zip(unacked, results, strict=True) if isinstance(r, BaseException)]
+            if not unacked:
+                return True
+            if self._stopping.is_set():
+                return False
+            failures += 1
+            delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+            _log.warning("publishing %d outcomes failed; retrying in %.1fs", len(unacked), delay)
+            await asyncio.sleep(delay)
+        return True
+
+    async def _process(
+        self, messages: list[Any], mode: ExecutionMode
+    ) -> list[tuple[Sequence[Publication], Sequence[int]]] | None:
+        """Take a batch to durable outcomes; None if stopping first (offsets not done), else
+        what must still be published, and acknowledged, before its offsets may be committed."""
         if self.metrics is not None:  # since its oldest command was produced (producer's clock)
             oldest = min((m.timestamp for m in messages if m.timestamp and m.timestamp > 0), default=None)
             if oldest is not None:
@@ -305,22 +360,23 @@ class CommandConsumer:
         for message, reason in dead:
             lettered = await self._retrying(functools.partial(self._dead_letter, message, reason))
             if lettered is None:
-                return False
+                return None
             await self.outgoing.submit(*lettered)
         if self.metrics is not None:
             self.metrics.stage("parse", time.perf_counter() - parsing)
+        unacked: list[tuple[Sequence[Publication], Sequence[int]]] = []
         if not commands:
-            return True
+            return unacked
         batch = [(c, t) for _, c, t in commands]
         where = ", ".join(f"{m.topic}/{m.partition}/{m.offset}" for m, _, _ in commands[:3])
         unavailable = 0
         while True:
             try:
-                outcomes = await self.executor.execute_many(batch)
+                outcomes = await self.executor.execute_many(batch, mode)
                 break
             except StoreUnavailable as exc:  # the database is away: wait for it, skip nothing
                 if self._stopping.is_set():
-                    return False
+                    return None
                 unavailable += 1
                 delay = min(5.0, 0.2 * 2 ** min(unavailable, 5)) * random.uniform(0.5, 1.0)
                 _log.warning("store unavailable (%s); retrying %s… in %.1fs", exc, where, delay)
@@ -330,11 +386,22 @@ class CommandConsumer:
                 _log.exception("a batch of %d (%s…) failed; running it one by one", len(batch), where)
                 for item in commands:
                     if not await self._alone(*item):
-                        return False
-                return True
-        for outcome in outcomes:
-            await self.outgoing.submit(outcome.publications, outcome.outbox_ids)
-        return True
+                        return None
+                return unacked
+        for (message, _, _), outcome in zip(commands, outcomes, strict=True):
+            if outcome.exhausted:
+                crashed = CrashedAttempts(f"{outcome.exhausted - 1} attempts claimed it and never finished")
+                parked = await self._retrying(
+                    functools.partial(self._park, message, outcome.exhausted - 1, crashed)
+                )
+                if parked is None:
+                    return None
+                await self.outgoing.submit(*parked)
+            elif outcome.direct:
+                unacked.append((outcome.publications, outcome.outbox_ids))
+            else:
+                await self.outgoing.submit(outcome.publications, outcome.outbox_ids)
+        return unacked
 
     async def _alone(self, message: Any, command: CommandEnvelope, token: str | None) -> bool:
         """One command to an outcome, or parked past its failure budget; False if stopping."""

@@ -252,15 +252,17 @@ class OutboxCleaner:
         await self.flush()
 
 
-_Queued = tuple[Sequence[Publication], Sequence[int], float]
+_Queued = tuple[Sequence[Publication], Sequence[int], float, "asyncio.Future[None] | None"]
 
 
 class PublishQueue:
     """Publishes committed outcomes in the background, in large pipelined sends.
 
-    A command's offset may be committed once its outcome is durable; publishing it is the
-    outbox's job, so it need not hold up the next batch. Bounded: ``submit`` waits when
-    ``max_pending`` publications are queued (Kafka slower than the database)."""
+    What is in the outbox need not hold up the next batch: if its publish fails, the relay
+    sends it. What is not (a Kafka command's result and audit events: its offset is its
+    outbox) is submitted ``acked``: the caller waits for the broker's acknowledgement before
+    it lets the command go. Bounded: ``submit`` waits when ``max_pending`` publications are
+    queued (Kafka slower than the database)."""
 
     def __init__(
         self,
@@ -276,9 +278,17 @@ class PublishQueue:
         # (publications, their outbox ids, when they were submitted)
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
+        self._sending: list[_Queued] = []
 
-    async def submit(self, publications: Sequence[Publication], ids: Sequence[int]) -> None:
-        await self._queue.put((publications, ids, time.perf_counter()))
+    async def submit(
+        self, publications: Sequence[Publication], ids: Sequence[int], *, acked: bool = False
+    ) -> asyncio.Future[None] | None:
+        """Queue ``publications`` (their outbox rows ``ids`` deleted once sent). With ``acked``,
+        a future that ends when the broker acknowledged them all, or with the error that
+        stopped them."""
+        future = asyncio.get_running_loop().create_future() if acked else None
+        await self._queue.put((publications, ids, time.perf_counter(), future))
+        return future
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="oprunner-publisher")
@@ -293,18 +303,25 @@ class PublishQueue:
     async def _send(self, items: list[_Queued]) -> None:
         started = time.perf_counter()
         if self.metrics is not None:
-            self.metrics.stage("publish_wait", started - min(at for _, _, at in items))
+            self.metrics.stage("publish_wait", started - min(at for _, _, at, _ in items))
+        self._sending = items
         try:
-            await self.publisher.publish([p for pubs, _, _ in items for p in pubs])
+            await self.publisher.publish([p for pubs, _, _, _ in items for p in pubs])
             if self.metrics is not None:
                 self.metrics.stage("publish", time.perf_counter() - started)
-        except Exception:  # left in the outbox: the relay publishes them
+        except Exception as exc:  # the outbox's rows: the relay publishes them; the rest: the caller
             _log.warning(
-                "publishing %d outcomes failed; the outbox relay will retry", len(items), exc_info=True
+                "publishing %d outcomes failed; the outbox relay or the consumer will retry",
+                len(items),
+                exc_info=True,
             )
+            _settle(items, exc)
             return
-        for _, ids, _ in items:
+        finally:
+            self._sending = []
+        for _, ids, _, _ in items:
             self.cleaner.add(ids)
+        _settle(items, None)
 
     async def stop(self) -> None:
         """Publish what is queued, then stop."""
@@ -312,11 +329,21 @@ class PublishQueue:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        _settle(self._sending, ConnectionError("the publisher stopped mid-send"))
         items = []
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
         if items:
             await self._send(items)
+
+
+def _settle(items: Sequence[_Queued], error: BaseException | None) -> None:
+    for *_, future in items:
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 class OutboxRelay:

@@ -54,6 +54,7 @@ SELECT k, o, v, h, c, 'running', 1, w, now() + make_interval(secs => $7), a, t, 
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], $9::text[],
             $10::text[])
      AS x(k, o, v, h, c, w, a, t, i)
+ORDER BY k
 ON CONFLICT (run_key) DO UPDATE
     SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
     WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
@@ -62,18 +63,25 @@ RETURNING run_key, attempts
 """
 
 _CLAIMS_LOST = """
-SELECT run_key, version, input_hash, status, result, attempts,
+SELECT run_key, version, input_hash, status, result, attempts, command_id, result_event, audit_event,
        greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
 FROM oprunner_runs WHERE run_key = ANY($1::text[])
 """
+
+CLAIM_LOCK_TIMEOUT = "5s"
+"""How long a claim in a batch's transaction waits for a key that another open transaction
+holds (a duplicate in flight elsewhere) before the batch gives up and its commands run on
+their own claims, which wait without a bound."""
 
 # Every outcome of a batch at once: the runs it completes, then the outbox and audit rows of
 # all its records (a record's rows are told apart by its ordinal n).
 _COMPLETE_MANY = """
 WITH done AS (
     UPDATE oprunner_runs AS r SET status = 'completed', outcome = x.outcome, result = x.result::jsonb,
-           completed_at = now(), lease_owner = NULL, lease_until = NULL
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(key, owner, outcome, result)
+           completed_at = now(), lease_owner = NULL, lease_until = NULL,
+           result_event = x.re, audit_event = x.ae
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $19::bytea[], $20::bytea[])
+         AS x(key, owner, outcome, result, re, ae)
     WHERE r.run_key = x.key AND r.status = 'running' AND r.lease_owner = x.owner
     RETURNING 1
 ),
@@ -103,11 +111,20 @@ class PostgresTransaction:
     def db(self) -> asyncpg.Connection:
         return self._conn
 
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        await self._conn.execute(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")
+        try:
+            claims = await _claim_many(self._conn, requests)
+        except asyncpg.exceptions.LockNotAvailableError as exc:
+            raise LeaseLost("a key of the batch is held by another open transaction") from exc
+        await self._conn.execute("SET LOCAL lock_timeout = DEFAULT")  # not the handlers' bound
+        return claims
+
     async def complete_many(
         self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
     ) -> tuple[list[list[int]], list[list[int]]]:
         everything = [record for _, _, record in completions] + list(records)
-        pubs = [(n, p) for n, record in enumerate(everything) for p in record.publications]
+        pubs = [(n, p) for n, record in enumerate(everything) for p in _outboxed(record)]
         actors = [(r.audit.get("actor") or {}).get("id") for r in everything]
         row = await self._conn.fetchrow(
             _COMPLETE_MANY,
@@ -129,11 +146,13 @@ class PostgresTransaction:
             [_json.dumps(r.audit).decode() for r in everything],
             [r.correlation_id for r in everything],
             [r.trace_id for r in everything],
+            [record.publications[0].value if record.direct else None for _, _, record in completions],
+            [record.publications[1].value if record.direct else None for _, _, record in completions],
         )
         if row["completed"] != len(completions):
             raise LeaseLost(f"{len(completions) - row['completed']} of {len(completions)} claims")
         ids = iter(row["ids"])
-        per_record = [[next(ids) for _ in record.publications] for record in everything]
+        per_record = [[next(ids) for _ in _outboxed(record)] for record in everything]
         return per_record[: len(completions)], per_record[len(completions) :]
 
     @asynccontextmanager
@@ -150,14 +169,53 @@ class PostgresTransaction:
         return recorded[0]
 
 
+def _outboxed(record: OutcomeRecord) -> Sequence[Publication]:
+    """The publications of ``record`` that go through the outbox (``OutcomeRecord.direct``)."""
+    return record.publications[2:] if record.direct else record.publications
+
+
 def _claim_from(row: Any, request: ClaimRequest) -> Claim:
     if row is None:
         return Claim(ClaimStatus.BUSY, 0, retry_after=0.0)  # gone meanwhile: claim again
     if row["input_hash"] != request.input_hash:
         return Claim(ClaimStatus.CONFLICT, row["attempts"], version=row["version"])
     if row["status"] == "completed":
-        return Claim(ClaimStatus.COMPLETED, row["attempts"], result=orjson.loads(row["result"]))
+        same = row["command_id"] == request.command_id and row["result_event"] is not None
+        events = (bytes(row["result_event"]), bytes(row["audit_event"])) if same else None
+        return Claim(
+            ClaimStatus.COMPLETED, row["attempts"], result=orjson.loads(row["result"]), events=events
+        )
     return Claim(ClaimStatus.BUSY, row["attempts"], retry_after=row["lease_left"])
+
+
+async def _claim_many(conn: asyncpg.Connection, requests: Sequence[ClaimRequest]) -> list[Claim]:
+    """One upsert claims every key it can (keys locked in key order); one read tells the
+    rest: completed, a conflict, or busy."""
+    if not requests:
+        return []
+    lease = max(r.lease_seconds for r in requests)
+    acquired = {
+        row["run_key"]: row["attempts"]
+        for row in await conn.fetch(
+            _CLAIM_MANY,
+            [r.key for r in requests],
+            [r.op for r in requests],
+            [r.version for r in requests],
+            [r.input_hash for r in requests],
+            [r.command_id for r in requests],
+            [r.owner for r in requests],
+            lease,
+            [r.actor_id for r in requests],
+            [r.tenant_id for r in requests],
+            [r.idempotency_key for r in requests],
+        )
+    }
+    missed = [r.key for r in requests if r.key not in acquired]
+    rows = {row["run_key"]: row for row in await conn.fetch(_CLAIMS_LOST, missed)} if missed else {}
+    return [
+        Claim(ClaimStatus.ACQUIRED, acquired[r.key]) if r.key in acquired else _claim_from(rows.get(r.key), r)
+        for r in requests
+    ]
 
 
 class PostgresStore:
@@ -195,32 +253,8 @@ class PostgresStore:
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         if not requests:
             return []
-        lease = max(r.lease_seconds for r in requests)
         async with self.pool.acquire() as conn:
-            acquired = {
-                row["run_key"]: row["attempts"]
-                for row in await conn.fetch(
-                    _CLAIM_MANY,
-                    [r.key for r in requests],
-                    [r.op for r in requests],
-                    [r.version for r in requests],
-                    [r.input_hash for r in requests],
-                    [r.command_id for r in requests],
-                    [r.owner for r in requests],
-                    lease,
-                    [r.actor_id for r in requests],
-                    [r.tenant_id for r in requests],
-                    [r.idempotency_key for r in requests],
-                )
-            }
-            missed = [r.key for r in requests if r.key not in acquired]
-            rows = {row["run_key"]: row for row in await conn.fetch(_CLAIMS_LOST, missed)} if missed else {}
-        return [
-            Claim(ClaimStatus.ACQUIRED, acquired[r.key])
-            if r.key in acquired
-            else _claim_from(rows.get(r.key), r)
-            for r in requests
-        ]
+            return await _claim_many(conn, requests)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:

@@ -30,7 +30,7 @@ from ..store import OutcomeRecord, Store
 from ..validation import field_errors
 from .admission import Admission
 from .batching import Batches
-from .calls import Outcome, Status, Verdict
+from .calls import DEFAULT_MODE, ExecutionMode, Outcome, Status, Verdict
 from .claims import LEASE_SECONDS, Claims, default_worker_id, fingerprint
 from .invocation import Invoker
 from .outcomes import MAX_DLQ_VALUE, MAX_MESSAGE, Recorder, Undeliverable
@@ -41,6 +41,7 @@ __all__ = [
     "LEASE_SECONDS",
     "MAX_MESSAGE",
     "STORE_RETRY",
+    "ExecutionMode",
     "Executor",
     "Outcome",
     "Status",
@@ -157,16 +158,20 @@ class Executor:
         self._recorder.finish(admitted.call, outcome)
         return outcome
 
-    async def execute_many(self, items: Sequence[tuple[CommandEnvelope, str | None]]) -> list[Outcome]:
+    async def execute_many(
+        self, items: Sequence[tuple[CommandEnvelope, str | None]], mode: ExecutionMode = DEFAULT_MODE
+    ) -> list[Outcome]:
         """Execute a batch of commands together: one claim statement, the handlers one after
         another in one transaction, one statement for all outcomes, one commit.
 
         Give it commands that may run in any order relative to each other (distinct Kafka keys).
         If any handler fails or anything goes wrong, the batch's transaction is rolled back and
         each of its commands runs on the per-command path instead (same claims, same external
-        idempotency keys), so the outcome is what ``execute`` would have given.
+        idempotency keys), so the outcome is what ``execute`` would have given. ``mode`` says
+        how claims are taken and outcomes recorded (``ExecutionMode``: Kafka's consumer holds
+        the offset back until it published, so its outcomes need no outbox).
         """
-        return await self._batches.execute(items)
+        return await self._batches.execute(items, mode)
 
     async def dead_letter(
         self,

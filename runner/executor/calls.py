@@ -109,6 +109,31 @@ class Held:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutionMode:
+    """How a batch is claimed and recorded; the default is what every surface but Kafka needs.
+
+    ``offset_outbox``: the caller holds the command's offset back until it published what
+    the outcome returns (DESIGN.md, step 8), so a completed run's result and audit events go
+    in no outbox: they are stored with the run and published by the caller, and the same
+    command delivered again finds them and publishes them again, original ids and all.
+
+    ``committed_claims``: claim each key in a transaction of its own, with a lease renewed
+    while the batch runs, before the batch's transaction; otherwise the claims are taken in
+    the batch's transaction (one statement, no lease, nothing to renew). A claim that lives
+    only in an open transaction forgets its attempt if the process dies, so commands that
+    may be redeliveries (fetched right after a partition assignment) take committed claims,
+    whose attempts count; ``crash_budget`` then leaves unrun, to be parked, a command whose
+    claim shows more than that many attempts (0: no budget)."""
+
+    offset_outbox: bool = False
+    committed_claims: bool = True
+    crash_budget: int = 0
+
+
+DEFAULT_MODE = ExecutionMode()
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What became of one command. ``result`` and ``audit`` are the events in the outbox."""
 
@@ -118,6 +143,14 @@ class Outcome:
     publications: tuple[Publication, ...]
     outbox_ids: tuple[int, ...]
     replayed: bool = False
+    direct: bool = False
+    """Its result and audit events are in no outbox: the caller publishes ``publications``
+    and must not let the command go (commit its offset) before the broker acknowledged them;
+    a redelivery publishes the same events again (``ExecutionMode.offset_outbox``)."""
+    exhausted: int = 0
+    """Not run: this many attempts of it claimed and never finished (each took its process
+    down, as far as anyone can tell), past the crash budget. Nothing is recorded; the caller
+    parks the command (``ExecutionMode.crash_budget``)."""
 
     @property
     def error_code(self) -> str | None:

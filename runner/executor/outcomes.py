@@ -119,9 +119,12 @@ class Recorder:
         *,
         replayed: bool = False,
         sent: Sequence[FollowUp] = (),
+        direct: bool = False,
     ) -> OutcomeRecord:
         """The result and audit events of one outcome, as the outbox rows that carry them;
-        with ``sent``, a succeeded run's follow-up commands too (``runner.followups``)."""
+        with ``sent``, a succeeded run's follow-up commands too (``runner.followups``).
+        ``direct``: the result and audit events are stored with the run instead, for the
+        caller to publish (``OutcomeRecord.direct``)."""
         command, spec = call.command, call.spec
         sent = sent if status == "succeeded" else ()  # only effects that commit send anything
         version = spec.version if spec else command.opversion
@@ -157,10 +160,8 @@ class Recorder:
             opversion=version,
             time=stamp,
         )
-        key = (call.partition or command.idempotency_key).encode()
-        headers: tuple[tuple[str, bytes], ...] = (("content-type", CONTENT_TYPE.encode()),)
+        key, headers = self._addressed(call)
         if call.traceparent:  # the command's span: subscribers continue the same trace
-            headers += (("traceparent", call.traceparent.encode()),)
             result["traceparent"] = audit["traceparent"] = call.traceparent
         return OutcomeRecord(
             command_id=command.id,
@@ -177,6 +178,34 @@ class Recorder:
             events=(result, audit),
             correlation_id=command.correlation_id,
             trace_id=call.traceparent.split("-")[1] if call.traceparent else None,
+            direct=direct,
+        )
+
+    def _addressed(self, call: Call) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+        """The Kafka key and headers of a command's result and audit events."""
+        key = (call.partition or call.command.idempotency_key).encode()
+        headers: tuple[tuple[str, bytes], ...] = (("content-type", CONTENT_TYPE.encode()),)
+        if call.traceparent:
+            headers += (("traceparent", call.traceparent.encode()),)
+        return key, headers
+
+    def republish(self, call: Call, events: tuple[bytes, bytes]) -> Outcome:
+        """A command delivered again after its run completed and stored its events: those
+        events, to publish as they were (their ids and times), with nothing recorded anew."""
+        result_event, audit_event = events
+        key, headers = self._addressed(call)
+        result, audit = _json.loads(result_event), _json.loads(audit_event)
+        return Outcome(
+            status=result["data"]["status"],
+            result=result,
+            audit=audit,
+            publications=(
+                Publication(self.results_topic, key, result_event, headers),
+                Publication(self.audit_topic, key, audit_event, headers),
+            ),
+            outbox_ids=(),
+            replayed=True,
+            direct=True,
         )
 
     def _follow_ups(self, call: Call, sent: Sequence[FollowUp]) -> tuple[Publication, ...]:
@@ -288,4 +317,13 @@ def outcome(record: OutcomeRecord, ids: Any, *, replayed: bool = False) -> Outco
         publications=record.publications,
         outbox_ids=tuple(ids),
         replayed=replayed,
+        direct=record.direct,
     )
+
+
+def exhausted(attempts: int) -> Outcome:
+    """A command left unrun past the crash budget (``Outcome.exhausted``): nothing recorded,
+    nothing to publish; the caller parks it."""
+    message = f"{attempts - 1} attempts claimed it and never finished"
+    data = {"status": "failed", "error": error("RETRIES_EXHAUSTED", message)}
+    return Outcome("failed", {"data": data}, {}, (), (), exhausted=attempts)

@@ -151,7 +151,7 @@ async def test_existing_runs_of_services_and_admins_move_to_their_kinds_scope(da
                         sub,
                         tenant,
                     )
-            assert await migrate(conn) == ["0009_kind_scoped_keys.sql"]
+            assert await migrate(conn) == ["0009_kind_scoped_keys.sql", "0010_run_events.sql"]
             stored = {r["command_id"]: r["run_key"] for r in await conn.fetch("SELECT * FROM oprunner_runs")}
             kinds = {"c-user": "user", "c-svc": "service", "c-admin": "admin", "c-hook": "service"}
             kinds |= {"c-follow": "service", "c-async": "service", "c-bob": "user", "c-anon": None}

@@ -128,6 +128,8 @@ class FakeStore:
 class Outcome:
     publications: tuple[Publication, ...]
     outbox_ids: list[int]
+    direct: bool = False
+    exhausted: int = 0
 
 
 class FakeExecutor:
@@ -170,7 +172,7 @@ class FakeExecutor:
         for name in names:
             self.gates[name].set()
 
-    async def execute_many(self, batch: list[tuple[Any, str | None]]) -> list[Outcome]:
+    async def execute_many(self, batch: list[tuple[Any, str | None]], mode: Any = None) -> list[Outcome]:
         names = [c.data["name"] for c, _ in batch]
         keys = [name[0] for name in names]
         self.batches.append(names)

@@ -166,6 +166,34 @@ class StoreContract:
                 ClaimStatus.COMPLETED, 1, result={"status": "succeeded", "output": data.result["output"]}
             )
 
+    async def test_a_claim_in_a_transaction_is_forgotten_with_its_rollback(self, store: Store) -> None:
+        """Kafka's steady state (DESIGN.md, step 5): the claim lives in the batch's transaction."""
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                [claim] = await tx.claim_many([request()])
+                assert claim == Claim(ClaimStatus.ACQUIRED, 1)
+                raise RuntimeError("the batch fails")
+        async with store.transaction() as tx:  # nothing was kept: the next claim is attempt 1
+            claims = await tx.claim_many([request("k2"), request()])
+            assert [c.attempts for c in claims] == [1, 1]
+            await tx.complete_many([("k1", "w1", outcome("cmd-k1"))], [])
+        assert (await store.claim(request(owner="w2"))).status is ClaimStatus.COMPLETED
+        assert (await store.claim(request("k2", owner="w2"))).status is ClaimStatus.BUSY  # committed, leased
+
+    async def test_a_direct_outcome_keeps_its_events_with_the_run_for_the_same_command(
+        self, store: Store
+    ) -> None:
+        """A Kafka command's result and audit events go in no outbox; the same command claimed
+        again gets them back as they were, another command under the key does not."""
+        await store.claim(request())
+        record = replace(outcome("cmd-k1"), direct=True)
+        assert await complete(store, "k1", "w1", record) == []
+        assert await swept_ids(store) == []
+        again = await store.claim(request(owner="w2"))
+        assert again.events == (record.publications[0].value, record.publications[1].value)
+        other = await store.claim(request(owner="w2", command_id="cmd-other"))
+        assert other.status is ClaimStatus.COMPLETED and other.events is None
+
     async def test_the_same_key_with_another_input_conflicts(self, store: Store) -> None:
         await store.claim(request())
         running = await store.claim(request(owner="w2", input_hash="h2"))
