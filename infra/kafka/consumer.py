@@ -57,7 +57,7 @@ from runner.observability import Metrics
 from runner.settings import Settings
 from runner.store import Publication
 
-from .publisher import KafkaPublisher, OutboxCleaner, PublishQueue
+from .publisher import PERMANENT_ERRORS, KafkaPublisher, OutboxCleaner, PublishQueue
 
 _DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_fields.items()}
 """One place for each default: the settings' (a consumer built without settings gets them)."""
@@ -319,7 +319,17 @@ class CommandConsumer:
         while unacked:
             futures = [await self.outgoing.submit(pubs, ids, acked=True) for pubs, ids in unacked]
             results = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
-            unacked = [item for item, r in zip(unacked, results, strict=True) if isinstance(r, BaseException)]
+            for r in results:
+                if isinstance(r, PERMANENT_ERRORS):  # never publishable: it must not stall the partition
+                    _log.error(
+                        "an outcome's events can never be published (%s); kept with its run only",
+                        type(r).__name__,
+                    )
+            unacked = [
+                item
+                for item, r in zip(unacked, results, strict=True)
+                if isinstance(r, BaseException) and not isinstance(r, PERMANENT_ERRORS)
+            ]
             if not unacked:
                 return True
             if self._stopping.is_set():

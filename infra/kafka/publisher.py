@@ -310,6 +310,11 @@ class PublishQueue:
             if self.metrics is not None:
                 self.metrics.stage("publish", time.perf_counter() - started)
         except Exception as exc:  # the outbox's rows: the relay publishes them; the rest: the caller
+            if isinstance(exc, PERMANENT_ERRORS) and len(items) > 1:
+                self._sending = []
+                for item in items:  # find the one that can never go; let the others go
+                    await self._send([item])
+                return
             _log.warning(
                 "publishing %d outcomes failed; the outbox relay or the consumer will retry",
                 len(items),

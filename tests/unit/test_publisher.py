@@ -322,3 +322,36 @@ async def test_a_producer_whose_sequence_the_broker_rejects_is_replaced_once() -
     assert made[0].per_partition() == {("t", partition_of(k)): [b"again"]}
     await publisher.stop()
     assert stale.stopped and made[0].stopped  # the stale one closed in the background
+
+
+class _RefusesBig:
+    """A publisher that refuses, for good, any publish holding the value ``b"big"``."""
+
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    async def publish(self, publications: Sequence[Publication]) -> None:
+        if any(p.value == b"big" for p in publications):
+            raise MessageSizeTooLargeError()
+        self.published += [p.value for p in publications]
+
+
+async def test_an_acked_submission_that_can_never_go_fails_alone_and_its_neighbours_are_acked() -> None:
+    """A Kafka command's events have no outbox row: the consumer waits for their ack. One
+    that the broker refuses for good must not take the others of its send down with it."""
+    from infra.kafka.publisher import OutboxCleaner, PublishQueue
+
+    class NoStore:
+        async def mark_published(self, ids: Sequence[int]) -> None:
+            pass
+
+    publisher = _RefusesBig()
+    queue = PublishQueue(publisher, OutboxCleaner(NoStore()))  # type: ignore[arg-type]
+    futures = [
+        await queue.submit([Publication("t", b"k", value)], [], acked=True) for value in (b"a", b"big", b"c")
+    ]
+    queue.start()
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)  # type: ignore[arg-type]
+    await queue.stop()
+    assert [type(r).__name__ for r in results] == ["NoneType", "MessageSizeTooLargeError", "NoneType"]
+    assert sorted(publisher.published) == [b"a", b"c"]
