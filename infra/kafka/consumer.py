@@ -70,6 +70,12 @@ class CrashedAttempts(RuntimeError):
     down, as far as anyone can tell (the reason it is parked with)."""
 
 
+def _backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` tries of something only the store or broker being
+    away makes fail: 0.2 s doubling up to 5 s, jittered."""
+    return min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+
+
 def _error_text(exc: BaseException) -> str:
     """An error as one storable line: type and message, U+0000 written out, bounded."""
     return visible(f"{type(exc).__name__}: {exc}")[:500]
@@ -335,7 +341,7 @@ class CommandConsumer:
             if self._stopping.is_set():
                 return False
             failures += 1
-            delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+            delay = _backoff(failures)
             _log.warning("publishing %d outcomes failed; retrying in %.1fs", len(unacked), delay)
             await asyncio.sleep(delay)
         return True
@@ -388,7 +394,7 @@ class CommandConsumer:
                 if self._stopping.is_set():
                     return None
                 unavailable += 1
-                delay = min(5.0, 0.2 * 2 ** min(unavailable, 5)) * random.uniform(0.5, 1.0)
+                delay = _backoff(unavailable)
                 _log.warning("store unavailable (%s); retrying %s… in %.1fs", exc, where, delay)
                 await asyncio.sleep(delay)
             except Exception:
@@ -495,7 +501,7 @@ class CommandConsumer:
                 if self._stopping.is_set():
                     return None
                 failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+                delay = _backoff(failures)
                 if isinstance(exc, StoreUnavailable):
                     _log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
                 else:
