@@ -73,7 +73,7 @@ class CrashedAttempts(RuntimeError):
 def _backoff(failures: int) -> float:
     """Seconds to wait after ``failures`` tries of something only the store or broker being
     away makes fail: 0.2 s doubling up to 5 s, jittered."""
-    return min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
+    return min(5.0, 0.2 * 2.0 ** min(failures, 5)) * random.uniform(0.5, 1.0)
 
 
 def _error_text(exc: BaseException) -> str:
