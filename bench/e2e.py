@@ -84,7 +84,7 @@ class Figures:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     """oprunner's per-batch time in each stage during the latency run (``runner.observability.STAGES``)."""
     notes: list[str] = field(default_factory=list)
-    postgres_per_command: dict[str, float] = field(default_factory=dict)
+    postgres_per_command: dict[str, Any] = field(default_factory=dict)
     """WAL bytes, commits and rows written per command in the throughput run, from Postgres's
     own statistics (``pg_stat_wal``, ``pg_stat_database``; every database of the server)."""
     profile: list[tuple[str, float]] = field(default_factory=list)
@@ -317,9 +317,7 @@ async def throughput(
         figures.peak_rss_mb = pipe.peak_rss_mb()
         figures.cpu_us_per_command = cpu
         figures.profile = profile
-        figures.postgres_per_command = {
-            name: round((pg_after[name] - pg_before[name]) / n, 2) for name in pg_after if n
-        }
+        figures.postgres_per_command = pg_per_command(pg_before, pg_after, n) if n else {}
         return figures
     finally:
         await consumer.stop()
@@ -435,8 +433,14 @@ def stage_table(stages: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def pg_counters(dsn: str) -> dict[str, float]:
-    """Postgres's cumulative WAL bytes, commits and rows written, read now."""
+PG_SETTINGS = ("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all")
+"""The benchmark's own Postgres counts every statement (``pg_stat_statements``), nested ones
+(the migrations' functions) too."""
+
+
+async def pg_counters(dsn: str) -> dict[str, Any]:
+    """Postgres's cumulative WAL bytes, commits, rows written and statements, read now; the
+    statements by text when ``pg_stat_statements`` is loaded (the benchmark's own Postgres)."""
     conn = await asyncpg.connect(dsn)
     try:
         wal = await conn.fetchval("SELECT wal_bytes FROM pg_stat_wal")
@@ -444,9 +448,38 @@ async def pg_counters(dsn: str) -> dict[str, float]:
             "SELECT sum(xact_commit) AS commits, sum(tup_inserted + tup_updated + tup_deleted) AS rows"
             " FROM pg_stat_database"
         )
+        statements: dict[str, float] = {}
+        with contextlib.suppress(asyncpg.PostgresError):
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            for s in await conn.fetch(
+                "SELECT query, sum(calls) AS calls FROM pg_stat_statements"
+                " WHERE query NOT LIKE '%pg_stat_%' GROUP BY query"
+            ):
+                statements[" ".join(s["query"].split())[:90]] = float(s["calls"])
     finally:
         await conn.close()
-    return {"wal_bytes": float(wal), "commits": float(row["commits"]), "rows_written": float(row["rows"])}
+    return {
+        "wal_bytes": float(wal),
+        "commits": float(row["commits"]),
+        "rows_written": float(row["rows"]),
+        "statements": sum(statements.values()) if statements else float("nan"),
+        "by_statement": statements,
+    }
+
+
+def pg_per_command(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any]:
+    """What one command cost Postgres between two readings of ``pg_counters``."""
+    figures: dict[str, Any] = {
+        name: round((after[name] - before[name]) / n, 3) for name in after if name != "by_statement"
+    }
+    by = after["by_statement"]
+    figures["by_statement"] = dict(
+        sorted(
+            ((q, round((c - before["by_statement"].get(q, 0.0)) / n, 3)) for q, c in by.items()),
+            key=lambda item: -item[1],
+        )[:12]
+    )
+    return figures
 
 
 PROFILE = [False]
@@ -554,7 +587,7 @@ def services() -> Any:
     started: list[Any] = []
     try:
         if not dsn:
-            pg = Postgres().start()
+            pg = Postgres(settings=PG_SETTINGS).start()
             started.append(pg)
             dsn = pg.dsn
             if pg.proc_pid:
@@ -680,14 +713,24 @@ async def main(args: argparse.Namespace) -> int:
             cells = [getattr(r, attribute).get(role, 0.0) for role in roles]
             print(f"{r.pipeline:12} " + " ".join(f"{c:9.1f}" for c in [*cells, sum(cells)]))
     if any(r.postgres_per_command for r in rows):
-        print("\nPostgres per command in the throughput run (pg_stat_wal, pg_stat_database):")
-        print(f"{'pipeline':12} {'WAL bytes':>10} {'commits':>8} {'rows':>6}")
+        print(
+            "\nPostgres per command in the throughput run"
+            " (pg_stat_wal, pg_stat_database, pg_stat_statements):"
+        )
+        print(f"{'pipeline':12} {'WAL bytes':>10} {'commits':>8} {'rows':>6} {'statements':>10}")
         for r in rows:
             if r.postgres_per_command:
                 pg = r.postgres_per_command
                 print(
                     f"{r.pipeline:12} {pg['wal_bytes']:10.0f} {pg['commits']:8.3f} {pg['rows_written']:6.2f}"
+                    f" {pg['statements']:10.3f}"
                 )
+        for r in rows:
+            if r.postgres_per_command.get("by_statement"):
+                print(f"\n{r.pipeline}'s statements per command (pg_stat_statements):")
+                for query, calls in r.postgres_per_command["by_statement"].items():
+                    if calls:
+                        print(f"  {calls:7.3f}  {query}")
     if "oprunner" in by and by["oprunner"].profile:
         print("\noprunner's top functions by own time in the throughput run (py-spy, % of samples):")
         for name, share in by["oprunner"].profile:

@@ -308,6 +308,9 @@ class Postgres:
     datadir: Path | None = None
     user: str | None = None
     proc_pid: int | None = None
+    settings: tuple[str, ...] = ()
+    """Extra server settings (``name=value``), e.g. the benchmark's
+    ``shared_preload_libraries=pg_stat_statements``."""
 
     @property
     def dsn(self) -> str:
@@ -363,7 +366,7 @@ class Postgres:
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.datadir} -c max_connections=200"
             " -c shared_buffers=128MB -c listen_addresses=127.0.0.1"
-        )
+        ) + "".join(f" -c {setting}" for setting in self.settings)
         try:
             self._run(
                 "pg_ctl",

@@ -143,10 +143,12 @@ class _MemoryTransaction:
         then roll back)."""
         lost = []
         done = []
+        completed = {staged for staged, _, _ in self._staged}  # it sees its own writes
         for key, owner, record in completions:
             run = await self._store._unlocked(key, self)
             held = run is not None and run.status == "running" and run.owner == owner
-            if held and not self._completes(key):
+            if held and key not in completed:
+                completed.add(key)
                 self._store._locks.setdefault(key, (self, asyncio.Event()))
             else:
                 lost.append(key)
@@ -155,10 +157,6 @@ class _MemoryTransaction:
         if lost:
             raise LeaseLost(f"{len(lost)} of {len(completions)} claims")
         return done, recorded
-
-    def _completes(self, key: str) -> bool:
-        """Whether this transaction completed run ``key`` already (it sees its own writes)."""
-        return any(staged == key for staged, _, _ in self._staged)
 
     def _stage(self, key: str | None, record: OutcomeRecord) -> list[int]:
         outboxed = record.publications[2:] if record.direct else record.publications

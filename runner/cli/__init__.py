@@ -220,6 +220,7 @@ def serve(
     """
     import socket
 
+    from .. import heap
     from ..errors import StartupError
     from .serve import serve as run_serve
     from .workers import Supervisor, die_with_supervisor, worker_count
@@ -239,6 +240,7 @@ def serve(
     sock = socket.socket(fileno=http_fd) if http_fd is not None else None
 
     def ready(_: Any) -> None:  # tell the supervisor this worker is serving
+        heap.settle()  # start-up is over: what it built lives as long as the process
         if ready_fd is not None:
             os.write(ready_fd, b"1")
             os.close(ready_fd)
