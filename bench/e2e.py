@@ -1,13 +1,15 @@
-"""End-to-end benchmark: oprunner against the bare pipe and two hand-written consumers.
+"""End-to-end benchmark: oprunner against the bare pipe and three hand-written consumers.
 
     python -m bench.e2e [--commands 20000] [--rate 1000] [--seconds 20] [--workers 2]
-                        [--only broker,bare,handwritten,batched,oprunner,workers]
+                        [--only broker,bare,handwritten,batched,samework,oprunner,workers]
+                        [--profile]
 
 Rows: ``bare`` (aiokafka consume -> produce, nothing else), ``handwritten`` (the FastStream
 consumer a team writes first: a transaction and an awaited publish per message),
 ``batched`` (the one it writes for speed: FastStream's batch subscriber, a transaction per
-batch), ``oprunner`` (one ``serve``) and ``oprunner-wN`` (``serve --workers N``); see
-``bench/pipelines.py``.
+batch), ``samework`` (that one doing oprunner's work: a JWT, the owner rule's query, an
+audit row, a result and an audit event per command), ``oprunner`` (one ``serve``) and
+``oprunner-wN`` (``serve --workers N``); see ``bench/pipelines.py``.
 
 One run, one broker, one database, one message set (``ledger.credit`` commands over 1,000
 accounts, each with a JWT). For each pipeline: throughput (commands produced beforehand,
@@ -53,7 +55,7 @@ from runner.client import PacedFetch
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
-PIPELINES = ("broker", "bare", "handwritten", "batched", "oprunner", "workers")
+PIPELINES = ("broker", "bare", "handwritten", "batched", "samework", "oprunner", "workers")
 SLOW_COMMANDS = 4000
 WORKERS = [2]
 """``serve --workers N`` for the ``workers`` row (``--workers``)."""
@@ -160,7 +162,7 @@ class Pipeline:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60 * self.workers
-        marker = "ready" if self.kind in ("bare", "handwritten", "batched") else "serving "
+        marker = "ready" if self.kind in ("bare", "handwritten", "batched", "samework") else "serving "
         while self.log.read_text(errors="replace").count(marker) < self.workers:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} did not start: {self.log.read_text()[-1500:]}")
@@ -692,7 +694,7 @@ async def main(args: argparse.Namespace) -> int:
     by = {r.pipeline: r for r in rows}
     ratios = {}
     for ours in [r.pipeline for r in rows if r.pipeline.startswith("oprunner")]:
-        for base in ("bare", "handwritten", "batched"):
+        for base in ("bare", "handwritten", "batched", "samework"):
             if base in by and by[base].per_second:
                 ratios[f"{ours}/{base}"] = round(by[ours].per_second / by[base].per_second, 3)
     print()

@@ -5,13 +5,15 @@ Python, the part of ``bench.e2e``'s runner figure that no statement or socket ex
 
     python -m bench.engine [--commands 20000] [--batch 32] [--profile]
 
-``--profile`` prints the top functions by own time (cProfile; it slows the run)."""
+``--profile`` prints the top functions by own time (cProfile; it slows the run;
+``BENCH_SORT=cumtime`` sorts by time including callees, ``BENCH_TOP=N`` prints N)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import time
 from collections.abc import Mapping, Sequence
@@ -91,7 +93,8 @@ async def run(n: int, batch: int, profile: bool) -> None:
     per = 1e6 * cpu / n
     print(f"engine: {n} commands in batches of {batch}: {per:.1f} µs CPU per command, {n / wall:,.0f}/s")
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        stats = pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "tottime"))
+        stats.print_stats(int(os.environ.get("BENCH_TOP", "25")))
 
 
 def main() -> None:

@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     """How long graceful shutdown waits for HTTP requests in flight before cancelling them."""
     http_db_pool_size: int = Field(default=8, ge=1)
     """HTTP's own database connections, apart from the Kafka path's, so neither can starve the other."""
-    max_in_flight: int = Field(default=256, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    max_in_flight: int = Field(default=512, ge=1)
+    batch_size: int = Field(default=128, ge=1)
     max_batches: int = Field(default=8, ge=1)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(default=30.0, gt=0)

@@ -64,6 +64,9 @@ _DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_field
 
 _log = logging.getLogger("oprunner.consumer")
 
+_EAGER_BATCHES = 2
+"""Batches that may run partly filled at once (``CommandConsumer._schedule``)."""
+
 
 class CrashedAttempts(RuntimeError):
     """A command's earlier attempts claimed it and never finished: each took its process
@@ -254,8 +257,14 @@ class CommandConsumer:
         queue.append((tp, message))
 
     def _schedule(self) -> None:
-        """Start batches of ready keys' heads while fewer than ``max_batches`` run."""
+        """Start batches of ready keys' heads while fewer than ``max_batches`` run. Past
+        ``_EAGER_BATCHES`` running, only a full batch starts: under load, commands wait for
+        a running batch to end and go in one batch together rather than in many small ones,
+        whose statements, commits and round trips cost per batch; when few run, a command
+        starts as soon as it is ready."""
         while self._ready and len(self._running) < self.max_batches:
+            if len(self._running) >= _EAGER_BATCHES and len(self._ready) < self.batch_size:
+                return
             batch: list[tuple[Any, TopicPartition, Any]] = []
             while self._ready and len(batch) < self.batch_size:
                 key, _ = self._ready.popitem(last=False)
