@@ -196,6 +196,11 @@ class Store(Protocol):
         """``claim`` for each request (distinct keys), in as few statements as the store can."""
         ...
 
+    async def unfinished(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` whose run was claimed and is not completed: an attempt that may
+        have taken its process down, or one still running elsewhere."""
+        ...
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
     async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:

@@ -246,6 +246,9 @@ class InMemoryStore:
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         return [await self.claim(request) for request in requests]
 
+    async def unfinished(self, keys: Sequence[str]) -> set[str]:
+        return {key for key in keys if (run := self.runs.get(key)) is not None and run.status == "running"}
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
         tx = _MemoryTransaction(self)

@@ -256,6 +256,15 @@ class PostgresStore:
         async with self.pool.acquire() as conn:
             return await _claim_many(conn, requests)
 
+    async def unfinished(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        rows = await self.pool.fetch(
+            "SELECT run_key FROM oprunner_runs WHERE run_key = ANY($1::text[]) AND status = 'running'",
+            list(keys),
+        )
+        return {row["run_key"] for row in rows}
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -105,6 +105,16 @@ class Batches:
             else:
                 keys.add(a.call.run_key)
                 batch[i] = a
+        if mode.crash_budget and batch:
+            # A run claimed before and never finished may have taken its process down. Such
+            # commands run alone, one after another, each claimed only as it starts: a command
+            # that kills its process spends its own crash budget, not its neighbours'.
+            keys_of = [a.call.run_key for a in batch.values()]
+            suspects = await self.retrier.store(lambda: self.store.unfinished(keys_of))
+            for i in [i for i, a in batch.items() if a.call.run_key in suspects]:
+                del batch[i]
+                alone.append(i)
+            alone.sort()
         owner = self.claims.owner()  # one execution holds the whole batch's claims
         requests = {i: self.claims.request(a, owner) for i, a in batch.items()}
         claiming = self._stage("admit", started)
@@ -127,7 +137,11 @@ class Batches:
             self.recorder.finish(admitted[i].call, result)
         for i in alone:
             a = admitted[i]
-            outcomes[i] = await (self.recorder.settle(a) if isinstance(a, Verdict) else self.runs.run(a))
+            outcomes[i] = await (
+                self.recorder.settle(a)
+                if isinstance(a, Verdict)
+                else self.runs.run(a, crash_budget=mode.crash_budget)
+            )
             self.recorder.finish(a.call, outcomes[i])
         if self.metrics is not None and batch:
             self.metrics.batches.inc()

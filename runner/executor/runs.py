@@ -15,7 +15,7 @@ from ..store import ClaimRequest, ClaimStatus, Store
 from .calls import Admitted, Call, Held, Outcome, Verdict
 from .claims import Claims, Restated, settled
 from .invocation import Invoker, Rollback
-from .outcomes import Recorder, error, outcome
+from .outcomes import Recorder, error, exhausted, outcome
 from .retries import Retrier
 
 _log = logging.getLogger("oprunner.executor")
@@ -38,16 +38,22 @@ class Runs:
         self.retrier = retrier
         self.metrics = metrics
 
-    async def run(self, admitted: Admitted) -> Outcome:
+    async def run(self, admitted: Admitted, *, crash_budget: int = 0) -> Outcome:
         if admitted.spec.kind == "query":
             return await self.query(admitted)
-        return await self.once(admitted)
+        return await self.once(admitted, crash_budget=crash_budget)
 
     async def once(
-        self, admitted: Admitted, request: ClaimRequest | None = None, *, failures: int = 0
+        self,
+        admitted: Admitted,
+        request: ClaimRequest | None = None,
+        *,
+        failures: int = 0,
+        crash_budget: int = 0,
     ) -> Outcome:
         """Claim, run, record; ``request`` carries a claim this execution may already hold,
-        ``failures`` the transient failures its attempts have had so far."""
+        ``failures`` the transient failures its attempts have had so far. A claim past
+        ``crash_budget`` attempts (when set) is not run: ``exhausted``, for the caller to park."""
         request = request or self.claims.request(admitted, self.claims.owner())
         spec, call = admitted.spec, admitted.call
         restated: Restated | None = None
@@ -65,6 +71,8 @@ class Runs:
             if claim.status is ClaimStatus.BUSY:
                 await self.store.wait(request.key, max(claim.retry_after, 0.01))
                 continue
+            if crash_budget and claim.attempts > crash_budget:
+                return exhausted(claim.attempts)
             try:
                 async with self.claims.heartbeat([request.key], request.owner):
                     return await self._attempt(Held(admitted, request, claim.attempts))

@@ -3,6 +3,8 @@ in the batch's transaction, and a redelivery publishes the stored events with th
 
 from __future__ import annotations
 
+import contextlib
+
 from runner import command
 from runner.executor import ExecutionMode
 
@@ -93,3 +95,41 @@ async def test_attempts_that_died_past_the_crash_budget_leave_the_command_unrun(
 
 async def _admitted(app: App, cmd: object, token: str) -> object:
     return await app.executor._admission.admit(cmd, token)  # type: ignore[arg-type]
+
+
+async def test_a_command_that_kills_its_process_spends_only_its_own_crash_budget(app: App) -> None:
+    """A redelivered batch whose runs were claimed and never finished (the process died while
+    the batch ran): those commands run alone, one after another, each claimed as it starts.
+    So a command that kills the process every time reaches the budget while its neighbours,
+    claimed with it the first time, are run and finish."""
+    alice = app.token("alice")
+    killer = command("docs.pay", GOOD, id="killer")
+    neighbours = [command("docs.pay", GOOD, id=f"n{i}") for i in range(3)]
+    batch = [killer, *neighbours]
+    # The first time, the whole batch was claimed together, and the process died.
+    requests = [app.executor._claims.request(await _admitted(app, c, alice), "dead") for c in batch]
+    await app.executor.store.claim_many(requests)
+    for run in app.store.runs.values():
+        run.lease_until = 0.0
+
+    class Died(BaseException):
+        """What the killer's handler does to its process, as far as this executor can tell."""
+
+    real = app.executor._runs._attempt
+
+    async def attempt(held: object) -> object:
+        if held.admitted.call.command.id == "killer":  # type: ignore[attr-defined]
+            raise Died
+        return await real(held)  # type: ignore[arg-type]
+
+    app.executor._runs._attempt = attempt  # type: ignore[method-assign]
+    for _ in range(2):  # each redelivery: the killer first, as it was sent; it dies every time
+        with contextlib.suppress(Died):
+            await app.executor.execute_many([(c, alice) for c in batch], REDELIVERED)
+        for run in app.store.runs.values():
+            if run.status == "running":
+                run.lease_until = 0.0
+    outcomes = await app.executor.execute_many([(c, alice) for c in batch], REDELIVERED)
+    assert outcomes[0].exhausted == 4  # died in the batch, then twice alone: past the budget of 3
+    assert [o.status for o in outcomes[1:]] == ["succeeded"] * 3
+    assert {app.store.runs[r.key].attempts for r in requests[1:]} == {2}  # the batch's, and once alone

@@ -166,6 +166,13 @@ class StoreContract:
                 ClaimStatus.COMPLETED, 1, result={"status": "succeeded", "output": data.result["output"]}
             )
 
+    async def test_unfinished_names_the_keys_claimed_and_not_completed(self, store: Store) -> None:
+        """What a redelivered batch asks first: whose earlier attempt never finished."""
+        await store.claim_many([request("u1"), request("u2")])
+        await complete(store, "u2", "w1", outcome("cmd-u2"))
+        assert await store.unfinished(["u1", "u2", "u3"]) == {"u1"}
+        assert await store.unfinished([]) == set()
+
     async def test_a_claim_in_a_transaction_is_forgotten_with_its_rollback(self, store: Store) -> None:
         """Kafka's steady state (DESIGN.md, step 5): the claim lives in the batch's transaction."""
         with pytest.raises(RuntimeError):
