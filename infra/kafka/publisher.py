@@ -57,15 +57,18 @@ CLIENT_ID = "oprunner"
 def producer_options(settings: Settings) -> dict[str, Any]:
     """The connection and producer settings, one list for FastStream's ``KafkaBroker`` (the
     consumers' builder, webhooks' publishes) and the publisher's own ``AIOKafkaProducer``:
-    both take these names. Compression, batch and request sizes are aiokafka's and
-    FastStream's defaults (none, 16 KB, 1 MB), written out so the two cannot drift apart."""
+    both take these names, so the two cannot drift apart. Compression and request size are
+    aiokafka's defaults (none, 1 MB). A batch per partition holds up to 128 KB, not 16 KB: a
+    batch of 128 commands publishes about 220 KB of events over 8 partitions, and 16 KB
+    batches split that into about twice as many record batches and produce requests (in
+    bench.e2e, broker CPU per command 55-93 µs with 16 KB, 36-45 µs with 128 KB)."""
     return {
         "client_id": CLIENT_ID,
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotent_producer,
         "compression_type": None,
         "linger_ms": 2,
-        "max_batch_size": 16 * 1024,
+        "max_batch_size": 128 * 1024,
         "max_request_size": 1024 * 1024,
         "request_timeout_ms": 15_000,
     }
