@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import jwt
@@ -145,19 +146,22 @@ def handwritten() -> None:
     asyncio.run(app.run())
 
 
+BATCH_SUBSCRIBER: dict[str, Any] = {
+    "batch": True,
+    "max_records": 256,
+    "batch_timeout_ms": max(FETCH_WAIT, 1),
+    "group_id": GROUP,
+    "auto_offset_reset": "earliest",
+    "session_timeout_ms": 6000,
+    "fetch_max_wait_ms": FETCH_WAIT,
+}
+"""FastStream's batch subscriber as both batched pipelines use it."""
+
+
 def batched() -> None:
     broker, app, state = faststream_app("bench_batched_keys")
 
-    @broker.subscriber(
-        COMMANDS,
-        batch=True,
-        max_records=256,
-        batch_timeout_ms=max(FETCH_WAIT, 1),
-        group_id=GROUP,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        fetch_max_wait_ms=FETCH_WAIT,
-    )
+    @broker.subscriber(COMMANDS, **BATCH_SUBSCRIBER)
     async def handle(commands: list[Command]) -> None:
         async with state["pool"].acquire() as conn, conn.transaction():
             fresh = {
@@ -220,16 +224,7 @@ def samework() -> None:
             verified[token] = claims
         return claims
 
-    @broker.subscriber(
-        COMMANDS,
-        batch=True,
-        max_records=256,
-        batch_timeout_ms=max(FETCH_WAIT, 1),
-        group_id=GROUP,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        fetch_max_wait_ms=FETCH_WAIT,
-    )
+    @broker.subscriber(COMMANDS, **BATCH_SUBSCRIBER)
     async def handle(commands: list[Command], message: KafkaMessage) -> None:
         pool = state["pool"]
         actors = [actor(h) for h in message.batch_headers]

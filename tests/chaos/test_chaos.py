@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -25,8 +24,7 @@ from infra.devservices import (
     Postgres,
     StripeStandIn,
 )
-from infra.postgres import connect_pool, migrate
-from tests.apps.ledger import SCHEMA
+from infra.postgres import connect_pool
 from tests.support import (
     Reader,
     ServeProcess,
@@ -54,22 +52,6 @@ def credit_stream(
         )
         for i in range(n)
     ]
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[tuple[Postgres, asyncpg.Pool]]:
-    server = Postgres().start()
-    pool = await connect_pool(server.dsn, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
-        await migrate(conn)
-        await conn.execute(SCHEMA)
-        await conn.executemany(
-            "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, 'alice', 't1')",
-            [(f"acc-{i}",) for i in range(100)],
-        )
-    yield server, pool
-    await pool.close()
-    server.stop()
 
 
 @pytest.mark.sigkills_a_member

@@ -7,7 +7,6 @@ event published at least once, with the id the run stored."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -15,27 +14,9 @@ import orjson
 import pytest
 
 from infra.devservices import Postgres
-from infra.postgres import connect_pool, migrate
-from tests.apps.ledger import SCHEMA
 from tests.support import Reader, Topics, auth, caused, cloudevent, ledger_check, produce
 
 pytestmark = pytest.mark.sigkills_a_member  # the next serve needs the dead one's session expired
-
-
-@pytest.fixture
-async def ledger_db() -> AsyncIterator[tuple[Postgres, asyncpg.Pool]]:
-    server = Postgres().start()
-    pool = await connect_pool(server.dsn, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
-        await migrate(conn)
-        await conn.execute(SCHEMA)
-        await conn.executemany(
-            "INSERT INTO ledger_accounts (id, owner_id, tenant_id) VALUES ($1, 'alice', 't1')",
-            [(f"acc-{i}",) for i in range(20)],
-        )
-    yield server, pool
-    await pool.close()
-    server.stop()
 
 
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
@@ -74,9 +55,9 @@ def published(messages: list[Any]) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("gap", ["after-commit", "after-publish"])
 async def test_a_sigkill_at_a_gap_loses_no_event_and_doubles_no_effect(
-    kafka_bootstrap: str, ledger_db: tuple[Postgres, asyncpg.Pool], serving: Any, gap: str
+    kafka_bootstrap: str, own_postgres: tuple[Postgres, asyncpg.Pool], serving: Any, gap: str
 ) -> None:
-    server, db = ledger_db
+    server, db = own_postgres
     topics = Topics()
     await topics.create(kafka_bootstrap)
     ids = {f"g-{i}" for i in range(400)}
@@ -110,12 +91,12 @@ async def test_a_sigkill_at_a_gap_loses_no_event_and_doubles_no_effect(
 
 
 async def test_a_handler_that_kills_serve_every_time_is_parked_and_spares_its_batch(
-    kafka_bootstrap: str, ledger_db: tuple[Postgres, asyncpg.Pool], serving: Any
+    kafka_bootstrap: str, own_postgres: tuple[Postgres, asyncpg.Pool], serving: Any
 ) -> None:
     """The claim in a batch's transaction dies with the process, so only a committed claim
     can count such attempts: past the budget the command is dead-lettered unrun, and the
     commands fetched with it, claimed with it the first time, still run once."""
-    server, db = ledger_db
+    server, db = own_postgres
     topics = Topics()
     await topics.create(kafka_bootstrap)
     killer = credits("kill", 1, amount="66")
