@@ -146,6 +146,27 @@ def handwritten() -> None:
     asyncio.run(app.run())
 
 
+async def credit_once(conn: asyncpg.Connection, keys: str, commands: list[Command]) -> None:
+    """The batched pipelines' effect: each command's id claimed in table ``keys`` (``ON
+    CONFLICT``), and the credits of those claimed now applied in one statement."""
+    fresh = {
+        row["key"]
+        for row in await conn.fetch(
+            f"INSERT INTO {keys} (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING key",
+            [c.id for c in commands],
+        )
+    }
+    todo = [c for c in commands if c.id in fresh]
+    await conn.execute(
+        """UPDATE ledger_accounts AS a SET balance = a.balance + x.amount
+           FROM (SELECT id, sum(amount) AS amount
+                 FROM unnest($1::text[], $2::numeric[]) AS t(id, amount) GROUP BY id) AS x
+           WHERE a.id = x.id""",
+        [c.data.account_id for c in todo],
+        [c.data.amount for c in todo],
+    )
+
+
 BATCH_SUBSCRIBER: dict[str, Any] = {
     "batch": True,
     "max_records": 256,
@@ -164,23 +185,7 @@ def batched() -> None:
     @broker.subscriber(COMMANDS, **BATCH_SUBSCRIBER)
     async def handle(commands: list[Command]) -> None:
         async with state["pool"].acquire() as conn, conn.transaction():
-            fresh = {
-                row["key"]
-                for row in await conn.fetch(
-                    "INSERT INTO bench_batched_keys (key) SELECT unnest($1::text[])"
-                    " ON CONFLICT DO NOTHING RETURNING key",
-                    [c.id for c in commands],
-                )
-            }
-            todo = [c for c in commands if c.id in fresh]
-            await conn.execute(
-                """UPDATE ledger_accounts AS a SET balance = a.balance + x.amount
-                   FROM (SELECT id, sum(amount) AS amount
-                         FROM unnest($1::text[], $2::numeric[]) AS t(id, amount) GROUP BY id) AS x
-                   WHERE a.id = x.id""",
-                [c.data.account_id for c in todo],
-                [c.data.amount for c in todo],
-            )
+            await credit_once(conn, "bench_batched_keys", commands)
         sent = [
             await broker.publish(
                 json.dumps({"causationid": c.id, "data": {"status": "succeeded"}}).encode(),
@@ -240,22 +245,8 @@ def samework() -> None:
                 a is not None and owners.get(c.data.account_id) == (a.get("sub"), a.get("tenant"))
                 for c, a in zip(commands, actors, strict=True)
             ]
-            fresh = {
-                row["key"]
-                for row in await conn.fetch(
-                    "INSERT INTO bench_samework_keys (key) SELECT unnest($1::text[])"
-                    " ON CONFLICT DO NOTHING RETURNING key",
-                    [c.id for c, ok in zip(commands, allowed, strict=True) if ok],
-                )
-            }
-            todo = [c for c in commands if c.id in fresh]
-            await conn.execute(
-                """UPDATE ledger_accounts AS a SET balance = a.balance + x.amount
-                   FROM (SELECT id, sum(amount) AS amount
-                         FROM unnest($1::text[], $2::numeric[]) AS t(id, amount) GROUP BY id) AS x
-                   WHERE a.id = x.id""",
-                [c.data.account_id for c in todo],
-                [c.data.amount for c in todo],
+            await credit_once(
+                conn, "bench_samework_keys", [c for c, ok in zip(commands, allowed, strict=True) if ok]
             )
             statuses = ["succeeded" if ok else "denied" for ok in allowed]
             audits = [

@@ -109,8 +109,7 @@ class Batches:
             # A run claimed before and never finished may have taken its process down. Such
             # commands run alone, one after another, each claimed only as it starts: a command
             # that kills its process spends its own crash budget, not its neighbours'.
-            keys_of = [a.call.run_key for a in batch.values()]
-            suspects = await self.retrier.store(lambda: self.store.unfinished(keys_of))
+            suspects = await self.retrier.store(lambda: self.store.unfinished(list(keys)))
             for i in [i for i, a in batch.items() if a.call.run_key in suspects]:
                 del batch[i]
                 alone.append(i)
