@@ -25,6 +25,16 @@ class Settings(BaseSettings):
     (flat latency, idempotent producer, but idle consumers spin on it). The test session
     defaults to noida. The README's "Two local brokers" says why."""
     kafka_idempotent_producer: bool = True
+    kafka_exactly_once: bool = False
+    """A Kafka command's result and audit events and its offset commit in one Kafka
+    transaction, so a ``read_committed`` subscriber sees each result once, across crashes.
+    Needs a broker with transactions (Apache Kafka, noida-db; not Tansu); costs one
+    transactional producer per assigned partition and a transaction per partition per round
+    (README, "Exactly once on the results topic")."""
+    kafka_group_instance_id: str | None = None
+    """Kafka static membership (KIP-345): a ``serve`` restarted with the same id takes its
+    partitions back at once instead of after the dead one's session timeout. One id per
+    process; ``--workers N`` appends the worker's number."""
     commands_topic: str = "ops.commands"
     results_topic: str = "ops.results"
     audit_topic: str = "ops.audit"

@@ -144,9 +144,18 @@ NOIDA_KEEPS_DEAD_MEMBERS = pytest.mark.skip(
 )
 
 
+TANSU_HAS_NO_TRANSACTIONS = pytest.mark.skip(
+    reason="Tansu has no transactional producer: exactly-once mode runs on noida-db or Kafka"
+)
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    noida = not os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP") and broker_kind() == "noida"
+    local = not os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP")
+    noida = local and broker_kind() == "noida"
+    tansu = local and broker_kind() == "tansu"
     for item in items:
+        if tansu and item.get_closest_marker("needs_transactions"):
+            item.add_marker(TANSU_HAS_NO_TRANSACTIONS)
         if "tests/integration" in str(item.fspath) or "tests/e2e" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
         if noida and item.get_closest_marker("sigkills_a_member"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra.devservices import broker_client_env, free_port
 from infra.kafka import ensure_topics
@@ -198,15 +198,19 @@ def auth(sub: str = "alice", **claims: Any) -> list[tuple[str, bytes]]:
 class Reader:
     """Reads a topic from the beginning (no consumer group) and collects decoded messages."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, isolation_level: str = "read_uncommitted") -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.isolation_level = isolation_level
         self.messages: list[Any] = []
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> Reader:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=self.isolation_level,
         )
         await self._consumer.start()
         await assign_whole_topic(self._consumer, self.topic, wait=10)  # from the beginning
@@ -227,6 +231,21 @@ class Reader:
                 )
             batches = await self._consumer.getmany(timeout_ms=200)
             for records in batches.values():
+                self.messages.extend(records)
+        return self.messages
+
+    async def to_end(self, timeout: float = 30.0) -> list[Any]:
+        """Poll until every partition is read to its end as of now (for ``read_committed``,
+        the last stable offset: what no open transaction holds back)."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        parts = [TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or ()]
+        ends = await consumer.end_offsets(parts)
+        deadline = time.monotonic() + timeout
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.topic}: not read to its end in {timeout}s")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
                 self.messages.extend(records)
         return self.messages
 

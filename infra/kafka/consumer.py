@@ -24,7 +24,11 @@ outcome is durable. So this loop drives FastStream's aiokafka consumer directly 
   tries or ``park_after_seconds`` is parked: dead-lettered with ``RETRIES_EXHAUSTED`` and
   its last error in headers, and audited, so its partition moves on (0 for both: retry
   forever, stalling the partition, as a strict-order deployment may prefer);
-* on revocation, the in-flight work of the revoked partitions is finished and committed first.
+* on revocation, the in-flight work of the revoked partitions is finished and committed first;
+* with ``transactions`` (``OPRUNNER_KAFKA_EXACTLY_ONCE``), a partition's events are not
+  published as its batches end but held until the watermark passes them, then published
+  with the offset in one Kafka transaction (``transactions.py``): a ``read_committed``
+  subscriber sees each result once, across crashes.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from runner.settings import Settings
 from runner.store import Publication
 
 from .publisher import PERMANENT_ERRORS, KafkaPublisher, OutboxCleaner, PublishQueue
+from .transactions import Fenced, PartitionTransactions
 
 _DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_fields.items()}
 """One place for each default: the settings' (a consumer built without settings gets them)."""
@@ -66,6 +71,10 @@ _log = logging.getLogger("oprunner.consumer")
 
 _EAGER_BATCHES = 2
 """Batches that may run partly filled at once (``CommandConsumer._schedule``)."""
+
+
+_Unacked = tuple[Any, Sequence[Publication], Sequence[int]]
+"""A message whose outcome is durable, its events (stored with its run) and their outbox ids."""
 
 
 class CrashedAttempts(RuntimeError):
@@ -96,20 +105,28 @@ class _Partition:
     redelivered_below: int = 0
     """Offsets below this came in the first fetch after the partition was assigned: perhaps
     redeliveries of commands whose attempt died with a process (their claims are committed)."""
+    held: dict[int, Sequence[Publication]] = field(default_factory=dict)
+    """Exactly-once mode: events of done offsets the watermark has not passed yet."""
+    due: list[Publication] = field(default_factory=list)
+    """Exactly-once mode: events below ``committable``, for its next transaction."""
 
     def add(self, offset: int) -> None:
         self.pending[offset] = False
         self.fetched_at[offset] = time.monotonic()
 
-    def done(self, offset: int) -> None:
+    def done(self, offset: int, events: Sequence[Publication] = ()) -> None:
         if offset in self.pending:
             self.pending[offset] = True
+            if events:
+                self.held[offset] = events
         while self.pending:
             first = next(iter(self.pending))
             if not self.pending[first]:
                 break
             del self.pending[first]
             self.fetched_at.pop(first, None)
+            if (passed := self.held.pop(first, None)) is not None:
+                self.due.extend(passed)
             self.committable = first + 1
 
     def oldest_unfinished(self) -> float | None:
@@ -152,6 +169,8 @@ class CommandConsumer:
         park_after_attempts: int = 5,
         park_after_seconds: float = 60.0,
         metrics: Metrics | None = None,
+        transactions: PartitionTransactions | None = None,
+        group_instance_id: str | None = None,
     ) -> None:
         self.executor = executor
         self.publisher = publisher
@@ -162,7 +181,10 @@ class CommandConsumer:
         self.max_batches = max(1, max_batches)
         self.max_message_bytes = max_message_bytes
         self.metrics = metrics
+        self.transactions = transactions
+        self.group_id = group_id
         self.commit_interval = commit_interval
+        self.session_timeout = session_timeout_ms / 1000
         self.drain_timeout = drain_timeout
         self.park_after_attempts = park_after_attempts
         self.park_after_seconds = park_after_seconds
@@ -177,6 +199,8 @@ class CommandConsumer:
             max_poll_records=max_in_flight,
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_partition_fetch_bytes=max(max_message_bytes + 65536, 1048576),
+            # static membership: a restarted process takes its partitions back at once
+            **({"group_instance_id": group_instance_id} if group_instance_id else {}),
         )
         self.fetching = PacedFetch(self.consumer, fetch_min_interval_ms)
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -189,6 +213,8 @@ class CommandConsumer:
         self._revocations = 0  # drains so far
         self._revoked_at: dict[TopicPartition, int] = {}  # partition -> the drain that last took it
         self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()  # a batch ended: the next transaction may go now
+        self._recovering: set[asyncio.Task[None]] = set()
         self.processed = 0
         self.dead_lettered = 0
         self.parked = 0
@@ -214,6 +240,8 @@ class CommandConsumer:
                 revocations = self._revocations
                 for tp, messages in fetched.items():
                     if tp not in self._parts and messages:  # the first fetch since its assignment
+                        if not await self._producing_for(tp):
+                            break  # stopping
                         self._parts[tp] = _Partition(redelivered_below=messages[-1].offset + 1)
                     for message in messages:
                         if self._slots.locked():
@@ -232,9 +260,26 @@ class CommandConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self._drain(set(self._parts))
+            for task in list(self._recovering):
+                task.cancel()
             await self.outgoing.stop()
             await self.cleaner.stop()
+            if self.transactions is not None:
+                await self.transactions.close_all()
             await self.consumer.stop()
+
+    async def _producing_for(self, tp: TopicPartition) -> bool:
+        """Exactly-once mode: open ``tp``'s transactional producer before its first command
+        runs (fencing its previous owner's); False if told to stop first."""
+        transactions = self.transactions
+        if transactions is None or transactions.owns(tp):
+            return True
+
+        async def opened() -> bool:
+            await transactions.open(tp)
+            return True
+
+        return bool(await self._retrying(opened))
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -301,7 +346,7 @@ class CommandConsumer:
         return ExecutionMode(offset_outbox=True, committed_claims=False)
 
     async def _run_batch(self, batch: list[tuple[Any, TopicPartition, Any]]) -> None:
-        unacked: list[tuple[Sequence[Publication], Sequence[int]]] | None = None
+        unacked: list[_Unacked] | None = None
         try:
             unacked = await self._process([message for _, _, message in batch], self._mode(batch))
         except Exception:
@@ -317,22 +362,30 @@ class CommandConsumer:
                 self._running.discard(this)
             if not self._stopping.is_set():
                 self._schedule()
-        # Its keys are free for their next commands now; its offsets wait for the broker.
-        if unacked is None or not await self._published(unacked):
+        if unacked is None:
             return
-        for _, tp, message in batch:
-            if tp in self._parts:
-                self._parts[tp].done(message.offset)
+        if self.transactions is not None:  # its events go with its partitions' offsets
+            events = {id(message): pubs for message, pubs, _ in unacked}
+            for _, tp, message in batch:
+                if tp in self._parts:
+                    self._parts[tp].done(message.offset, events.get(id(message), ()))
+            self._finished.set()
+        else:  # its keys are free for their next commands now; its offsets wait for the broker
+            if not await self._published(unacked):
+                return
+            for _, tp, message in batch:
+                if tp in self._parts:
+                    self._parts[tp].done(message.offset)
         self.processed += len(batch)
         self.batches += 1
 
-    async def _published(self, unacked: list[tuple[Sequence[Publication], Sequence[int]]]) -> bool:
+    async def _published(self, unacked: list[_Unacked]) -> bool:
         """Publish what has no outbox row and wait until the broker acknowledged it all,
         trying again while it fails; False if stopping first (the commands are delivered
         again, and publish their stored events again)."""
         failures = 0
         while unacked:
-            futures = [await self.outgoing.submit(pubs, ids, acked=True) for pubs, ids in unacked]
+            futures = [await self.outgoing.submit(pubs, ids, acked=True) for _, pubs, ids in unacked]
             results = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
             for r in results:
                 if isinstance(r, PERMANENT_ERRORS):  # never publishable: it must not stall the partition
@@ -355,9 +408,7 @@ class CommandConsumer:
             await asyncio.sleep(delay)
         return True
 
-    async def _process(
-        self, messages: list[Any], mode: ExecutionMode
-    ) -> list[tuple[Sequence[Publication], Sequence[int]]] | None:
+    async def _process(self, messages: list[Any], mode: ExecutionMode) -> list[_Unacked] | None:
         """Take a batch to durable outcomes; None if stopping first (offsets not done), else
         what must still be published, and acknowledged, before its offsets may be committed."""
         if self.metrics is not None:  # since its oldest command was produced (producer's clock)
@@ -389,7 +440,7 @@ class CommandConsumer:
             await self.outgoing.submit(*lettered)
         if self.metrics is not None:
             self.metrics.stage("parse", time.perf_counter() - parsing)
-        unacked: list[tuple[Sequence[Publication], Sequence[int]]] = []
+        unacked: list[_Unacked] = []
         if not commands:
             return unacked
         batch = [(c, t) for _, c, t in commands]
@@ -423,7 +474,7 @@ class CommandConsumer:
                     return None
                 await self.outgoing.submit(*parked)
             elif outcome.direct:
-                unacked.append((outcome.publications, outcome.outbox_ids))
+                unacked.append((message, outcome.publications, outcome.outbox_ids))
             else:
                 await self.outgoing.submit(outcome.publications, outcome.outbox_ids)
         return unacked
@@ -572,7 +623,12 @@ class CommandConsumer:
 
     async def _commit_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.commit_interval)
+            if self.transactions is None:
+                await asyncio.sleep(self.commit_interval)
+            else:  # a transaction as soon as a batch ends: its events wait for it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), self.commit_interval)
+                self._finished.clear()
             try:
                 await self._commit()
                 if self.metrics is not None:
@@ -599,6 +655,9 @@ class CommandConsumer:
         metrics.oldest_unfinished.set(0.0 if oldest is None else now - oldest)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        if self.transactions is not None:
+            await self._commit_transactions(only)
+            return
         offsets = {
             tp: part.committable
             for tp, part in self._parts.items()
@@ -616,12 +675,66 @@ class CommandConsumer:
         for tp, offset in offsets.items():
             self._parts[tp].committed = offset
 
-    async def _drain(self, partitions: set[TopicPartition]) -> None:
-        """Finish in-flight work of ``partitions`` (bounded), commit it, forget them.
+    async def _commit_transactions(self, only: set[TopicPartition] | None) -> None:
+        """Each partition's due events and its offset in one transaction, the partitions'
+        transactions together; one that fails is tried again next round, its events kept."""
+        assert self.transactions is not None
+        due = [
+            (tp, part, part.committable, len(part.due))
+            for tp, part in self._parts.items()
+            if part.committable is not None
+            and part.committable != part.committed
+            and (only is None or tp in only)
+        ]
+        if not due:
+            return
+        transactions = self.transactions
+        results = await asyncio.gather(
+            *(transactions.commit(tp, part.due[:n], offset) for tp, part, offset, n in due),
+            return_exceptions=True,
+        )
+        for (tp, part, offset, n), result in zip(due, results, strict=True):
+            if isinstance(result, Fenced):
+                self._fenced(tp, result)
+            elif isinstance(result, BaseException):
+                _log.warning(
+                    "the transaction of %s/%s failed (%s: %s); trying again",
+                    tp.topic,
+                    tp.partition,
+                    type(result).__name__,
+                    result,
+                )
+            else:
+                del part.due[:n]
+                part.committed = offset
 
-        Messages fetched but not started are dropped (their offsets were never done): the
-        partition's next owner, or this process after a restart, fetches them again; so are
-        those the fetch loop holds while it waits for a slot (``run`` checks ``_revoked_at``)."""
+    def _fenced(self, tp: TopicPartition, exc: Fenced) -> None:
+        """Another producer took ``tp``'s transactional id: its owner now, or this process
+        after a transaction the broker timed out. Drop what this process holds of ``tp``
+        (its committed outcomes replay on redelivery) and stop fetching it; if the group
+        still gives ``tp`` to this process a session timeout later, take it up again from
+        its committed offset with a new producer (which fences any other in turn)."""
+        _log.error("%s; dropping its uncommitted work, paused for %.0fs", exc, self.session_timeout)
+        self._forget({tp})
+        self._parts.pop(tp, None)
+        with contextlib.suppress(Exception):
+            self.consumer.pause(tp)
+        task = asyncio.create_task(self._recover(tp))
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
+
+    async def _recover(self, tp: TopicPartition) -> None:
+        await asyncio.sleep(self.session_timeout)
+        if tp not in self.consumer.assignment() or self._stopping.is_set():
+            return  # revoked meanwhile: its new owner has it
+        _log.warning("%s/%s is still assigned here: taking it up again", tp.topic, tp.partition)
+        await self.consumer.seek_to_committed(tp)
+        self._parts.pop(tp, None)  # its next fetch is a first fetch again: committed claims
+        self.consumer.resume(tp)
+
+    def _forget(self, partitions: set[TopicPartition]) -> None:
+        """Drop the fetched, not started messages of ``partitions`` (their offsets were never
+        done: whoever owns them next fetches them again)."""
         self._revocations += 1
         for tp in partitions:
             self._revoked_at[tp] = self._revocations
@@ -633,6 +746,14 @@ class CommandConsumer:
             if not kept and key not in self._busy:
                 del self._queues[key]
                 self._ready.pop(key, None)
+
+    async def _drain(self, partitions: set[TopicPartition]) -> None:
+        """Finish in-flight work of ``partitions`` (bounded), commit it, forget them.
+
+        Messages fetched but not started are dropped (their offsets were never done): the
+        partition's next owner, or this process after a restart, fetches them again; so are
+        those the fetch loop holds while it waits for a slot (``run`` checks ``_revoked_at``)."""
+        self._forget(partitions)
         tasks = {t for tp in partitions if tp in self._parts for t in self._parts[tp].tasks}
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.drain_timeout)
@@ -643,6 +764,8 @@ class CommandConsumer:
         await self._commit(partitions)
         for tp in partitions:
             self._parts.pop(tp, None)
+            if self.transactions is not None:
+                await self.transactions.close(tp)
             if self.metrics is not None:
                 self.metrics.forget_partition(tp.topic, tp.partition)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +23,7 @@ from infra.http import OpsApi, build_app
 from infra.kafka import CommandConsumer, KafkaPublisher, OutboxRelay, ensure_topics
 from infra.kafka.deadletters import KafkaDeadLetters
 from infra.kafka.publisher import OutboxCleaner, producer_options
+from infra.kafka.transactions import PartitionTransactions
 from infra.postgres import PostgresStore, connect_pool, migrate
 from infra.postgres.inbox import PostgresInbox
 from infra.postgres.migrate import status
@@ -249,6 +251,23 @@ def new_executor(
     )
 
 
+def open_transactions(settings: Settings, publisher: KafkaPublisher) -> PartitionTransactions | None:
+    """Exactly-once mode's producers (one per assigned partition, opened as each is), or None."""
+    if not settings.kafka_exactly_once:
+        return None
+    return PartitionTransactions.connecting_to(
+        publisher, settings.kafka_bootstrap, group_id=settings.group_id, **producer_options(settings)
+    )
+
+
+def group_instance_id(settings: Settings) -> str | None:
+    """The static member id, one per worker of ``serve --workers``."""
+    worker = os.environ.get("OPRUNNER_WORKER")
+    if settings.kafka_group_instance_id is None or worker is None:
+        return settings.kafka_group_instance_id
+    return f"{settings.kafka_group_instance_id}-{worker}"
+
+
 def delivering(publisher: KafkaPublisher, cleaner: OutboxCleaner) -> Callable[[Outcome], Awaitable[None]]:
     """Publish an outcome's events at once, and have its outbox rows removed once they are
     out; a failure is only logged: the rows stay, and the outbox relay publishes them."""
@@ -415,6 +434,8 @@ async def build_runtime(
             park_after_attempts=settings.park_after_attempts,
             park_after_seconds=settings.park_after_seconds,
             metrics=metrics,
+            transactions=open_transactions(settings, publisher),
+            group_instance_id=group_instance_id(settings),
         )
 
         deliver = delivering(publisher, consumer.cleaner)

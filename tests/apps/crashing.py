@@ -3,20 +3,24 @@ command (DESIGN.md, steps 5-9), chosen by ``OPRUNNER_TEST_CRASH_AT``:
 
 * ``after-commit``: a batch's outcomes are committed, their events not yet published;
 * ``after-publish``: its events are acknowledged by the broker, its offsets not committed;
+* ``in-transaction`` (``OPRUNNER_KAFKA_EXACTLY_ONCE``): a partition's events are written in
+  its open transaction, which neither commits their offset nor itself;
 * ``in-handler``: not a gap but the crash budget: ``ledger.credit`` of amount 66 kills the
   process every time it runs, however often it is redelivered.
 
-The two gaps are taken once, after ``OPRUNNER_TEST_CRASH_AFTER`` batches (default 2) went
+The gaps are taken once, after ``OPRUNNER_TEST_CRASH_AFTER`` batches (default 2) went
 through whole. Patched from here, in the test's serve process only: the engine has no hook."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from decimal import Decimal
 from typing import Any
 
 from infra.kafka.consumer import CommandConsumer
+from infra.kafka.publisher import KafkaPublisher
 from runner import OperationContext, OperationRegistry, install_op
 from tests.apps.ledger import Credit, CreditInput, CreditOutput, credit, load_account
 
@@ -44,6 +48,22 @@ async def _published_then_maybe_die(self: CommandConsumer, unacked: Any) -> bool
 
 
 CommandConsumer._published = _published_then_maybe_die  # type: ignore[method-assign]
+
+_send_batched = KafkaPublisher._send_batched
+
+
+async def _sent_then_maybe_die(self: KafkaPublisher, producer: Any, publications: Any) -> Any:
+    futures = await _send_batched(self, producer, publications)
+    transactional = getattr(getattr(producer, "_txn_manager", None), "transactional_id", None)
+    if AT == "in-transaction" and transactional and publications:
+        if _through[0] >= AFTER:
+            await asyncio.gather(*futures)  # the broker holds them, in the open transaction
+            _die()
+        _through[0] += 1
+    return futures
+
+
+KafkaPublisher._send_batched = _sent_then_maybe_die  # type: ignore[method-assign]
 
 
 async def credit_or_die(value: CreditInput, ctx: OperationContext) -> CreditOutput:

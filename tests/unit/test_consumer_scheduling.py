@@ -223,9 +223,10 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(**options: Any) -> AsyncIterator[Harness]:
+async def running(executor: FakeExecutor | None = None, **options: Any) -> AsyncIterator[Harness]:
     """A consumer on fakes, fetching until the block ends (then stopped: drained, committed)."""
-    kafka, executor, publisher = FakeKafka(), FakeExecutor(), FakePublisher()
+    kafka, publisher = FakeKafka(), FakePublisher()
+    executor = executor or FakeExecutor()
     consumer = CommandConsumer(
         executor,  # type: ignore[arg-type]
         publisher,  # type: ignore[arg-type]
