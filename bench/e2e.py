@@ -1,15 +1,22 @@
 """End-to-end benchmark: oprunner against the bare pipe and three hand-written consumers.
 
     python -m bench.e2e [--commands 20000] [--rate 1000] [--seconds 20] [--workers 2]
-                        [--only broker,bare,handwritten,batched,samework,oprunner,workers]
-                        [--profile]
+                        [--only broker,bare,handwritten,batched,samework,oprunner,workers,exactlyonce]
+                        [--latency-broker noida|same] [--profile]
 
 Rows: ``bare`` (aiokafka consume -> produce, nothing else), ``handwritten`` (the FastStream
 consumer a team writes first: a transaction and an awaited publish per message),
 ``batched`` (the one it writes for speed: FastStream's batch subscriber, a transaction per
 batch), ``samework`` (that one doing oprunner's work: a JWT, the owner rule's query, an
 audit row, a result and an audit event per command), ``oprunner`` (one ``serve``) and
-``oprunner-wN`` (``serve --workers N``); see ``bench/pipelines.py``.
+``oprunner-wN`` (``serve --workers N``) and ``oprunner-eos`` (one ``serve`` with
+``OPRUNNER_KAFKA_EXACTLY_ONCE``, read ``read_committed``); see ``bench/pipelines.py``.
+
+Two brokers in one run: throughput on the default local broker (``OPRUNNER_DEV_BROKER``,
+Tansu), latency on noida-db (flat latency, where Tansu's grows with its partitions;
+``--latency-broker same`` keeps one). ``oprunner-eos`` needs transactions, which Tansu lacks,
+so both its phases run on the latency broker; compare it with the ``oprunner`` latency row
+(same broker, same rate: CPU per command and percentiles).
 
 One run, one broker, one database, one message set (``ledger.credit`` commands over 1,000
 accounts, each with a JWT). For each pipeline: throughput (commands produced beforehand,
@@ -47,7 +54,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.app import LEDGER_SCHEMA as SCHEMA
-from infra.devservices import Postgres, broker_client_env, free_port, new_broker
+from infra.devservices import Postgres, broker_client_env, broker_kind, free_port, new_broker
 from infra.kafka import ensure_topics
 from infra.postgres import migrate
 from runner import mint_token
@@ -55,19 +62,43 @@ from runner.client import PacedFetch
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-that-is-long-enough-for-hs256"
-PIPELINES = ("broker", "bare", "handwritten", "batched", "samework", "oprunner", "workers")
+PIPELINES = ("broker", "bare", "handwritten", "batched", "samework", "oprunner", "workers", "exactlyonce")
 SLOW_COMMANDS = 4000
 WORKERS = [2]
 """``serve --workers N`` for the ``workers`` row (``--workers``)."""
-READER_INTERVAL_MS = min(int(broker_client_env()["OPRUNNER_FETCH_MIN_INTERVAL_MS"]), 1)
-"""The pipelines' consumers fetch at most as often as the broker needs (``PacedFetch``: noida
-answers every fetch at once); the benchmark's own readers up to every 1 ms there, so at most
-that is added to what they measure and they take no core from the pipeline under test."""
+SERVE_KINDS = ("oprunner", "workers", "exactlyonce")
+"""The rows that run ``oprunner serve``."""
+
+
+@dataclass(frozen=True)
+class Kafka:
+    """A broker the run uses: where, which kind (for its clients' settings), its pid."""
+
+    bootstrap: str
+    kind: str | None = None  # None: as the environment says (a broker given by URL)
+    pid: int | None = None
+
+    def client_env(self) -> dict[str, str]:
+        return broker_client_env(self.kind)
+
+    @property
+    def reader_interval_ms(self) -> int:
+        """The pipelines' consumers fetch at most as often as the broker needs (``PacedFetch``:
+        noida answers every fetch at once); the benchmark's own readers up to every 1 ms
+        there, so at most that is added to what they measure and they take no core from the
+        pipeline under test."""
+        return min(int(self.client_env()["OPRUNNER_FETCH_MIN_INTERVAL_MS"]), 1)
+
+    @property
+    def transactions(self) -> bool:
+        return self.kind != "tansu"
 
 
 @dataclass
 class Figures:
     pipeline: str
+    throughput_broker: str | None = None
+    latency_broker: str | None = None
     commands: int = 0
     seconds: float = 0.0
     per_second: float = 0.0
@@ -113,14 +144,15 @@ def commands(n: int, accounts: int, prefix: str) -> list[tuple[bytes, bytes, str
 class Pipeline:
     """One pipeline process on its own topics and group."""
 
-    def __init__(self, kind: str, bootstrap: str, dsn: str) -> None:
+    def __init__(self, kind: str, kafka: Kafka, dsn: str) -> None:
         suffix = uuid.uuid4().hex[:8]
-        self.kind, self.bootstrap = kind, bootstrap
+        bootstrap = kafka.bootstrap
+        self.kind, self.kafka, self.bootstrap = kind, kafka, bootstrap
         self.commands, self.results = f"bench.{suffix}.commands", f"bench.{suffix}.results"
         self.env = {
             **os.environ,
             "OPRUNNER_KAFKA_BOOTSTRAP": bootstrap,
-            **broker_client_env(),  # idempotent producers, paced fetches: what the broker takes
+            **kafka.client_env(),  # idempotent producers, paced fetches: what the broker takes
             "OPRUNNER_DATABASE_URL": dsn,
             "OPRUNNER_JWT_SECRET": SECRET,
             "OPRUNNER_COMMANDS_TOPIC": self.commands,
@@ -133,6 +165,7 @@ class Pipeline:
             "OPRUNNER_TOPIC_MIN_INSYNC_REPLICAS": "1",
             "OPRUNNER_FETCH_MAX_WAIT_MS": "5",  # Tansu holds fetches to the deadline; all three get 5
             "OPRUNNER_LOG_LEVEL": "WARNING",
+            **({"OPRUNNER_KAFKA_EXACTLY_ONCE": "true"} if kind == "exactlyonce" else {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None  # none for the broker row
         self.port = free_port()  # its HTTP port (oprunner's /metrics)
@@ -146,10 +179,12 @@ class Pipeline:
 
     @property
     def name(self) -> str:
-        return f"oprunner-w{self.workers}" if self.kind == "workers" else self.kind
+        return {"workers": f"oprunner-w{self.workers}", "exactlyonce": "oprunner-eos"}.get(
+            self.kind, self.kind
+        )
 
     def start(self) -> None:
-        if self.kind in ("oprunner", "workers"):
+        if self.kind in SERVE_KINDS:
             cmd = [
                 sys.executable,
                 *["-m", "runner", "serve", "bench.app:registry"],
@@ -176,7 +211,7 @@ class Pipeline:
         """The largest peak RSS (VmHWM) among the pipeline's processes: a supervisor's
         workers count, each on its own."""
         peaks = []
-        for pid in cpu_by_role(self.pids)["runner"]:
+        for pid in cpu_by_role(self.pids, self.kafka)["runner"]:
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
@@ -230,8 +265,15 @@ async def produce(
         await producer.stop()
 
 
-async def reader(bootstrap: str, topic: str) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
+async def reader(bootstrap: str, topic: str, *, committed: bool = False) -> AIOKafkaConsumer:
+    """A reader of every partition of ``topic`` from its start; ``committed``: as a
+    ``read_committed`` subscriber (what exactly-once mode promises to)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=5,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
     await consumer.start()
     tps = [TopicPartition(topic, p) for p in range(4)]
     consumer.assign(tps)
@@ -258,13 +300,13 @@ def batch_for(kind: str, n: int, accounts: int, prefix: str) -> list[tuple[bytes
 
 
 async def collect(
-    consumer: AIOKafkaConsumer, kind: str, ids: set[str], within: float
+    consumer: AIOKafkaConsumer, kind: str, ids: set[str], within: float, interval_ms: int
 ) -> list[tuple[str, int]]:
     """(causation id, Kafka timestamp in ms) of results for ``ids``, until all came or time ran out."""
     got: list[tuple[str, int]] = []
     seen: set[str] = set()
     deadline = time.monotonic() + within
-    paced = PacedFetch(consumer, READER_INTERVAL_MS)
+    paced = PacedFetch(consumer, interval_ms)
     while not ids <= seen and time.monotonic() < deadline:
         fetched = await paced.getmany(timeout_ms=200, max_records=5000)
         for messages in fetched.values():
@@ -276,32 +318,31 @@ async def collect(
     return got
 
 
-async def throughput(
-    kind: str, bootstrap: str, dsn: str, n: int, accounts: int, headers: list[Any]
-) -> Figures:
+async def throughput(kind: str, kafka: Kafka, dsn: str, n: int, accounts: int, headers: list[Any]) -> Figures:
     """Start the pipeline and let its group settle (200 commands answered), then produce ``n``
     commands as fast as the producer can and time the pipeline from its first result to its
     last, by the results' own Kafka timestamps (when the pipeline sent them). The hand-written
     per-message consumer gets at most ``SLOW_COMMANDS`` (a rate needs no more, and it runs
     ~150/s: 20,000 would take two minutes)."""
     asked, n = n, min(n, SLOW_COMMANDS) if kind == "handwritten" else n
-    pipe = Pipeline(kind, bootstrap, dsn)
+    pipe = Pipeline(kind, kafka, dsn)
+    bootstrap, interval = kafka.bootstrap, kafka.reader_interval_ms
     await pipe.topics()
-    consumer = await reader(bootstrap, pipe.results)
+    consumer = await reader(bootstrap, pipe.results, committed=kind == "exactlyonce")
     try:
         pipe.start()
         warm = batch_for(kind, 200, accounts, f"warm-{uuid.uuid4().hex[:6]}")
         await produce(bootstrap, pipe.commands, warm, headers)
-        await collect(consumer, kind, {c for _, _, c in warm}, 60)
+        await collect(consumer, kind, {c for _, _, c in warm}, 60, interval)
         batch = batch_for(kind, n, accounts, f"tp-{uuid.uuid4().hex[:6]}")
         ids = {c for _, _, c in batch}
-        cpu_before = cpu_by_role(pipe.pids)
+        cpu_before = cpu_by_role(pipe.pids, pipe.kafka)
         pg_before = await pg_counters(dsn)
         sampling = Sampler(pipe.pids[0]) if PROFILE[0] and kind == "oprunner" else None
         producing = asyncio.create_task(produce(bootstrap, pipe.commands, batch, headers))
-        got = await collect(consumer, kind, ids, max(120.0, n / 100))
+        got = await collect(consumer, kind, ids, max(120.0, n / 100), interval)
         await producing
-        cpu = cpu_per_command(cpu_before, cpu_by_role(pipe.pids), n)
+        cpu = cpu_per_command(cpu_before, cpu_by_role(pipe.pids, pipe.kafka), n)
         profile = sampling.stop() if sampling is not None else []
         await asyncio.sleep(1.1)  # backends flush their statistics at most once a second
         pg_after = await pg_counters(dsn)
@@ -327,26 +368,30 @@ async def throughput(
 
 
 async def latency(
-    kind: str, bootstrap: str, dsn: str, rate: int, seconds: float, accounts: int, headers: list[Any]
+    kind: str, kafka: Kafka, dsn: str, rate: int, seconds: float, accounts: int, headers: list[Any]
 ) -> dict[str, Any]:
-    pipe = Pipeline(kind, bootstrap, dsn)
+    pipe = Pipeline(kind, kafka, dsn)
+    bootstrap, interval = kafka.bootstrap, kafka.reader_interval_ms
     await pipe.topics()
     total = int(rate * seconds)
     batch = commands(total, accounts, f"lat-{uuid.uuid4().hex[:6]}")
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    consumer = await reader(bootstrap, pipe.commands if kind == "broker" else pipe.results)
+    consumer = await reader(
+        bootstrap, pipe.commands if kind == "broker" else pipe.results, committed=kind == "exactlyonce"
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
     if kind != "broker":
         pipe.start()
     warm = batch_for(kind, 200, accounts, f"warm-{uuid.uuid4().hex[:6]}")
     await produce(bootstrap, pipe.commands, warm, headers)
-    await collect(consumer, kind, {c for _, _, c in warm}, 60)
-    before = pipe.stage_counts() if kind == "oprunner" else {}
-    cpu_before = cpu_by_role(pipe.pids)
+    await collect(consumer, kind, {c for _, _, c in warm}, 60, interval)
+    staged = kind in ("oprunner", "exactlyonce")
+    before = pipe.stage_counts() if staged else {}
+    cpu_before = cpu_by_role(pipe.pids, pipe.kafka)
 
-    paced = PacedFetch(consumer, READER_INTERVAL_MS)
+    paced = PacedFetch(consumer, interval)
 
     async def read(until: float) -> None:
         while time.monotonic() < until and len(received) < total:
@@ -375,8 +420,8 @@ async def latency(
         await write()
         await reading
         rss = pipe.peak_rss_mb()
-        stages = stage_breakdown(before, pipe.stage_counts()) if kind == "oprunner" else {}
-        cpu = cpu_per_command(cpu_before, cpu_by_role(pipe.pids), len(received))
+        stages = stage_breakdown(before, pipe.stage_counts()) if staged else {}
+        cpu = cpu_per_command(cpu_before, cpu_by_role(pipe.pids, pipe.kafka), len(received))
     finally:
         await producer.stop()
         await consumer.stop()
@@ -535,6 +580,7 @@ class Sampler:
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVICE_PIDS: dict[str, int] = {}
+BROKER_PIDS: set[int] = set()
 """The root process of each service the benchmark started (``broker``, ``postgres``)."""
 
 
@@ -552,12 +598,16 @@ def _processes() -> dict[int, tuple[int, float]]:
     return out
 
 
-def cpu_by_role(runner_pids: list[int]) -> dict[str, dict[int, float]]:
+def cpu_by_role(runner_pids: list[int], kafka: Kafka) -> dict[str, dict[int, float]]:
     """CPU seconds so far of each process of each role: the pipeline (``runner``), the load
-    generator (this process), and the broker and Postgres the benchmark started, with their
-    children (Postgres backends)."""
+    generator (this process), and the broker (``kafka``'s) and Postgres the benchmark
+    started, with their children (Postgres backends). The other broker counts for no role."""
     procs = _processes()
     roots = {"runner": runner_pids, "load": [os.getpid()], **{k: [v] for k, v in SERVICE_PIDS.items()}}
+    if kafka.pid:
+        roots["broker"] = [kafka.pid]
+    for pid in BROKER_PIDS - {kafka.pid}:
+        roots[f"idle-{pid}"] = [pid]
     out: dict[str, dict[int, float]] = {}
     for role, pids in roots.items():
         members = {p for p in pids if p in procs}
@@ -568,7 +618,7 @@ def cpu_by_role(runner_pids: list[int]) -> dict[str, dict[int, float]]:
             grown = bool(new)
             members |= new
         out[role] = {p: procs[p][1] for p in members}
-    return out
+    return {role: cpu for role, cpu in out.items() if not role.startswith("idle-")}
 
 
 def cpu_per_command(
@@ -584,7 +634,9 @@ def cpu_per_command(
 
 
 @contextlib.contextmanager
-def services() -> Any:
+def services(latency_broker: str) -> Any:
+    """Postgres, and the brokers: (throughput's, latency's), the same one when a URL is given
+    or ``latency_broker`` is ``same``."""
     bootstrap, dsn = os.environ.get("OPRUNNER_KAFKA_BOOTSTRAP"), os.environ.get("OPRUNNER_DATABASE_URL")
     started: list[Any] = []
     try:
@@ -594,14 +646,23 @@ def services() -> Any:
             dsn = pg.dsn
             if pg.proc_pid:
                 SERVICE_PIDS["postgres"] = pg.proc_pid
-        if not bootstrap:
-            broker = new_broker().start()
+        if bootstrap:
+            given = Kafka(bootstrap)
+            yield (given, given), dsn
+            return
+
+        def local(kind: str) -> Kafka:
+            broker = new_broker(kind).start()
             started.append(broker)
-            bootstrap = broker.bootstrap
             pid = getattr(getattr(broker, "proc", None), "pid", None)
             if pid:
-                SERVICE_PIDS["broker"] = pid
-        yield bootstrap, dsn
+                BROKER_PIDS.add(pid)
+            return Kafka(broker.bootstrap, kind, pid)
+
+        default = broker_kind()
+        first = local(default)
+        other = latency_broker if latency_broker != "same" else default
+        yield (first, first if other == default else local(other)), dsn
     finally:
         for service in started:
             service.stop()
@@ -666,18 +727,31 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     headers = [("authorization", f"Bearer {mint_token(SECRET, sub='alice', tenant='t1', ttl=7200)}".encode())]
     chosen = [p for p in PIPELINES if p in args.only.split(",")]
-    with services() as (bootstrap, dsn):
+    with services(args.latency_broker) as ((fast, flat), dsn):
         await prepare(dsn, args.accounts)
         rows = []
         for kind in chosen:
+            # exactly-once mode needs transactions: the latency broker's, if the default lacks them
+            kafka = flat if kind == "exactlyonce" and not fast.transactions else fast
+            if kind == "exactlyonce" and not kafka.transactions:
+                print(f"[{kind}] skipped: {kafka.kind} has no transactions (--latency-broker noida)")
+                continue
             if kind == "broker":  # latency only: what the broker alone adds, one hop
                 figures = Figures(kind)
             else:
-                print(f"[{kind}] throughput: {args.commands} commands ...", flush=True)
-                figures = await throughput(kind, bootstrap, dsn, args.commands, args.accounts, headers)
+                print(
+                    f"[{kind}] throughput on {kafka.kind or 'Kafka'}: {args.commands} commands ...",
+                    flush=True,
+                )
+                figures = await throughput(kind, kafka, dsn, args.commands, args.accounts, headers)
+                figures.throughput_broker = kafka.kind
             if kind in args.latency.split(","):
-                print(f"[{kind}] latency: {args.rate}/s for {args.seconds}s ...", flush=True)
-                lat = await latency(kind, bootstrap, dsn, args.rate, args.seconds, args.accounts, headers)
+                print(
+                    f"[{kind}] latency on {flat.kind or 'Kafka'}: {args.rate}/s for {args.seconds}s ...",
+                    flush=True,
+                )
+                lat = await latency(kind, flat, dsn, args.rate, args.seconds, args.accounts, headers)
+                figures.latency_broker = flat.kind
                 rss = lat.pop("rss")
                 figures.stages = lat.pop("stages") or {}
                 figures.latency_cpu_us_per_command = lat.pop("latency_cpu_us_per_command")
@@ -695,6 +769,8 @@ async def main(args: argparse.Namespace) -> int:
     ratios = {}
     for ours in [r.pipeline for r in rows if r.pipeline.startswith("oprunner")]:
         for base in ("bare", "handwritten", "batched", "samework"):
+            if base in by and by[base].throughput_broker != by[ours].throughput_broker:
+                continue  # oprunner-eos on another broker than the others: not comparable
             if base in by and by[base].per_second:
                 ratios[f"{ours}/{base}"] = round(by[ours].per_second / by[base].per_second, 3)
     print()
@@ -737,9 +813,10 @@ async def main(args: argparse.Namespace) -> int:
         print("\noprunner's top functions by own time in the throughput run (py-spy, % of samples):")
         for name, share in by["oprunner"].profile:
             print(f"{share:6.1f}%  {name}")
-    if "oprunner" in by and by["oprunner"].stages:
-        print("\noprunner's stages at the latency run's rate (per batch; from its /metrics):")
-        print(stage_table(by["oprunner"].stages))
+    for name in ("oprunner", "oprunner-eos"):
+        if name in by and by[name].stages:
+            print(f"\n{name}'s stages at the latency run's rate (per batch; from its /metrics):")
+            print(stage_table(by[name].stages))
     out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"e2e-{int(time.time())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
@@ -763,7 +840,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--only", default=",".join(PIPELINES), help="comma-separated pipelines to run")
     parser.add_argument(
-        "--latency", default="broker,bare,oprunner", help="pipelines whose latency is measured"
+        "--latency", default="broker,bare,oprunner,exactlyonce", help="pipelines whose latency is measured"
+    )
+    parser.add_argument(
+        "--latency-broker",
+        default="noida",
+        choices=("noida", "tansu", "same"),
+        help="the local broker of the latency runs (and of oprunner-eos); same: the default one",
     )
     parser.add_argument("--json", default="", help="where to write the figures")
     parser.add_argument(
