@@ -6,7 +6,10 @@ command (DESIGN.md, steps 5-9), chosen by ``OPRUNNER_TEST_CRASH_AT``:
 * ``in-transaction`` (``OPRUNNER_KAFKA_EXACTLY_ONCE``): a partition's events are written in
   its open transaction, which neither commits their offset nor itself;
 * ``in-handler``: not a gap but the crash budget: ``ledger.credit`` of amount 66 kills the
-  process every time it runs, however often it is redelivered.
+  process every time it runs, however often it is redelivered;
+* ``hold``: not a crash but a claim held open: ``ledger.credit`` of amount 77 touches the
+  file ``OPRUNNER_TEST_HOLD_FILE`` and sleeps 3 s inside its batch's transaction (the test
+  kills a process meanwhile).
 
 The gaps are taken once, after ``OPRUNNER_TEST_CRASH_AFTER`` batches (default 2) went
 through whole. Patched from here, in the test's serve process only: the engine has no hook."""
@@ -17,6 +20,7 @@ import asyncio
 import os
 import signal
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from infra.kafka.consumer import CommandConsumer
@@ -69,6 +73,9 @@ KafkaPublisher._send_batched = _sent_then_maybe_die  # type: ignore[method-assig
 async def credit_or_die(value: CreditInput, ctx: OperationContext) -> CreditOutput:
     if AT == "in-handler" and value.amount == Decimal(66):
         _die()
+    if AT == "hold" and value.amount == Decimal(77):
+        Path(os.environ["OPRUNNER_TEST_HOLD_FILE"]).touch()  # noqa: ASYNC240 (a test's marker)
+        await asyncio.sleep(3)
     return await credit(value, ctx)
 
 
