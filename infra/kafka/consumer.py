@@ -214,6 +214,7 @@ class CommandConsumer:
         self._revoked_at: dict[TopicPartition, int] = {}  # partition -> the drain that last took it
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()  # a batch ended: the next transaction may go now
+        self._transacting = asyncio.Lock()  # one round at a time: each takes what the last left
         self._recovering: set[asyncio.Task[None]] = set()
         self.processed = 0
         self.dead_lettered = 0
@@ -678,6 +679,10 @@ class CommandConsumer:
     async def _commit_transactions(self, only: set[TopicPartition] | None) -> None:
         """Each partition's due events and its offset in one transaction, the partitions'
         transactions together; one that fails is tried again next round, its events kept."""
+        async with self._transacting:  # the loop's round and a drain's must not both send a prefix
+            await self._transaction_round(only)
+
+    async def _transaction_round(self, only: set[TopicPartition] | None) -> None:
         assert self.transactions is not None
         due = [
             (tp, part, part.committable, len(part.due))
@@ -716,15 +721,17 @@ class CommandConsumer:
         its committed offset with a new producer (which fences any other in turn)."""
         _log.error("%s; dropping its uncommitted work, paused for %.0fs", exc, self.session_timeout)
         self._forget({tp})
-        self._parts.pop(tp, None)
+        part = self._parts.pop(tp, None)
         with contextlib.suppress(Exception):
             self.consumer.pause(tp)
-        task = asyncio.create_task(self._recover(tp))
+        task = asyncio.create_task(self._recover(tp, set(part.tasks) if part else set()))
         self._recovering.add(task)
         task.add_done_callback(self._recovering.discard)
 
-    async def _recover(self, tp: TopicPartition) -> None:
+    async def _recover(self, tp: TopicPartition, running: set[asyncio.Task[None]]) -> None:
         await asyncio.sleep(self.session_timeout)
+        if running:  # a batch of its old offsets must not mark the refetched ones done
+            await asyncio.wait(running)
         if tp not in self.consumer.assignment() or self._stopping.is_set():
             return  # revoked meanwhile: its new owner has it
         _log.warning("%s/%s is still assigned here: taking it up again", tp.topic, tp.partition)

@@ -24,6 +24,7 @@ class FakeTransactions:
         self.committed: list[tuple[TopicPartition, list[bytes], int]] = []
         self.opened: list[TopicPartition] = []
         self.failures: list[BaseException] = []
+        self.gate: asyncio.Event | None = None  # commits wait for it when set
 
     def owns(self, tp: TopicPartition) -> bool:
         return tp in self.opened
@@ -41,6 +42,8 @@ class FakeTransactions:
     async def commit(self, tp: TopicPartition, publications: Sequence[Publication], offset: int) -> None:
         if self.failures:
             raise self.failures.pop(0)
+        if self.gate is not None:
+            await self.gate.wait()
         self.committed.append((tp, [p.value for p in publications], offset))
 
     def events(self, tp: TopicPartition) -> list[bytes]:
@@ -100,3 +103,17 @@ async def test_a_fenced_partition_is_dropped_and_paused_and_its_events_never_go(
         assert P0 not in h.consumer._parts  # its next owner (or this one, later) fetches again
         await asyncio.sleep(0)
     assert txns.committed == []
+
+
+async def test_a_revoke_during_a_transaction_round_sends_no_event_twice() -> None:
+    txns, harness = transactional()
+    txns.gate = asyncio.Event()
+    async with harness as h:
+        await h.kafka.fetches.put(fetch(message(P0, 0, "a0")))
+        await until(lambda: "a0" in h.executor.done)
+        await settle()  # the loop's round is in its transaction, held at the gate
+        revoking = asyncio.create_task(h.revoke(P0))
+        await settle()
+        txns.gate.set()
+        await revoking
+    assert txns.events(P0) == [b"a0"]  # once: the drain's round saw what the loop's had sent
