@@ -1,6 +1,6 @@
 """End-to-end benchmark: oprunner against the bare pipe and three hand-written consumers.
 
-    python -m bench.e2e [--commands 20000] [--rate 1000] [--seconds 20] [--workers 2]
+    python -m bench.e2e [--commands 20000] [--rate 500] [--seconds 20] [--workers 2]
                         [--only broker,bare,handwritten,batched,samework,oprunner,workers,exactlyonce]
                         [--latency-broker noida|same] [--profile]
 
@@ -836,7 +836,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--commands", type=int, default=20_000)
     parser.add_argument("--accounts", type=int, default=1_000)
-    parser.add_argument("--rate", type=int, default=1_000)
+    parser.add_argument("--rate", type=int, default=500, help="commands per second in the latency runs")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--only", default=",".join(PIPELINES), help="comma-separated pipelines to run")
     parser.add_argument(

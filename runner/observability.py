@@ -135,12 +135,14 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
-STAGES = ("queued", "parse", "admit", "claim", "run", "commit", "publish_wait", "publish")
+STAGES = ("queued", "parse", "admit", "claim", "run", "commit", "publish_wait", "publish", "transaction")
 """A batch's way through the runner: ``queued`` from its oldest command's produce time (the
 producer's timestamp) to its batch starting, which holds the broker's hop and any wait for a
 batch slot; ``parse``; ``admit`` (validate, authenticate, authorize); ``claim``; ``run`` (the
 handlers); ``commit`` (outcomes written, transaction committed); ``publish_wait`` (queued
-behind other publishes); ``publish`` (sent and acknowledged)."""
+behind other publishes); ``publish`` (sent and acknowledged); in exactly-once mode, instead
+of the last two, ``transaction``: from the batch's end until a transaction round committed
+its partitions' events and offsets (the watermark's wait included)."""
 
 
 _drop_unsampled = False

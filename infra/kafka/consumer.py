@@ -109,6 +109,8 @@ class _Partition:
     """Exactly-once mode: events of done offsets the watermark has not passed yet."""
     due: list[Publication] = field(default_factory=list)
     """Exactly-once mode: events below ``committable``, for its next transaction."""
+    ended: dict[int, float] = field(default_factory=dict)
+    """Exactly-once mode: when each done offset's batch ended, until a transaction takes it."""
 
     def add(self, offset: int) -> None:
         self.pending[offset] = False
@@ -367,9 +369,11 @@ class CommandConsumer:
             return
         if self.transactions is not None:  # its events go with its partitions' offsets
             events = {id(message): pubs for message, pubs, _ in unacked}
+            ended = time.perf_counter()
             for _, tp, message in batch:
                 if tp in self._parts:
                     self._parts[tp].done(message.offset, events.get(id(message), ()))
+                    self._parts[tp].ended.setdefault(message.offset, ended)
             self._finished.set()
         else:  # its keys are free for their next commands now; its offsets wait for the broker
             if not await self._published(unacked):
@@ -712,6 +716,16 @@ class CommandConsumer:
             else:
                 del part.due[:n]
                 part.committed = offset
+                self._observe_transaction(part, offset)
+
+    def _observe_transaction(self, part: _Partition, offset: int) -> None:
+        """The ``transaction`` stage, once per batch: from its end to this commit."""
+        now = time.perf_counter()
+        taken = [o for o in part.ended if o < offset]
+        batches = {part.ended.pop(o) for o in taken}
+        if self.metrics is not None:
+            for ended in batches:
+                self.metrics.stage("transaction", now - ended)
 
     def _fenced(self, tp: TopicPartition, exc: Fenced) -> None:
         """Another producer took ``tp``'s transactional id: its owner now, or this process
