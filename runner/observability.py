@@ -142,7 +142,8 @@ batch slot; ``parse``; ``admit`` (validate, authenticate, authorize); ``claim``;
 handlers); ``commit`` (outcomes written, transaction committed); ``publish_wait`` (queued
 behind other publishes); ``publish`` (sent and acknowledged); in exactly-once mode, instead
 of the last two, ``transaction``: from the batch's end until a transaction round committed
-its partitions' events and offsets (the watermark's wait included)."""
+its events and offset (the watermark's wait included), counted once per partition the
+batch held."""
 
 
 _drop_unsampled = False
