@@ -663,13 +663,7 @@ class CommandConsumer:
         if self.transactions is not None:
             await self._commit_transactions(only)
             return
-        offsets = {
-            tp: part.committable
-            for tp, part in self._parts.items()
-            if part.committable is not None
-            and part.committable != part.committed
-            and (only is None or tp in only)
-        }
+        offsets = {tp: offset for tp, (_, offset) in self._uncommitted(only).items()}
         if not offsets:
             return
         try:
@@ -680,6 +674,16 @@ class CommandConsumer:
         for tp, offset in offsets.items():
             self._parts[tp].committed = offset
 
+    def _uncommitted(self, only: set[TopicPartition] | None) -> dict[TopicPartition, tuple[_Partition, int]]:
+        """The partitions (of ``only``, if given) whose committable offset is not committed yet."""
+        return {
+            tp: (part, part.committable)
+            for tp, part in self._parts.items()
+            if part.committable is not None
+            and part.committable != part.committed
+            and (only is None or tp in only)
+        }
+
     async def _commit_transactions(self, only: set[TopicPartition] | None) -> None:
         """Each partition's due events and its offset in one transaction, the partitions'
         transactions together; one that fails is tried again next round, its events kept."""
@@ -688,13 +692,7 @@ class CommandConsumer:
 
     async def _transaction_round(self, only: set[TopicPartition] | None) -> None:
         assert self.transactions is not None
-        due = [
-            (tp, part, part.committable, len(part.due))
-            for tp, part in self._parts.items()
-            if part.committable is not None
-            and part.committable != part.committed
-            and (only is None or tp in only)
-        ]
+        due = [(tp, part, offset, len(part.due)) for tp, (part, offset) in self._uncommitted(only).items()]
         if not due:
             return
         transactions = self.transactions
