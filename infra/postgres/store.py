@@ -46,20 +46,54 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 __all__ = ["TRANSIENT_ERRORS", "PostgresStore", "PostgresTransaction", "Sweep", "connect_pool"]
 
-_CLAIM_MANY = """
+RUN_LOCKS = 0x6F707275
+"""The class of the transaction-level advisory locks on run keys (``pg_advisory_xact_lock(
+RUN_LOCKS, hashtext(run_key))``), apart from any an application takes with one key. Every
+claim takes them, in hash order, before it reads or writes a run: a claim in a batch's
+transaction writes its run row only with the outcome, so until then this lock is all that
+holds the key. Two keys that share a hash only wait for each other."""
+
+_LOCKED = f"""
+    SELECT count(pg_advisory_xact_lock({RUN_LOCKS}, h)) AS n
+    FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS hashes
+"""
+
+# The committed claim (HTTP, a first fetch, the per-command path): its keys locked first (a
+# batch's transaction that holds one without a row is waited for), then one upsert.
+_CLAIM_MANY = f"""
+WITH locked AS MATERIALIZED ({_LOCKED})
 INSERT INTO oprunner_runs AS r
     (run_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
      actor_id, tenant_id, idempotency_key)
 SELECT k, o, v, h, c, 'running', 1, w, now() + make_interval(secs => $7), a, t, i
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], $9::text[],
             $10::text[])
-     AS x(k, o, v, h, c, w, a, t, i)
+     AS x(k, o, v, h, c, w, a, t, i), locked
 ORDER BY k
 ON CONFLICT (run_key) DO UPDATE
     SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
     WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
       AND (r.lease_owner = EXCLUDED.lease_owner OR r.lease_until < now())
 RETURNING run_key, attempts
+"""
+
+# The claim in a batch's transaction, once its keys are locked (``_LOCKED``): a run that
+# exists and may be taken (a lease of this owner's, or one run out) is taken; every existing
+# run is read. A key with no row is new: its row is written with its outcome (``_COMPLETE_MANY``).
+_CLAIM_IN_TRANSACTION = """
+WITH taken AS (
+    UPDATE oprunner_runs AS r SET attempts = r.attempts + 1, lease_owner = x.w,
+           lease_until = now() + make_interval(secs => $4)
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS x(k, h, w)
+    WHERE r.run_key = x.k AND r.status = 'running' AND r.input_hash = x.h
+      AND (r.lease_owner = x.w OR r.lease_until < now())
+    RETURNING r.run_key, r.attempts
+)
+SELECT r.run_key, r.version, r.input_hash, r.status, r.result, coalesce(t.attempts, r.attempts) AS attempts,
+       r.command_id, r.result_event, r.audit_event, t.run_key IS NOT NULL AS taken,
+       greatest(extract(epoch FROM r.lease_until - now()), 0)::float8 AS lease_left
+FROM oprunner_runs AS r LEFT JOIN taken AS t ON t.run_key = r.run_key
+WHERE r.run_key = ANY($1::text[])
 """
 
 _CLAIMS_LOST = """
@@ -73,8 +107,9 @@ CLAIM_LOCK_TIMEOUT = "5s"
 holds (a duplicate in flight elsewhere) before the batch gives up and its commands run on
 their own claims, which wait without a bound."""
 
-# Every outcome of a batch at once: the runs it completes, then the outbox and audit rows of
-# all its records (a record's rows are told apart by its ordinal n).
+# Every outcome of a batch at once: the runs it completes (``done``: claimed with a row;
+# ``fresh``: claimed in this transaction, written once, here), then the outbox and audit rows
+# of all its records (a record's rows are told apart by its ordinal n).
 _COMPLETE_MANY = """
 WITH done AS (
     UPDATE oprunner_runs AS r SET status = 'completed', outcome = x.outcome, result = x.result::jsonb,
@@ -83,6 +118,18 @@ WITH done AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $19::bytea[], $20::bytea[])
          AS x(key, owner, outcome, result, re, ae)
     WHERE r.run_key = x.key AND r.status = 'running' AND r.lease_owner = x.owner
+    RETURNING 1
+),
+fresh AS (
+    INSERT INTO oprunner_runs
+        (run_key, op, version, input_hash, command_id, status, attempts, actor_id, tenant_id,
+         idempotency_key, outcome, result, completed_at, result_event, audit_event)
+    SELECT k, o, v, h, c, 'completed', 1, a, t, i, s, res::jsonb, now(), re, ae
+    FROM unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],
+                $28::text[], $29::text[], $30::text[], $31::bytea[], $32::bytea[])
+         AS z(k, o, v, h, c, a, t, i, s, res, re, ae)
+    ORDER BY k
+    ON CONFLICT (run_key) DO NOTHING
     RETURNING 1
 ),
 ob AS (
@@ -99,39 +146,78 @@ au AS (
         $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::jsonb[],
         $17::text[], $18::text[])
 )
-SELECT (SELECT count(*) FROM done) AS completed, array(SELECT id FROM ob ORDER BY id) AS ids
+SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM fresh) AS completed,
+       array(SELECT id FROM ob ORDER BY id) AS ids
 """
 
 
 class PostgresTransaction:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+        self._new: dict[str, ClaimRequest] = {}
+        """Keys claimed in this transaction that have no row yet: each is written once, with its
+        outcome (``complete_many``), or as a held claim when the transaction ends (``close``)."""
 
     @property
     def db(self) -> asyncpg.Connection:
         return self._conn
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        if not requests:
+            return []
         await self._conn.execute(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")
+        keys = [r.key for r in requests]
         try:
-            claims = await _claim_many(self._conn, requests)
+            await self._conn.execute(_LOCKED, keys)
         except asyncpg.exceptions.LockNotAvailableError as exc:
             raise LeaseLost("a key of the batch is held by another open transaction") from exc
         await self._conn.execute("SET LOCAL lock_timeout = DEFAULT")  # not the handlers' bound
+        lease = max(r.lease_seconds for r in requests)
+        rows = {
+            row["run_key"]: row
+            for row in await self._conn.fetch(
+                _CLAIM_IN_TRANSACTION,
+                keys,
+                [r.input_hash for r in requests],
+                [r.owner for r in requests],
+                lease,
+            )
+        }
+        claims = []
+        for r in requests:
+            row = rows.get(r.key)
+            if row is None:
+                self._new[r.key] = r
+                claims.append(Claim(ClaimStatus.ACQUIRED, 1))
+            elif row["taken"]:
+                claims.append(Claim(ClaimStatus.ACQUIRED, row["attempts"]))
+            else:
+                claims.append(_claim_from(row, r))
         return claims
+
+    async def close(self) -> None:
+        """Before the commit: the keys claimed here and not completed (their commands run
+        again alone, on this claim) are written as held claims, so the claim outlives the
+        transaction as a committed one would."""
+        held, self._new = list(self._new.values()), {}
+        if held:
+            await _claim_many(self._conn, held)
 
     async def complete_many(
         self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
     ) -> tuple[list[list[int]], list[list[int]]]:
-        everything = [record for _, _, record in completions] + list(records)
+        existing = [(key, owner, r) for key, owner, r in completions if key not in self._new]
+        fresh = [(self._new.pop(key), r) for key, _, r in completions if key in self._new]
+        ordered = [record for _, _, record in existing] + [record for _, record in fresh]
+        everything = ordered + list(records)
         pubs = [(n, p) for n, record in enumerate(everything) for p in _outboxed(record)]
         actors = [(r.audit.get("actor") or {}).get("id") for r in everything]
         row = await self._conn.fetchrow(
             _COMPLETE_MANY,
-            [key for key, _, _ in completions],
-            [owner for _, owner, _ in completions],
-            [record.status for _, _, record in completions],
-            [_json.dumps(record.result).decode() for _, _, record in completions],
+            [key for key, _, _ in existing],
+            [owner for _, owner, _ in existing],
+            [record.status for _, _, record in existing],
+            [_json.dumps(record.result).decode() for _, _, record in existing],
             [p.topic for _, p in pubs],
             [p.key for _, p in pubs],
             [p.value for _, p in pubs],
@@ -146,14 +232,27 @@ class PostgresTransaction:
             [_json.dumps(r.audit).decode() for r in everything],
             [r.correlation_id for r in everything],
             [r.trace_id for r in everything],
-            [record.publications[0].value if record.direct else None for _, _, record in completions],
-            [record.publications[1].value if record.direct else None for _, _, record in completions],
+            [_event(record, 0) for _, _, record in existing],
+            [_event(record, 1) for _, _, record in existing],
+            [q.key for q, _ in fresh],
+            [q.op for q, _ in fresh],
+            [q.version for q, _ in fresh],
+            [q.input_hash for q, _ in fresh],
+            [q.command_id for q, _ in fresh],
+            [q.actor_id for q, _ in fresh],
+            [q.tenant_id for q, _ in fresh],
+            [q.idempotency_key for q, _ in fresh],
+            [record.status for _, record in fresh],
+            [_json.dumps(record.result).decode() for _, record in fresh],
+            [_event(record, 0) for _, record in fresh],
+            [_event(record, 1) for _, record in fresh],
         )
         if row["completed"] != len(completions):
             raise LeaseLost(f"{len(completions) - row['completed']} of {len(completions)} claims")
         ids = iter(row["ids"])
         per_record = [[next(ids) for _ in _outboxed(record)] for record in everything]
-        return per_record[: len(completions)], per_record[len(completions) :]
+        by_record = dict(zip(map(id, ordered), per_record[: len(ordered)], strict=True))
+        return [by_record[id(record)] for _, _, record in completions], per_record[len(ordered) :]
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -167,6 +266,11 @@ class PostgresTransaction:
     async def record(self, record: OutcomeRecord) -> list[int]:
         _, recorded = await self.complete_many([], [record])
         return recorded[0]
+
+
+def _event(record: OutcomeRecord, which: int) -> bytes | None:
+    """The stored result (0) or audit (1) event of a run whose events the caller publishes."""
+    return record.publications[which].value if record.direct else None
 
 
 def _outboxed(record: OutcomeRecord) -> Sequence[Publication]:
@@ -268,7 +372,9 @@ class PostgresStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         async with self.pool.acquire() as conn, conn.transaction():
-            yield PostgresTransaction(conn)
+            tx = PostgresTransaction(conn)
+            yield tx
+            await tx.close()  # not on an exception: the rollback forgets those claims
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[asyncpg.Connection]:

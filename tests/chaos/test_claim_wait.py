@@ -1,11 +1,12 @@
 """SIGKILL while a duplicate waits on another process's claim (DESIGN.md, step 5: the claim is
 taken in the batch's transaction, and a duplicate held by another live transaction waits on
-its row lock).
+its lock).
 
 Two ``serve`` processes share the group. The original command lands on a partition of one
 (the holder), whose handler keeps its batch's transaction open for 3 s; the duplicate (the
 same idempotency key, data and caller under another command id, keyed onto the other
-process's partition) makes the other (the waiter) block on the claim's row lock. Then one of
+process's partition) makes the other (the waiter) block on the claim's lock (a transaction
+advisory lock on the run key: the holder's run row is written only with its outcome). Then one of
 them is killed: the holder (its claim dies with its transaction, and the waiter takes the key
 itself) or the waiter (its duplicate is redelivered to the holder, which replays). Either way
 the effect happens once and both commands get a result."""
@@ -101,11 +102,11 @@ async def test_a_sigkill_while_a_duplicate_waits_on_a_claim_leaves_one_effect_an
         return bool(
             await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE '%oprunner_runs%'"
+                " AND wait_event = 'advisory' AND query LIKE '%pg_advisory_xact_lock%'"
             )
         )
 
-    await until(waiting, "the duplicate's claim waiting on the original's row lock", timeout=2.5)
+    await until(waiting, "the duplicate's claim waiting on the original's claim lock", timeout=2.5)
     (first if killed == "holder" else second).stop()  # SIGKILL
     async with Reader(kafka_bootstrap, topics.results) as results:
         await results.until(lambda ms: caused(ms) >= {"original", "duplicate"}, timeout=120)

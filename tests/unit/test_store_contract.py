@@ -187,6 +187,42 @@ class StoreContract:
         assert (await store.claim(request(owner="w2"))).status is ClaimStatus.COMPLETED
         assert (await store.claim(request("k2", owner="w2"))).status is ClaimStatus.BUSY  # committed, leased
 
+    async def test_a_key_claimed_in_an_open_transaction_is_waited_for_then_replayed(
+        self, store: Store
+    ) -> None:
+        """A duplicate in flight elsewhere: a committed claim and another transaction's claim
+        of a key a batch holds (which may have no row until its outcome) both wait for its
+        commit, then find the run completed, never a second attempt."""
+        async with store.transaction() as tx:
+            [held] = await tx.claim_many([request()])
+            assert held == Claim(ClaimStatus.ACQUIRED, 1)
+            committed = asyncio.create_task(store.claim(request(owner="w2")))
+
+            async def in_another_transaction() -> Claim:
+                async with store.transaction() as other:
+                    [claim] = await other.claim_many([request(owner="w3")])
+                    return claim
+
+            batched = asyncio.create_task(in_another_transaction())
+            assert await still_waiting(committed) and await still_waiting(batched)
+            await tx.complete_many([("k1", "w1", outcome("cmd-k1", output={"n": 1}))], [])
+        replay = Claim(ClaimStatus.COMPLETED, 1, result={"status": "succeeded", "output": {"n": 1}})
+        assert await committed == replay
+        assert await batched == replay
+
+    async def test_a_run_left_by_a_dead_owner_is_taken_over_in_a_transaction(self, store: Store) -> None:
+        """A committed claim whose lease ran out (its process died): the batch's claim takes
+        it, counting the attempt, and completes it; a live lease is busy instead."""
+        await store.claim(request("k1", lease=0.0))
+        await store.claim(request("k2", lease=LONG))
+        async with store.transaction() as tx:
+            k1, k2 = await tx.claim_many([request("k1", owner="w2"), request("k2", owner="w2")])
+            assert (k1.status, k1.attempts) == (ClaimStatus.ACQUIRED, 2)
+            assert k2.status is ClaimStatus.BUSY
+            await tx.complete_many([("k1", "w2", outcome("cmd-k1"))], [])
+        done = await store.claim(request("k1", owner="w3"))
+        assert (done.status, done.attempts) == (ClaimStatus.COMPLETED, 2)
+
     async def test_a_direct_outcome_keeps_its_events_with_the_run_for_the_same_command(
         self, store: Store
     ) -> None:
