@@ -1,8 +1,9 @@
 """The ``Store`` protocol on an asyncpg pool.
 
-The hot path is kept to four round trips per command: the claim (one upsert), BEGIN, the
-outcome (one statement: run update, outbox rows and audit row together) and COMMIT, plus
-whatever the handler does on ``ctx.db``. asyncpg prepares and caches each statement.
+Set-based: a batch's claims are one lock statement and one read, its outcomes a statement
+for the runs that had a row and the outbox rows (when there are any), and two binary COPYs
+(the runs claimed in the batch's transaction, written once; the audit rows). asyncpg
+prepares and caches each statement.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -54,7 +56,7 @@ transaction writes its run row only with the outcome, so until then this lock is
 holds the key. Two keys that share a hash only wait for each other."""
 
 _LOCKED = f"""
-    SELECT count(pg_advisory_xact_lock({RUN_LOCKS}, h)) AS n
+    SELECT count(pg_advisory_xact_lock({RUN_LOCKS}, h)) AS n, now() AS at
     FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS hashes
 """
 
@@ -79,7 +81,7 @@ RETURNING run_key, attempts
 
 # The claim in a batch's transaction, once its keys are locked (``_LOCKED``): a run that
 # exists and may be taken (a lease of this owner's, or one run out) is taken; every existing
-# run is read. A key with no row is new: its row is written with its outcome (``_COMPLETE_MANY``).
+# run is read. A key with no row is new: its row is written with its outcome (``complete_many``).
 _CLAIM_IN_TRANSACTION = """
 WITH taken AS (
     UPDATE oprunner_runs AS r SET attempts = r.attempts + 1, lease_owner = x.w,
@@ -107,48 +109,57 @@ CLAIM_LOCK_TIMEOUT = "5s"
 holds (a duplicate in flight elsewhere) before the batch gives up and its commands run on
 their own claims, which wait without a bound."""
 
-# Every outcome of a batch at once: the runs it completes (``done``: claimed with a row;
-# ``fresh``: claimed in this transaction, written once, here), then the outbox and audit rows
-# of all its records (a record's rows are told apart by its ordinal n).
-_COMPLETE_MANY = """
+# The outcomes of a batch whose runs were claimed with a row (``done``: a committed claim, or a
+# run taken over), and the outbox rows of all its records (a record's rows are told apart by
+# its ordinal n). The rest of a batch's writes are two COPYs (``PostgresTransaction.complete_many``).
+_FINISH = """
 WITH done AS (
     UPDATE oprunner_runs AS r SET status = 'completed', outcome = x.outcome, result = x.result::jsonb,
            completed_at = now(), lease_owner = NULL, lease_until = NULL,
            result_event = x.re, audit_event = x.ae
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $19::bytea[], $20::bytea[])
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[])
          AS x(key, owner, outcome, result, re, ae)
     WHERE r.run_key = x.key AND r.status = 'running' AND r.lease_owner = x.owner
     RETURNING 1
 ),
-fresh AS (
-    INSERT INTO oprunner_runs
-        (run_key, op, version, input_hash, command_id, status, attempts, actor_id, tenant_id,
-         idempotency_key, outcome, result, completed_at, result_event, audit_event)
-    SELECT k, o, v, h, c, 'completed', 1, a, t, i, s, res::jsonb, now(), re, ae
-    FROM unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],
-                $28::text[], $29::text[], $30::text[], $31::bytea[], $32::bytea[])
-         AS z(k, o, v, h, c, a, t, i, s, res, re, ae)
-    ORDER BY k
-    ON CONFLICT (run_key) DO NOTHING
-    RETURNING 1
-),
 ob AS (
     INSERT INTO oprunner_outbox (topic, key, value, headers)
-    SELECT t, k, v, h::jsonb FROM unnest($5::text[], $6::bytea[], $7::bytea[], $8::text[], $9::int[])
+    SELECT t, k, v, h::jsonb FROM unnest($7::text[], $8::bytea[], $9::bytea[], $10::text[], $11::int[])
         WITH ORDINALITY AS y(t, k, v, h, n, i)
     ORDER BY i
     RETURNING id
-),
-au AS (
-    INSERT INTO oprunner_audit
-        (command_id, op, version, status, decision, actor_id, data, correlation_id, trace_id)
-    SELECT * FROM unnest(
-        $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::jsonb[],
-        $17::text[], $18::text[])
 )
-SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM fresh) AS completed,
-       array(SELECT id FROM ob ORDER BY id) AS ids
+SELECT (SELECT count(*) FROM done) AS completed, array(SELECT id FROM ob ORDER BY id) AS ids
 """
+
+_RUN_WRITTEN = (
+    "run_key",
+    "op",
+    "version",
+    "input_hash",
+    "command_id",
+    "status",
+    "attempts",
+    "actor_id",
+    "tenant_id",
+    "idempotency_key",
+    "outcome",
+    "result",
+    "completed_at",
+    "result_event",
+    "audit_event",
+)
+_AUDIT_WRITTEN = (
+    "command_id",
+    "op",
+    "version",
+    "status",
+    "decision",
+    "actor_id",
+    "data",
+    "correlation_id",
+    "trace_id",
+)
 
 
 class PostgresTransaction:
@@ -157,6 +168,7 @@ class PostgresTransaction:
         self._new: dict[str, ClaimRequest] = {}
         """Keys claimed in this transaction that have no row yet: each is written once, with its
         outcome (``complete_many``), or as a held claim when the transaction ends (``close``)."""
+        self._now: datetime | None = None  # the transaction's now(), for the runs written by COPY
 
     @property
     def db(self) -> asyncpg.Connection:
@@ -168,7 +180,7 @@ class PostgresTransaction:
         await self._conn.execute(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")
         keys = [r.key for r in requests]
         try:
-            await self._conn.execute(_LOCKED, keys)
+            self._now = (await self._conn.fetchrow(_LOCKED, keys))["at"]
         except asyncpg.exceptions.LockNotAvailableError as exc:
             raise LeaseLost("a key of the batch is held by another open transaction") from exc
         await self._conn.execute("SET LOCAL lock_timeout = DEFAULT")  # not the handlers' bound
@@ -206,53 +218,60 @@ class PostgresTransaction:
     async def complete_many(
         self, completions: Sequence[tuple[str, str, OutcomeRecord]], records: Sequence[OutcomeRecord]
     ) -> tuple[list[list[int]], list[list[int]]]:
+        """One statement for the runs claimed with a row and the outbox rows (when there are
+        any), a binary COPY for the runs claimed here (their one write) and one for the audit
+        rows: COPY encodes each value once, where an array parameter checks every element."""
         existing = [(key, owner, r) for key, owner, r in completions if key not in self._new]
         fresh = [(self._new.pop(key), r) for key, _, r in completions if key in self._new]
         ordered = [record for _, _, record in existing] + [record for _, record in fresh]
         everything = ordered + list(records)
         pubs = [(n, p) for n, record in enumerate(everything) for p in _outboxed(record)]
-        actors = [(r.audit.get("actor") or {}).get("id") for r in everything]
-        row = await self._conn.fetchrow(
-            _COMPLETE_MANY,
-            [key for key, _, _ in existing],
-            [owner for _, owner, _ in existing],
-            [record.status for _, _, record in existing],
-            [_json.dumps(record.result).decode() for _, _, record in existing],
-            [p.topic for _, p in pubs],
-            [p.key for _, p in pubs],
-            [p.value for _, p in pubs],
-            [orjson.dumps([[k, v.decode("latin-1")] for k, v in p.headers]).decode() for _, p in pubs],
-            [n for n, _ in pubs],
-            [r.command_id for r in everything],
-            [r.op for r in everything],
-            [r.version for r in everything],
-            [r.status for r in everything],
-            [r.audit.get("decision") for r in everything],
-            actors,
-            [_json.dumps(r.audit).decode() for r in everything],
-            [r.correlation_id for r in everything],
-            [r.trace_id for r in everything],
-            [_event(record, 0) for _, _, record in existing],
-            [_event(record, 1) for _, _, record in existing],
-            [q.key for q, _ in fresh],
-            [q.op for q, _ in fresh],
-            [q.version for q, _ in fresh],
-            [q.input_hash for q, _ in fresh],
-            [q.command_id for q, _ in fresh],
-            [q.actor_id for q, _ in fresh],
-            [q.tenant_id for q, _ in fresh],
-            [q.idempotency_key for q, _ in fresh],
-            [record.status for _, record in fresh],
-            [_json.dumps(record.result).decode() for _, record in fresh],
-            [_event(record, 0) for _, record in fresh],
-            [_event(record, 1) for _, record in fresh],
-        )
-        if row["completed"] != len(completions):
-            raise LeaseLost(f"{len(completions) - row['completed']} of {len(completions)} claims")
-        ids = iter(row["ids"])
-        per_record = [[next(ids) for _ in _outboxed(record)] for record in everything]
-        by_record = dict(zip(map(id, ordered), per_record[: len(ordered)], strict=True))
-        return [by_record[id(record)] for _, _, record in completions], per_record[len(ordered) :]
+        ids: list[int] = []
+        if existing or pubs:
+            row = await self._conn.fetchrow(
+                _FINISH,
+                [key for key, _, _ in existing],
+                [owner for _, owner, _ in existing],
+                [record.status for _, _, record in existing],
+                [_json.dumps(record.result).decode() for _, _, record in existing],
+                [_event(record, 0) for _, _, record in existing],
+                [_event(record, 1) for _, _, record in existing],
+                [p.topic for _, p in pubs],
+                [p.key for _, p in pubs],
+                [p.value for _, p in pubs],
+                [orjson.dumps([[k, v.decode("latin-1")] for k, v in p.headers]).decode() for _, p in pubs],
+                [n for n, _ in pubs],
+            )
+            if row["completed"] != len(existing):
+                raise LeaseLost(f"{len(existing) - row['completed']} of {len(completions)} claims")
+            ids = row["ids"]
+        if fresh:
+            runs = [
+                (
+                    *(q.key, q.op, q.version, q.input_hash, q.command_id, "completed", 1, q.actor_id),
+                    *(q.tenant_id, q.idempotency_key, r.status, _json.dumps(r.result).decode(), self._now),
+                    *(_event(r, 0), _event(r, 1)),
+                )
+                for q, r in sorted(fresh, key=lambda f: f[0].key)
+            ]
+            try:
+                await self._conn.copy_records_to_table("oprunner_runs", records=runs, columns=_RUN_WRITTEN)
+            except asyncpg.exceptions.UniqueViolationError as exc:  # a claimer that took no lock
+                raise LeaseLost("a key claimed in this transaction has a run written meanwhile") from exc
+        if everything:
+            audit = [
+                (
+                    *(r.command_id, r.op, r.version, r.status, r.audit.get("decision")),
+                    *((r.audit.get("actor") or {}).get("id"), _json.dumps(r.audit).decode()),
+                    *(r.correlation_id, r.trace_id),
+                )
+                for r in everything
+            ]
+            await self._conn.copy_records_to_table("oprunner_audit", records=audit, columns=_AUDIT_WRITTEN)
+        per_record = iter(ids)
+        outboxed = [[next(per_record) for _ in _outboxed(record)] for record in everything]
+        by_record = dict(zip(map(id, ordered), outboxed[: len(ordered)], strict=True))
+        return [by_record[id(record)] for _, _, record in completions], outboxed[len(ordered) :]
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
