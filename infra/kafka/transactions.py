@@ -30,7 +30,7 @@ from aiokafka.errors import ProducerFenced
 
 from runner.store import Publication
 
-from .publisher import KafkaPublisher, Producer
+from .publisher import KafkaPublisher, TransactionalProducer
 
 _log = logging.getLogger("oprunner.transactions")
 
@@ -52,7 +52,7 @@ class PartitionTransactions:
     def __init__(
         self,
         publisher: KafkaPublisher,
-        new_producer: Callable[[str], Producer],
+        new_producer: Callable[[str], TransactionalProducer],
         *,
         group_id: str,
     ) -> None:
@@ -60,7 +60,7 @@ class PartitionTransactions:
         self.new_producer = new_producer
         self.group_id = group_id
         self.transactions = 0
-        self._producers: dict[TopicPartition, Producer] = {}
+        self._producers: dict[TopicPartition, TransactionalProducer] = {}
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
 
     @classmethod
@@ -70,8 +70,8 @@ class PartitionTransactions:
         """Producers on ``bootstrap`` with the publisher's options (idempotence is implied)."""
         options = {k: v for k, v in options.items() if k != "enable_idempotence"}
 
-        def new(tid: str) -> Producer:
-            producer: Producer = AIOKafkaProducer(
+        def new(tid: str) -> TransactionalProducer:
+            producer: TransactionalProducer = AIOKafkaProducer(
                 bootstrap_servers=bootstrap, transactional_id=tid, **options
             )
             return producer
@@ -115,23 +115,29 @@ class PartitionTransactions:
         if producer is None:
             raise Fenced(f"{tp.topic}/{tp.partition} has no producer here")
         async with self._locks[tp]:
-            txn: Any = producer
             try:
-                await txn.begin_transaction()
+                await producer.begin_transaction()
                 try:
-                    futures = await self.publisher._send_batched(producer, publications)
+                    futures = await self.publisher.send_batched(producer, publications)
                     await asyncio.gather(*futures)
-                    await txn.send_offsets_to_transaction({tp: offset}, self.group_id)
-                    await txn.commit_transaction()
+                    await producer.send_offsets_to_transaction({tp: offset}, self.group_id)
+                    await producer.commit_transaction()
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        await txn.abort_transaction()
+                        await producer.abort_transaction()
                     raise
             except Exception as exc:
-                if isinstance(exc, ProducerFenced) or txn._txn_manager.is_fatal_error():
+                if isinstance(exc, ProducerFenced) or _fatal(producer):
                     # fenced, or a state aiokafka cannot leave (a transaction past its
                     # timeout is answered the same): this producer is done either way
                     await self.close(tp)
                     raise Fenced(f"{tp.topic}/{tp.partition}: {type(exc).__name__}: {exc}") from exc
                 raise
             self.transactions += 1
+
+
+def _fatal(producer: TransactionalProducer) -> bool:
+    """Whether aiokafka's transaction manager is in a state it cannot leave (it has no public
+    accessor for it: ``AIOKafkaProducer._txn_manager``)."""
+    manager = getattr(producer, "_txn_manager", None)
+    return bool(manager is not None and manager.is_fatal_error())

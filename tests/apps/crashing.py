@@ -53,7 +53,7 @@ async def _published_then_maybe_die(self: CommandConsumer, unacked: Any) -> bool
 
 CommandConsumer._published = _published_then_maybe_die  # type: ignore[method-assign]
 
-_send_batched = KafkaPublisher._send_batched
+_send_batched = KafkaPublisher.send_batched
 
 
 async def _sent_then_maybe_die(self: KafkaPublisher, producer: Any, publications: Any) -> Any:
@@ -67,7 +67,7 @@ async def _sent_then_maybe_die(self: KafkaPublisher, producer: Any, publications
     return futures
 
 
-KafkaPublisher._send_batched = _sent_then_maybe_die  # type: ignore[method-assign]
+KafkaPublisher.send_batched = _sent_then_maybe_die  # type: ignore[method-assign]
 
 
 async def credit_or_die(value: CreditInput, ctx: OperationContext) -> CreditOutput:
