@@ -67,7 +67,7 @@ WITH locked AS MATERIALIZED ({_LOCKED})
 INSERT INTO oprunner_runs AS r
     (run_key, op, version, input_hash, command_id, status, attempts, lease_owner, lease_until,
      actor_id, tenant_id, idempotency_key)
-SELECT k, o, v, h, c, 'running', 1, w, now() + make_interval(secs => $7), a, t, i
+SELECT k, o, v, h, c, 'running', 1, w, clock_timestamp() + make_interval(secs => $7), a, t, i
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $8::text[], $9::text[],
             $10::text[])
      AS x(k, o, v, h, c, w, a, t, i), locked
@@ -75,7 +75,7 @@ ORDER BY k
 ON CONFLICT (run_key) DO UPDATE
     SET attempts = r.attempts + 1, lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
     WHERE r.status = 'running' AND r.input_hash = EXCLUDED.input_hash
-      AND (r.lease_owner = EXCLUDED.lease_owner OR r.lease_until < now())
+      AND (r.lease_owner = EXCLUDED.lease_owner OR r.lease_until < clock_timestamp())
 RETURNING run_key, attempts
 """
 
@@ -85,22 +85,22 @@ RETURNING run_key, attempts
 _CLAIM_IN_TRANSACTION = """
 WITH taken AS (
     UPDATE oprunner_runs AS r SET attempts = r.attempts + 1, lease_owner = x.w,
-           lease_until = now() + make_interval(secs => $4)
+           lease_until = clock_timestamp() + make_interval(secs => $4)
     FROM unnest($1::text[], $2::text[], $3::text[]) AS x(k, h, w)
     WHERE r.run_key = x.k AND r.status = 'running' AND r.input_hash = x.h
-      AND (r.lease_owner = x.w OR r.lease_until < now())
+      AND (r.lease_owner = x.w OR r.lease_until < clock_timestamp())
     RETURNING r.run_key, r.attempts
 )
 SELECT r.run_key, r.version, r.input_hash, r.status, r.result, coalesce(t.attempts, r.attempts) AS attempts,
        r.command_id, r.result_event, r.audit_event, t.run_key IS NOT NULL AS taken,
-       greatest(extract(epoch FROM r.lease_until - now()), 0)::float8 AS lease_left
+       greatest(extract(epoch FROM r.lease_until - clock_timestamp()), 0)::float8 AS lease_left
 FROM oprunner_runs AS r LEFT JOIN taken AS t ON t.run_key = r.run_key
 WHERE r.run_key = ANY($1::text[])
 """
 
 _CLAIMS_LOST = """
 SELECT run_key, version, input_hash, status, result, attempts, command_id, result_event, audit_event,
-       greatest(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_left
+       greatest(extract(epoch FROM lease_until - clock_timestamp()), 0)::float8 AS lease_left
 FROM oprunner_runs WHERE run_key = ANY($1::text[])
 """
 
@@ -179,22 +179,20 @@ class PostgresTransaction:
             return []
         await self._conn.execute(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")
         keys = [r.key for r in requests]
+        lease = max(r.lease_seconds for r in requests)
         try:
             self._now = (await self._conn.fetchrow(_LOCKED, keys))["at"]
-        except asyncpg.exceptions.LockNotAvailableError as exc:
-            raise LeaseLost("a key of the batch is held by another open transaction") from exc
-        await self._conn.execute("SET LOCAL lock_timeout = DEFAULT")  # not the handlers' bound
-        lease = max(r.lease_seconds for r in requests)
-        rows = {
-            row["run_key"]: row
-            for row in await self._conn.fetch(
+            found = await self._conn.fetch(  # a run taken over may be row-locked: same bound
                 _CLAIM_IN_TRANSACTION,
                 keys,
                 [r.input_hash for r in requests],
                 [r.owner for r in requests],
                 lease,
             )
-        }
+        except asyncpg.exceptions.LockNotAvailableError as exc:
+            raise LeaseLost("a key of the batch is held by another open transaction") from exc
+        await self._conn.execute("SET LOCAL lock_timeout = DEFAULT")  # not the handlers' bound
+        rows = {row["run_key"]: row for row in found}
         claims = []
         for r in requests:
             row = rows.get(r.key)
@@ -390,7 +388,9 @@ class PostgresStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
-        async with self.pool.acquire() as conn, conn.transaction():
+        # READ COMMITTED whatever the database's default: a claim's read must see what the
+        # holder of the lock it waited for committed (each statement takes a new snapshot)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             tx = PostgresTransaction(conn)
             yield tx
             await tx.close()  # not on an exception: the rollback forgets those claims

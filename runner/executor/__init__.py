@@ -161,8 +161,8 @@ class Executor:
     async def execute_many(
         self, items: Sequence[tuple[CommandEnvelope, str | None]], mode: ExecutionMode = DEFAULT_MODE
     ) -> list[Outcome]:
-        """Execute a batch of commands together: one claim statement, the handlers one after
-        another in one transaction, one statement for all outcomes, one commit.
+        """Execute a batch of commands together: all claims at once, the handlers one after
+        another in one transaction, all outcomes at once, one commit.
 
         Give it commands that may run in any order relative to each other (distinct Kafka keys).
         If any handler fails or anything goes wrong, the batch's transaction is rolled back and

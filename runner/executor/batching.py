@@ -1,5 +1,6 @@
-"""A batch of commands in one transaction: one claim statement, the handlers one after
-another (one savepoint each), one statement for all outcomes, one commit.
+"""A batch of commands in one transaction: the claims of all its keys at once
+(``Transaction.claim_many``), the handlers one after another (one savepoint each), all
+outcomes at once (``Transaction.complete_many``), one commit.
 
 The consumer gives a batch only commands that may run in any order relative to each other
 (distinct Kafka keys). Whatever the batch cannot finish goes to the per-command path

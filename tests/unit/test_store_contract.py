@@ -210,6 +210,20 @@ class StoreContract:
         assert await committed == replay
         assert await batched == replay
 
+    async def test_a_claim_that_waited_holds_its_lease_from_when_it_got_the_key(self, store: Store) -> None:
+        """A committed claim that waited for a batch's transaction longer than its own lease
+        (the batch then rolled back) counts the lease from when it took the key, not from
+        when it asked: nobody else takes the run over while its handler starts."""
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.claim_many([request()])
+                waiting = asyncio.create_task(store.claim(request(owner="w2", lease=0.3)))
+                done, _ = await asyncio.wait({waiting}, timeout=0.5)  # past the lease it asked for
+                assert not done
+                raise RuntimeError("the batch fails")
+        assert await waiting == Claim(ClaimStatus.ACQUIRED, 1)
+        assert (await store.claim(request(owner="w3"))).status is ClaimStatus.BUSY
+
     async def test_a_run_left_by_a_dead_owner_is_taken_over_in_a_transaction(self, store: Store) -> None:
         """A committed claim whose lease ran out (its process died): the batch's claim takes
         it, counting the attempt, and completes it; a live lease is busy instead."""
