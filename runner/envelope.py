@@ -9,11 +9,11 @@ from __future__ import annotations
 import random
 import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from . import _json
+from ._records import frozen
 from .errors import EnvelopeError
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -33,7 +33,7 @@ _OPTIONAL = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CommandEnvelope:
     """A parsed command. ``idempotency_key`` and ``correlation_id`` default to ``id``."""
 

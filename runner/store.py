@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from ._records import frozen
+
 
 class ClaimStatus(enum.Enum):
     ACQUIRED = "acquired"  # this worker holds the lease: run the handler
@@ -24,7 +26,7 @@ class ClaimStatus(enum.Enum):
     BUSY = "busy"  # a live worker holds the lease: wait, then claim again
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Claim:
     status: ClaimStatus
     attempts: int = 0
@@ -65,7 +67,7 @@ def kind_of(key: str, subject: str | None) -> str | None:
     return None if subject is None else "user"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ClaimRequest:
     key: str  # the run key (``run_key``): the caller's scope and its idempotency key
     op: str
@@ -79,7 +81,7 @@ class ClaimRequest:
     idempotency_key: str = ""  # as the caller sent it
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Publication:
     """One message to publish: the outbox row's payload."""
 
@@ -89,7 +91,7 @@ class Publication:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OutcomeRecord:
     """Everything recorded for one outcome, committed together."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._records import frozen
 from ..auth import Actor
 from ..envelope import CommandEnvelope
 from ..followups import FollowUp
@@ -64,7 +65,7 @@ class Call:
         return run_key(actor.tenant_id, actor.user_id, self.command.idempotency_key, kind=None)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Verdict:
     """An outcome decided without running a handler: rejected, denied, or a replay."""
 
@@ -79,7 +80,7 @@ class Verdict:
         return self.replay if self.replay is not None else {"status": self.status, "error": self.error}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Admitted:
     """A command that passed admission: valid, authenticated, authorized."""
 
@@ -99,7 +100,7 @@ class Admitted:
         return self.value if self.upcast is None else self.upcast
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Held:
     """An admitted command whose claim this execution holds, on its ``attempt``-th attempt."""
 
@@ -133,7 +134,7 @@ class ExecutionMode:
 DEFAULT_MODE = ExecutionMode()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """What became of one command. ``result`` and ``audit`` are the events in the outbox."""
 
