@@ -221,8 +221,7 @@ class PostgresTransaction:
         rows: COPY encodes each value once, where an array parameter checks every element."""
         existing = [(key, owner, r) for key, owner, r in completions if key not in self._new]
         fresh = [(self._new.pop(key), r) for key, _, r in completions if key in self._new]
-        ordered = [record for _, _, record in existing] + [record for _, record in fresh]
-        everything = ordered + list(records)
+        everything = [record for _, _, record in completions] + list(records)
         pubs = [(n, p) for n, record in enumerate(everything) for p in _outboxed(record)]
         ids: list[int] = []
         if existing or pubs:
@@ -246,9 +245,21 @@ class PostgresTransaction:
         if fresh:
             runs = [
                 (
-                    *(q.key, q.op, q.version, q.input_hash, q.command_id, "completed", 1, q.actor_id),
-                    *(q.tenant_id, q.idempotency_key, r.status, _json.dumps(r.result).decode(), self._now),
-                    *(_event(r, 0), _event(r, 1)),
+                    q.key,
+                    q.op,
+                    q.version,
+                    q.input_hash,
+                    q.command_id,
+                    "completed",
+                    1,
+                    q.actor_id,
+                    q.tenant_id,
+                    q.idempotency_key,
+                    r.status,
+                    _json.dumps(r.result).decode(),
+                    self._now,
+                    _event(r, 0),
+                    _event(r, 1),
                 )
                 for q, r in sorted(fresh, key=lambda f: f[0].key)
             ]
@@ -259,17 +270,22 @@ class PostgresTransaction:
         if everything:
             audit = [
                 (
-                    *(r.command_id, r.op, r.version, r.status, r.audit.get("decision")),
-                    *((r.audit.get("actor") or {}).get("id"), _json.dumps(r.audit).decode()),
-                    *(r.correlation_id, r.trace_id),
+                    r.command_id,
+                    r.op,
+                    r.version,
+                    r.status,
+                    r.audit.get("decision"),
+                    (r.audit.get("actor") or {}).get("id"),
+                    _json.dumps(r.audit).decode(),
+                    r.correlation_id,
+                    r.trace_id,
                 )
                 for r in everything
             ]
             await self._conn.copy_records_to_table("oprunner_audit", records=audit, columns=_AUDIT_WRITTEN)
         per_record = iter(ids)
         outboxed = [[next(per_record) for _ in _outboxed(record)] for record in everything]
-        by_record = dict(zip(map(id, ordered), outboxed[: len(ordered)], strict=True))
-        return [by_record[id(record)] for _, _, record in completions], outboxed[len(ordered) :]
+        return outboxed[: len(completions)], outboxed[len(completions) :]
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
